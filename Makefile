@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine with nothing but Python 3.11+:
+#   make run   - create .venv, install guardian, run it against its built-in exchange simulator
+#   make test  - create .venv, install guardian with its test tools, run every gate and the suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+LISTEN ?= 127.0.0.1:8787
+
+.PHONY: run test lint typecheck unit clean
+.DEFAULT_GOAL := test
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/guardian sim --listen $(LISTEN)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff format --check guardian tests bench
+	$(BIN)/ruff check guardian tests bench
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy guardian
+
+unit: $(BIN)/.installed
+	$(BIN)/pytest --cov --cov-report=term $(PYTEST_ARGS)
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -1,0 +1,71 @@
+"""A cost budget over a sliding window, the model of Kraken's rate limits.
+
+Kraken says a key may spend 500 cost units "every 10 seconds" without saying how the budget refills.
+A sliding window is the strict reading: at no moment have more than `capacity` units been spent in the
+last `window_s` seconds. Whatever the exchange really does, a client that stays inside this model stays
+inside the exchange's limit. The simulator enforces it; the guard spends from it before forwarding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+
+class CostBudget:
+    """Spend cost units against a capacity over a sliding window, on the monotonic clock."""
+
+    def __init__(
+        self,
+        capacity: float,
+        window_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if capacity <= 0 or window_s <= 0:
+            raise ValueError("capacity and window_s must be positive")
+        self.capacity = capacity
+        self.window_s = window_s
+        self._clock = clock
+        self._spent: deque[tuple[float, float]] = deque()
+        self._used = 0.0
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window_s
+        while self._spent and self._spent[0][0] <= horizon:
+            self._used -= self._spent.popleft()[1]
+        if not self._spent:
+            self._used = 0.0  # no float residue once the window is empty
+
+    def available(self) -> float:
+        """Units that can be spent right now."""
+        self._expire(self._clock())
+        return self.capacity - self._used
+
+    def try_spend(self, cost: float, *, reserve: float = 0.0) -> bool:
+        """Spend `cost` if that leaves at least `reserve` units; otherwise spend nothing and say False."""
+        now = self._clock()
+        self._expire(now)
+        if cost <= 0:
+            return True
+        if self._used + cost > self.capacity - reserve:
+            return False
+        self._spent.append((now, cost))
+        self._used += cost
+        return True
+
+    def seconds_until(self, cost: float, *, reserve: float = 0.0) -> float:
+        """How long until `cost` could be spent (0 if now); infinite if it never fits."""
+        if cost > self.capacity - reserve:
+            return float("inf")
+        now = self._clock()
+        self._expire(now)
+        need = self._used + cost - (self.capacity - reserve)
+        if need <= 0:
+            return 0.0
+        freed = 0.0
+        for stamp, spent in self._spent:
+            freed += spent
+            if freed >= need:
+                return max(0.0, stamp + self.window_s - now)
+        return self.window_s  # unreachable in practice: everything expires within one window
