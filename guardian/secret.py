@@ -51,7 +51,9 @@ class ApiSecret(Secret):
         try:
             key = base64.b64decode(value.strip(), validate=True)
         except (binascii.Error, ValueError):
-            raise ConfigError(f"{name} is not valid base64 (copy the secret exactly as Kraken shows it)") from None
+            raise ConfigError(
+                f"{name} is not valid base64 (copy the secret exactly as Kraken shows it)"
+            ) from None
         if not key:
             raise ConfigError(f"{name} is empty")
         self._key = key

@@ -17,8 +17,10 @@ from guardian.kraken.signing import (
     verify,
 )
 
-SECRET = base64.b64decode("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw==")
-assert SECRET == bytes(range(64))
+SECRET = base64.b64decode(
+    "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw=="
+)
+assert bytes(range(64)) == SECRET
 
 ORDER = "limitPrice=50000&orderType=lmt&side=buy&size=1&symbol=PF_XBTUSD"
 BATCH = (
@@ -28,25 +30,61 @@ BATCH = (
 )
 
 VECTORS = [
-    (ORDER, "1700000000000", "/api/v3/sendorder",
-     "UyfAj34thjj0Qi3xX+bSh6XH/Z6rnsB09aeT8G2Jl+lZze02NLyzJg5XSPcWsubC4/X14aHdisnB49zBMQBYBA=="),
-    (ORDER, None, "/api/v3/sendorder",
-     "QNVmSDKc8lNTHYO/jDC1pFYLRbmHkm7lNEKxRJbgOr1NcU1qw/M+WaDhDzTlg2FR0Cd0++bzACWnq4XWgYXbdQ=="),
-    ("timeout=60", "1700000000001", "/api/v3/cancelallordersafter",
-     "b0ir76/TjsNpJE/mxaqaEmldl0vReDKXWJc7vjdYwY4VMcgEMbo8CNpAhnOQt4h7FxQJanEZuuOgt/eT1JpHRg=="),
-    ("timeout=0", None, "/api/v3/cancelallordersafter",
-     "AyjY70mLt0UHGCOMQbx1yz0a7OB9qjM1Ri0WwCFR3hAbbrnJTkwTuPZrg66i4CAJjVVjOMTw5TxGvPCfShHZzw=="),
-    ("", "1700000000002", "/api/v3/accounts",
-     "XafrCbFAAg3q3niRgjDYiQIq7Jbd+e0G5/x4cGSvtDHj6fGlx2hIU4qz651o+Y0NINGmUyKaN95baVmROuIN2Q=="),
-    ("", None, "/api/v3/openorders",
-     "01NpmRljuNFOYCFDW+OXrtHSByZQJbicy27eoNrFl8w05mo30EzFYxJjL+yj7ul6RPZy5zHB0z3sIuPz2gycng=="),
-    ("order_id=00000000-0000-0000-0000-000000000001", "1700000000003", "/api/v3/cancelorder",
-     "OLkPT1R1VXavXkhPpDGUCUJN00jt+YfeS0T28ZRjxF7uNo27j08GppABmTIImpqJ5ylcBfkiQIPGd8IIjTsL8w=="),
-    ("lastFillTime=2020-07-21T12%3A41%3A52.790Z", "1700000000005", "/api/v3/fills",
-     "BRmf0YrRVm/17v4tpYC7LC60W7MeQPjX4+3/5DW2vu8mT4UsXnHoQC3KJ4eL6fOOML8RWz9vf18bz0ZG7X043A=="),
-    (BATCH, "1700000000004", "/api/v3/batchorder",
-     "amWfYo60XJG55M7Gtc+wSTIQo0kC8qr0IlL09xph1naagh8TRdrzB/7zCuajHgZSUrrDq7w/RfWATmEbHjYkdw=="),
-]  # fmt: skip
+    (
+        ORDER,
+        "1700000000000",
+        "/api/v3/sendorder",
+        "UyfAj34thjj0Qi3xX+bSh6XH/Z6rnsB09aeT8G2Jl+lZze02NLyzJg5XSPcWsubC4/X14aHdisnB49zBMQBYBA==",
+    ),
+    (
+        ORDER,
+        None,
+        "/api/v3/sendorder",
+        "QNVmSDKc8lNTHYO/jDC1pFYLRbmHkm7lNEKxRJbgOr1NcU1qw/M+WaDhDzTlg2FR0Cd0++bzACWnq4XWgYXbdQ==",
+    ),
+    (
+        "timeout=60",
+        "1700000000001",
+        "/api/v3/cancelallordersafter",
+        "b0ir76/TjsNpJE/mxaqaEmldl0vReDKXWJc7vjdYwY4VMcgEMbo8CNpAhnOQt4h7FxQJanEZuuOgt/eT1JpHRg==",
+    ),
+    (
+        "timeout=0",
+        None,
+        "/api/v3/cancelallordersafter",
+        "AyjY70mLt0UHGCOMQbx1yz0a7OB9qjM1Ri0WwCFR3hAbbrnJTkwTuPZrg66i4CAJjVVjOMTw5TxGvPCfShHZzw==",
+    ),
+    (
+        "",
+        "1700000000002",
+        "/api/v3/accounts",
+        "XafrCbFAAg3q3niRgjDYiQIq7Jbd+e0G5/x4cGSvtDHj6fGlx2hIU4qz651o+Y0NINGmUyKaN95baVmROuIN2Q==",
+    ),
+    (
+        "",
+        None,
+        "/api/v3/openorders",
+        "01NpmRljuNFOYCFDW+OXrtHSByZQJbicy27eoNrFl8w05mo30EzFYxJjL+yj7ul6RPZy5zHB0z3sIuPz2gycng==",
+    ),
+    (
+        "order_id=00000000-0000-0000-0000-000000000001",
+        "1700000000003",
+        "/api/v3/cancelorder",
+        "OLkPT1R1VXavXkhPpDGUCUJN00jt+YfeS0T28ZRjxF7uNo27j08GppABmTIImpqJ5ylcBfkiQIPGd8IIjTsL8w==",
+    ),
+    (
+        "lastFillTime=2020-07-21T12%3A41%3A52.790Z",
+        "1700000000005",
+        "/api/v3/fills",
+        "BRmf0YrRVm/17v4tpYC7LC60W7MeQPjX4+3/5DW2vu8mT4UsXnHoQC3KJ4eL6fOOML8RWz9vf18bz0ZG7X043A==",
+    ),
+    (
+        BATCH,
+        "1700000000004",
+        "/api/v3/batchorder",
+        "amWfYo60XJG55M7Gtc+wSTIQo0kC8qr0IlL09xph1naagh8TRdrzB/7zCuajHgZSUrrDq7w/RfWATmEbHjYkdw==",
+    ),
+]
 
 
 @pytest.mark.parametrize(("post_data", "nonce", "path", "expected"), VECTORS)
@@ -69,8 +107,20 @@ def test_signed_path_strips_only_the_derivatives_prefix() -> None:
 
 
 def test_encode_params_reproduces_the_batch_vector_body() -> None:
-    doc = {"batchOrder": [{"order": "send", "order_tag": "1", "orderType": "lmt", "symbol": "PF_XBTUSD",
-                           "side": "buy", "size": 1, "limitPrice": 50000, "reduceOnly": False}]}  # fmt: skip
+    doc = {
+        "batchOrder": [
+            {
+                "order": "send",
+                "order_tag": "1",
+                "orderType": "lmt",
+                "symbol": "PF_XBTUSD",
+                "side": "buy",
+                "size": 1,
+                "limitPrice": 50000,
+                "reduceOnly": False,
+            }
+        ]
+    }
     assert encode_params({"json": json.dumps(doc, separators=(",", ":"))}) == BATCH
 
 
@@ -83,9 +133,16 @@ def test_encode_params_uses_percent_twenty_and_encodes_reserved_characters() -> 
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(True, "true"), (False, "false"), (1, "1"), (0.00001, "0.00001"), (50000.0, "50000"),
-     (1.5, "1.5"), ("PF_XBTUSD", "PF_XBTUSD")],
-)  # fmt: skip
+    [
+        (True, "true"),
+        (False, "false"),
+        (1, "1"),
+        (0.00001, "0.00001"),
+        (50000.0, "50000"),
+        (1.5, "1.5"),
+        ("PF_XBTUSD", "PF_XBTUSD"),
+    ],
+)
 def test_format_value_never_uses_exponents_or_python_booleans(value: object, text: str) -> None:
     assert format_value(value) == text  # type: ignore[arg-type]
 

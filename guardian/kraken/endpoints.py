@@ -8,6 +8,7 @@ which budget, which permission a key needs for it, and what it can do to the acc
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -98,6 +99,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     # Public market data.
     _v3("instruments", "GET", 0, Permission.PUBLIC),
     _v3("tickers", "GET", 0, Permission.PUBLIC),
+    _v3("tickers/{symbol}", "GET", 0, Permission.PUBLIC),  # one ticker: {"ticker": {...}}
     _v3("orderbook", "GET", 0, Permission.PUBLIC),
     # Orders.
     _v3("sendorder", "POST", 10, Permission.TRADE, Risk.OPENS),
@@ -119,7 +121,24 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 )
 
 BY_NAME: Mapping[str, Endpoint] = MappingProxyType({e.name: e for e in ENDPOINTS})
-BY_PATH: Mapping[str, Endpoint] = MappingProxyType({e.path: e for e in ENDPOINTS})
+BY_PATH: Mapping[str, Endpoint] = MappingProxyType({e.path: e for e in ENDPOINTS if "{" not in e.path})
+_TEMPLATES: tuple[tuple[re.Pattern[str], Endpoint], ...] = tuple(
+    (re.compile("^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[A-Za-z0-9_.:-]{1,64})", re.escape(e.path)) + "$"), e)
+    for e in ENDPOINTS
+    if "{" in e.path
+)
+
+
+def match(path: str) -> tuple[Endpoint, dict[str, str]] | None:
+    """The row a URL path addresses, with the values of any `{name}` parts of its template."""
+    found = BY_PATH.get(path)
+    if found is not None:
+        return found, {}
+    for pattern, row in _TEMPLATES:
+        hit = pattern.match(path)
+        if hit is not None:
+            return row, hit.groupdict()
+    return None
 
 
 def endpoint(name: str) -> Endpoint:

@@ -113,4 +113,3 @@ class NonceSource:
             now = int(self._clock())
             self._last = max(self._last + 1, now)
             return str(self._last)
-

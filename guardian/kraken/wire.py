@@ -54,13 +54,19 @@ def split_batch_body(body: str) -> tuple[str, str | None]:
     return body, None
 
 
-def request_fields(query: str, body: str) -> dict[str, str]:
-    """All parameters of a request, query first then body; a field given twice -> invalidArgument."""
+def request_fields(query: str, body: str, repeatable: frozenset[str] = frozenset()) -> dict[str, str]:
+    """All parameters of a request, query first then body.
+
+    A field given twice is refused (invalidArgument): which of the two the exchange would act on is not
+    something to guess. Fields named in `repeatable` (lists such as `orderIds`) are joined with commas.
+    """
     form_body, raw_json = split_batch_body(body)
     fields: dict[str, str] = {}
     for key, value in [*parse_form(query), *parse_form(form_body)]:
         if key in fields:
-            raise WireError("invalidArgument", f"parameter {key!r} is given more than once")
+            if key not in repeatable:
+                raise WireError("invalidArgument", f"parameter {key!r} is given more than once")
+            value = f"{fields[key]},{value}"
         fields[key] = value
     if raw_json is not None:
         if BATCH_FIELD in fields:
@@ -71,6 +77,12 @@ def request_fields(query: str, body: str) -> dict[str, str]:
 
 def batch_items(fields: dict[str, str]) -> list[dict[str, Any]]:
     """The `batchOrder` list of a batchorder request, each item a JSON object with an `order` kind."""
+    return parse_batch(fields)[0]
+
+
+def parse_batch(fields: dict[str, str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The items of a batchorder request and the whole JSON document they came in (which may also hold
+    `ProcessBefore` and keys some clients copy there). Each item is an object with an `order` kind."""
     raw = fields.get(BATCH_FIELD)
     if raw is None:
         raise WireError("requiredArgumentMissing", "batchorder needs the form field 'json'")
@@ -84,11 +96,11 @@ def batch_items(fields: dict[str, str]) -> list[dict[str, Any]]:
             raise WireError("Json Parse Error", "the 'json' field is not valid JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("batchOrder"), list):
         raise WireError("invalidArgument", "the 'json' field must be an object with a 'batchOrder' list")
-    items = doc["batchOrder"]
+    items: list[dict[str, Any]] = doc["batchOrder"]
     for index, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("order"), str):
             raise WireError("invalidArgument", f"batchOrder[{index}] must be an object with an 'order'")
-    return items
+    return items, doc
 
 
 def finite_number(text: str) -> float | None:

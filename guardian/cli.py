@@ -1,0 +1,90 @@
+"""The `guardian` command. Parses arguments, builds what was asked for, runs it, turns errors into exit
+codes (78 for a bad configuration, as sysexits' EX_CONFIG). Nothing below `main()` exits the process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from guardian import __version__, logs
+from guardian.errors import ConfigError
+
+EX_OK = 0
+EX_USAGE = 64
+EX_CONFIG = 78
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="guardian", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"guardian {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("sim", help="run the built-in Kraken Futures simulator")
+    sim.add_argument("--listen", type=_host_port, default=("127.0.0.1", 8788), metavar="HOST:PORT")
+    sim.add_argument("--key", help="API key the simulator accepts (generated if omitted)")
+    sim.add_argument("--secret", help="its base64 API secret (generated if omitted)")
+    sim.add_argument("--account", default="main", help="account name for that key")
+    sim.add_argument("--seed", type=int, default=None, help="seed for the price walk")
+    sim.add_argument("--tick", type=float, default=1.0, help="seconds between price steps (0: frozen)")
+    sim.add_argument("--control-token", default=None, help="require this bearer token on /_sim/")
+    sim.add_argument("--log-level", default="info", choices=logs.LEVELS)
+    sim.add_argument("--log-format", default="auto", choices=logs.FORMATS)
+    return parser
+
+
+async def _run_sim(args: argparse.Namespace) -> int:
+    from guardian.secret import ApiSecret
+    from guardian.sim.app import SimKey, Simulator
+    from guardian.sim.market import Market
+
+    if (args.key is None) != (args.secret is None):
+        raise ConfigError("--key and --secret go together (or leave both out to generate a pair)")
+    if args.key is not None:
+        key = SimKey(args.key, ApiSecret(args.secret, name="--secret"), account=args.account)
+    else:
+        key = SimKey.generate(account=args.account)
+    logs.REDACTOR.register([key.secret])
+    sim = Simulator(
+        [key], market=Market(seed=args.seed), tick_s=args.tick or None, control_token=args.control_token
+    )
+    host, port = args.listen
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    url = await sim.start(host, port)
+    try:
+        if args.key is None:
+            print(f"sim api_key={key.api_key} api_secret={key.secret.reveal()}", flush=True)
+        print(f"sim base_url={url}", flush=True)
+        await stop.wait()
+    finally:
+        await sim.close()
+    return EX_OK
+
+
+COMMANDS = {"sim": _run_sim}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        logs.configure(getattr(args, "log_level", "info"), getattr(args, "log_format", "auto"))
+        return asyncio.run(COMMANDS[args.command](args))
+    except ConfigError as exc:
+        print(f"guardian: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except OSError as exc:
+        print(f"guardian: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,893 @@
+"""The simulator's exchange: accounts, orders, matching, trigger orders, positions, fills, the switch.
+
+Pure logic over a `Market` and an injected wall clock; the HTTP layer (`guardian.sim.app`) calls these
+methods with the request's fields and renders what they return. Envelope errors (`result: error`) are
+raised as `SimError(code)`; order outcomes that Kraken reports as a status inside a success envelope
+(`postWouldExecute`, `insufficientAvailableFunds`, ...) are returned as that status.
+
+The book is synthetic: the market's bid and ask have unlimited size, so a crossing order fills whole at
+the touch, a resting limit fills whole when the touch reaches it, and a market order fills at the mark.
+Fees and funding are not modelled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from guardian.kraken.times import parse_iso, to_iso
+from guardian.sim.market import Instrument, Market
+
+ORDER_TYPES = ("lmt", "post", "ioc", "mkt", "stp", "take_profit", "trailing_stop", "fok")
+LIMIT_PRICED = ("lmt", "post", "ioc", "fok")
+TRIGGER_TYPES = ("stp", "take_profit", "trailing_stop")
+SIDES = ("buy", "sell")
+TRIGGER_SIGNALS = ("mark", "index", "last", "spot")  # spot: python-kraken-sdk's name for index
+SIGNAL_OUT = {"mark": "mark", "index": "spot", "spot": "spot", "last": "last"}
+MARKET_PROTECTION = Decimal("0.01")  # a mkt order is an ioc limited to 1% through the mark
+TRAILING_UNITS = ("PERCENT", "QUOTE_CURRENCY")
+CLI_ORD_ID_MAX = 100
+ZERO = Decimal(0)
+
+
+class SimError(Exception):
+    """An answer in Kraken's error envelope: `{"result": "error", "error": code}`."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(detail or code)
+        self.code = code
+
+
+def _num(value: Decimal | None) -> float | None:
+    if value is None:
+        return None
+    as_int = int(value)
+    return as_int if value == as_int else float(value)
+
+
+@dataclass(slots=True)
+class Order:
+    order_id: str
+    cli_ord_id: str | None
+    symbol: str
+    side: str
+    order_type: str
+    size: Decimal
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    reduce_only: bool
+    received_ms: int
+    trigger_signal: str = "mark"
+    trailing_deviation: Decimal | None = None
+    trailing_unit: str | None = None
+    trailing_anchor: Decimal | None = None
+    filled: Decimal = ZERO
+    state: str = "open"  # open | filled | cancelled
+    triggered: bool = False  # a trigger order that fired and now rests as a limit order
+    updated_ms: int = 0
+    update_reason: str = "NEW_USER_ORDER"
+
+    @property
+    def unfilled(self) -> Decimal:
+        return self.size - self.filled
+
+    @property
+    def is_trigger(self) -> bool:
+        return self.order_type in TRIGGER_TYPES and not self.triggered
+
+    @property
+    def resting_type(self) -> str:
+        """The type Kraken shows for the order as it rests now (a mkt order is shown as the ioc it is)."""
+        if self.order_type == "mkt":
+            return "ioc"
+        if self.is_trigger:
+            return {"stp": "stop", "take_profit": "take_profit", "trailing_stop": "trailing_stop"}[
+                self.order_type
+            ]
+        return "lmt" if self.triggered else self.order_type
+
+    def view(self) -> dict[str, Any]:
+        """The `order` object inside orderEvents."""
+        return {
+            "orderId": self.order_id,
+            "cliOrdId": self.cli_ord_id,
+            "type": self.resting_type,
+            "symbol": self.symbol,
+            "side": self.side,
+            "quantity": _num(self.size),
+            "filled": _num(self.filled),
+            "limitPrice": _num(self.limit_price),
+            "reduceOnly": self.reduce_only,
+            "timestamp": to_iso(self.received_ms / 1000),
+            "lastUpdateTimestamp": to_iso((self.updated_ms or self.received_ms) / 1000),
+        }
+
+    def trigger_view(self) -> dict[str, Any]:
+        """The `orderTrigger` object Kraken sends for a resting trigger order."""
+        above = (self.order_type == "stp") == (self.side == "buy")
+        if self.order_type == "trailing_stop":
+            above = self.side == "buy"
+        return {
+            "uid": self.order_id,
+            "clientId": self.cli_ord_id,
+            "type": "lmt" if self.limit_price is not None else "ioc",
+            "symbol": self.symbol,
+            "side": self.side,
+            "quantity": _num(self.size),
+            "limitPrice": _num(self.limit_price),
+            "triggerPrice": _num(self.stop_price),
+            "triggerSide": "trigger_above" if above else "trigger_below",
+            "triggerSignal": f"{SIGNAL_OUT[self.trigger_signal]}_price",
+            "reduceOnly": self.reduce_only,
+            "timestamp": to_iso(self.received_ms / 1000),
+            "lastUpdateTimestamp": to_iso((self.updated_ms or self.received_ms) / 1000),
+            "startTime": None,
+        }
+
+
+@dataclass(slots=True)
+class Position:
+    size: Decimal = ZERO  # signed: positive long, negative short
+    price: Decimal = ZERO  # average entry
+    opened_ms: int = 0
+
+
+@dataclass
+class Account:
+    name: str
+    balance: Decimal = Decimal(100_000)  # USD collateral
+    orders: dict[str, Order] = field(default_factory=dict)
+    open_ids: dict[str, None] = field(default_factory=dict)  # insertion-ordered set
+    positions: dict[str, Position] = field(default_factory=dict)
+    fills: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10_000))
+    switch_trigger_at: float | None = None  # exchange clock, epoch seconds
+    switch_fired: int = 0
+
+    def open_orders(self) -> list[Order]:
+        return [self.orders[i] for i in self.open_ids]
+
+    def find(self, order_id: str | None, cli_ord_id: str | None) -> Order | None:
+        if order_id:
+            return self.orders.get(order_id)
+        if cli_ord_id:
+            for oid in reversed(self.orders):
+                if self.orders[oid].cli_ord_id == cli_ord_id:
+                    return self.orders[oid]
+        return None
+
+
+def _decimal(fields: Mapping[str, Any], name: str) -> Decimal | None:
+    raw = fields.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = Decimal(str(raw))
+    except InvalidOperation:
+        raise SimError("invalidArgument", f"{name} is not a number") from None
+    if not value.is_finite():
+        raise SimError("invalidArgument", f"{name} is not a finite number")
+    return value
+
+
+def _flag(fields: Mapping[str, Any], name: str) -> bool:
+    raw = fields.get(name)
+    if raw is None or raw == "":
+        return False
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    raise SimError("invalidArgument", f"{name} must be true or false")
+
+
+def _text(fields: Mapping[str, Any], name: str) -> str | None:
+    raw = fields.get(name)
+    if raw is None or raw == "":
+        return None
+    return str(raw)
+
+
+class Exchange:
+    """The state of the simulated exchange and every operation on it."""
+
+    def __init__(
+        self,
+        market: Market | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        price_collar: Decimal = Decimal("0.25"),
+        max_open_orders: int = 500,
+        max_orders_kept: int = 50_000,
+        default_trigger_signal: str = "mark",
+        status_retention_s: float = 5.0,
+    ) -> None:
+        self.market = market or Market()
+        self._clock = clock
+        self.clock_offset_s = 0.0
+        self.price_collar = price_collar
+        self.max_open_orders = max_open_orders
+        self.max_orders_kept = max_orders_kept
+        # Kraken does not document the default trigger signal (unverified): configurable, and shown.
+        if default_trigger_signal not in TRIGGER_SIGNALS:
+            raise ValueError("default_trigger_signal must be mark, index, spot or last")
+        self.default_trigger_signal = default_trigger_signal
+        # orders/status only reports orders that are open or closed within this many seconds.
+        self.status_retention_s = status_retention_s
+        self.accounts: dict[str, Account] = {}
+
+    # ---- time -------------------------------------------------------------------------------------
+    def now(self) -> float:
+        """The exchange's clock (the wall clock plus any injected offset), epoch seconds."""
+        return self._clock() + self.clock_offset_s
+
+    def now_ms(self) -> int:
+        return int(self.now() * 1000)
+
+    def server_time(self) -> str:
+        return to_iso(self.now())
+
+    def account(self, name: str) -> Account:
+        if name not in self.accounts:
+            self.accounts[name] = Account(name)
+        return self.accounts[name]
+
+    # ---- validation -------------------------------------------------------------------------------
+    def _instrument(self, symbol: str | None) -> Instrument:
+        if symbol is None:
+            raise SimError("requiredArgumentMissing", "symbol is required")
+        instrument = self.market.instrument(symbol.upper())
+        if instrument is None:
+            raise SimError("invalidArgument", f"unknown symbol {symbol}")
+        return instrument
+
+    def _new_order(self, acct: Account, fields: Mapping[str, Any]) -> Order | str:
+        """Build an order from sendorder fields, or return the status that rejects it."""
+        order_type = _text(fields, "orderType")
+        side = _text(fields, "side")
+        size = _decimal(fields, "size")
+        for name, value in (("orderType", order_type), ("side", side), ("size", size)):
+            if value is None:
+                raise SimError("requiredArgumentMissing", f"{name} is required")
+        instrument = self._instrument(_text(fields, "symbol"))
+        assert order_type is not None and side is not None and size is not None
+        if order_type not in ORDER_TYPES:
+            raise SimError("invalidArgument", f"orderType must be one of {', '.join(ORDER_TYPES)}")
+        if side not in SIDES:
+            raise SimError("invalidArgument", "side must be buy or sell")
+        limit_price = _decimal(fields, "limitPrice")
+        stop_price = _decimal(fields, "stopPrice")
+        if order_type in LIMIT_PRICED and limit_price is None:
+            raise SimError("requiredArgumentMissing", f"limitPrice is required for {order_type}")
+        if order_type in ("stp", "take_profit") and stop_price is None:
+            raise SimError("requiredArgumentMissing", f"stopPrice is required for {order_type}")
+        signal = (_text(fields, "triggerSignal") or self.default_trigger_signal).lower()
+        if signal not in TRIGGER_SIGNALS:
+            raise SimError("invalidArgument", "triggerSignal must be mark, index (spot) or last")
+        deviation = _decimal(fields, "trailingStopMaxDeviation")
+        unit = _text(fields, "trailingStopDeviationUnit")
+        if order_type == "trailing_stop":
+            if deviation is None or unit is None:
+                raise SimError(
+                    "requiredArgumentMissing",
+                    "trailing_stop needs trailingStopMaxDeviation and trailingStopDeviationUnit",
+                )
+            unit = unit.upper()
+            if unit not in TRAILING_UNITS:
+                raise SimError(
+                    "invalidArgument", "trailingStopDeviationUnit must be PERCENT or QUOTE_CURRENCY"
+                )
+            if deviation <= 0 or (unit == "PERCENT" and not Decimal("0.1") <= deviation <= 50):
+                raise SimError("invalidArgument", "trailingStopMaxDeviation is out of range")
+        cli_ord_id = _text(fields, "cliOrdId")
+        if cli_ord_id is not None and len(cli_ord_id) > CLI_ORD_ID_MAX:
+            raise SimError("invalidArgument", f"cliOrdId is longer than {CLI_ORD_ID_MAX} characters")
+        reduce_only = _flag(fields, "reduceOnly")
+        process_before = _text(fields, "processBefore")
+        if process_before is not None:
+            try:
+                deadline = parse_iso(process_before)
+            except ValueError:
+                raise SimError("invalidArgument", "processBefore is not an ISO 8601 time") from None
+            if deadline < self.now():
+                return "wouldProcessAfterSpecifiedTime"
+
+        quote = self.market.quotes[instrument.symbol]
+        if quote.suspended:
+            return "marketSuspended"
+        if not instrument.size_on_lot(size):
+            return "invalidSize"
+        for price in (limit_price, stop_price):
+            if price is not None and not instrument.price_on_tick(price):
+                return "invalidPrice"
+        if limit_price is not None and not self._within_collar(side, limit_price, quote.mark):
+            return "outsidePriceCollar"
+        if cli_ord_id is not None and any(o.cli_ord_id == cli_ord_id for o in acct.open_orders()):
+            return "clientOrderIdAlreadyExist"
+        if len(acct.open_ids) >= self.max_open_orders:
+            return "tooManyOrders"
+        now_ms = self.now_ms()
+        anchor = quote.signal(signal) if order_type == "trailing_stop" else None
+        order = Order(
+            order_id=str(uuid.uuid4()),
+            cli_ord_id=cli_ord_id,
+            symbol=instrument.symbol,
+            side=side,
+            order_type=order_type,
+            size=size,
+            limit_price=limit_price,
+            stop_price=stop_price,
+            reduce_only=reduce_only,
+            received_ms=now_ms,
+            updated_ms=now_ms,
+            trigger_signal=signal,
+            trailing_deviation=deviation,
+            trailing_unit=unit,
+            trailing_anchor=anchor,
+        )
+        if order_type == "trailing_stop":
+            order.stop_price = self._trailing_trigger(order, instrument)
+        if order_type == "mkt":
+            move = 1 + MARKET_PROTECTION if side == "buy" else 1 - MARKET_PROTECTION
+            order.limit_price = instrument.round_price(quote.mark * move)
+        if reduce_only and not self._reduces(acct, order):
+            return "wouldNotReducePosition"
+        if self._self_fill(acct, order):
+            return "selfFill"
+        if not reduce_only and self._margin_needed(order, quote.mark) > self.available_margin(acct):
+            return "insufficientAvailableFunds"
+        return order
+
+    def _within_collar(self, side: str, price: Decimal, mark: Decimal) -> bool:
+        if side == "buy":
+            return price <= mark * (1 + self.price_collar)
+        return price >= mark * (1 - self.price_collar)
+
+    def _reduces(self, acct: Account, order: Order) -> bool:
+        position = acct.positions.get(order.symbol)
+        held = position.size if position else ZERO
+        return (held > 0 and order.side == "sell") or (held < 0 and order.side == "buy")
+
+    def _self_fill(self, acct: Account, order: Order) -> bool:
+        """A limit-priced order that would trade against one of the account's own resting orders."""
+        if order.order_type not in LIMIT_PRICED or order.limit_price is None:
+            return False
+        for other in acct.open_orders():
+            if other.symbol != order.symbol or other.side == order.side or other.is_trigger:
+                continue
+            if other.limit_price is None:
+                continue
+            if order.side == "buy" and order.limit_price >= other.limit_price:
+                return True
+            if order.side == "sell" and order.limit_price <= other.limit_price:
+                return True
+        return False
+
+    def _margin_needed(self, order: Order, mark: Decimal) -> Decimal:
+        instrument = self.market.instrument(order.symbol)
+        assert instrument is not None
+        price = order.limit_price or mark
+        return order.unfilled * price / instrument.max_leverage
+
+    def unrealized(self, acct: Account) -> Decimal:
+        total = ZERO
+        for symbol, position in acct.positions.items():
+            total += (self.market.quotes[symbol].mark - position.price) * position.size
+        return total
+
+    def initial_margin(self, acct: Account) -> Decimal:
+        total = ZERO
+        for symbol, position in acct.positions.items():
+            instrument = self.market.instrument(symbol)
+            assert instrument is not None
+            total += abs(position.size) * self.market.quotes[symbol].mark / instrument.max_leverage
+        return total
+
+    def available_margin(self, acct: Account) -> Decimal:
+        orders = sum(
+            (
+                self._margin_needed(o, self.market.quotes[o.symbol].mark)
+                for o in acct.open_orders()
+                if not o.reduce_only
+            ),
+            ZERO,
+        )
+        return acct.balance + self.unrealized(acct) - self.initial_margin(acct) - orders
+
+    # ---- execution --------------------------------------------------------------------------------
+    def _crosses(self, order: Order) -> bool:
+        quote = self.market.quotes[order.symbol]
+        if order.order_type == "mkt":
+            return True
+        assert order.limit_price is not None
+        if order.side == "buy":
+            return order.limit_price >= quote.ask
+        return order.limit_price <= quote.bid
+
+    def _execute(self, acct: Account, order: Order, price: Decimal, *, maker: bool) -> dict[str, Any]:
+        """Fill the rest of `order` at `price`; return the EXECUTION event."""
+        before = order.view()
+        amount = order.unfilled
+        position = acct.positions.setdefault(order.symbol, Position())
+        if order.reduce_only:
+            amount = min(amount, abs(position.size))
+        signed = amount if order.side == "buy" else -amount
+        now_ms = self.now_ms()
+        if position.size == 0 or (position.size > 0) == (signed > 0):
+            total = position.size + signed
+            position.price = (position.price * abs(position.size) + price * amount) / abs(total)
+            if position.size == 0:
+                position.opened_ms = now_ms
+            position.size = total
+        else:
+            closing = min(abs(signed), abs(position.size))
+            direction = 1 if position.size > 0 else -1
+            acct.balance += (price - position.price) * closing * direction
+            position.size += signed
+            if position.size != 0 and (position.size > 0) != (direction > 0):
+                position.price = price  # flipped: the remainder opened at this price
+                position.opened_ms = now_ms
+        if position.size == 0:
+            del acct.positions[order.symbol]
+        order.filled += amount
+        order.updated_ms = now_ms
+        if order.reduce_only and order.unfilled > 0:
+            order.size = order.filled  # the part that would not reduce is dropped, as Kraken does
+        order.state = "filled"
+        order.update_reason = "FULL_FILL"
+        acct.open_ids.pop(order.order_id, None)
+        self.market.record_trade(order.symbol, price)
+        fill_id = str(uuid.uuid4())
+        acct.fills.append(
+            {
+                "fill_id": fill_id,
+                "symbol": order.symbol,
+                "side": order.side,
+                "order_id": order.order_id,
+                "cliOrdId": order.cli_ord_id,
+                "size": _num(amount),
+                "price": _num(price),
+                "fillTime": to_iso(now_ms / 1000),
+                "fillType": "maker" if maker else "taker",
+            }
+        )
+        return {
+            "type": "EXECUTION",
+            "executionId": fill_id,
+            "price": _num(price),
+            "amount": _num(amount),
+            "orderPriorEdit": None,
+            "orderPriorExecution": before,
+            "takerReducedQuantity": None,
+        }
+
+    def _taker_price(self, order: Order) -> Decimal:
+        quote = self.market.quotes[order.symbol]
+        if order.order_type == "mkt":
+            return quote.mark
+        return quote.ask if order.side == "buy" else quote.bid
+
+    def _rest(self, acct: Account, order: Order) -> None:
+        acct.orders[order.order_id] = order
+        acct.open_ids[order.order_id] = None
+        self._trim(acct)
+
+    def _trim(self, acct: Account) -> None:
+        while len(acct.orders) > self.max_orders_kept:
+            oldest = next(iter(acct.orders))
+            if oldest in acct.open_ids:
+                break
+            del acct.orders[oldest]
+
+    def _place(self, acct: Account, order: Order) -> tuple[str, list[dict[str, Any]]]:
+        """Run a new valid order; return its status and events."""
+        if order.is_trigger:
+            self._rest(acct, order)
+            return "placed", [{"type": "PLACE", "orderTrigger": order.trigger_view()}]
+        crosses = self._crosses(order)
+        if order.order_type == "post" and crosses:
+            return "postWouldExecute", [self._reject(order, "POST_WOULD_EXECUTE")]
+        if order.order_type in ("ioc", "fok") and not crosses:
+            return "iocWouldNotExecute", [self._reject(order, "IOC_WOULD_NOT_EXECUTE")]
+        if crosses:
+            acct.orders[order.order_id] = order
+            event = self._execute(acct, order, self._taker_price(order), maker=False)
+            self._trim(acct)
+            return "placed", [event]
+        self._rest(acct, order)
+        return "placed", [{"type": "PLACE", "order": order.view(), "reducedQuantity": None}]
+
+    @staticmethod
+    def _reject(order: Order, reason: str) -> dict[str, Any]:
+        return {"type": "REJECT", "uid": order.order_id, "order": order.view(), "reason": reason}
+
+    # ---- endpoints --------------------------------------------------------------------------------
+    def send_order(self, acct: Account, fields: Mapping[str, Any]) -> dict[str, Any]:
+        received = self.server_time()
+        built = self._new_order(acct, fields)
+        if isinstance(built, str):
+            return {"status": built, "receivedTime": received, "orderEvents": []}
+        status, events = self._place(acct, built)
+        answer: dict[str, Any] = {
+            "order_id": built.order_id,
+            "status": status,
+            "receivedTime": received,
+            "orderEvents": events,
+        }
+        if built.cli_ord_id is not None:
+            answer["cliOrdId"] = built.cli_ord_id
+        self.on_prices()
+        return answer
+
+    def edit_order(self, acct: Account, fields: Mapping[str, Any]) -> dict[str, Any]:
+        received = self.server_time()
+        order_id = _text(fields, "orderId") or _text(fields, "order_id")
+        cli_ord_id = _text(fields, "cliOrdId")
+        if order_id is None and cli_ord_id is None:
+            raise SimError("requiredArgumentMissing", "orderId or cliOrdId is required")
+        order = acct.find(order_id, cli_ord_id)
+        answer: dict[str, Any] = {
+            "receivedTime": received,
+            "orderId": order_id or (order and order.order_id),
+        }
+        if order is None or order.state != "open":
+            return {**answer, "status": "orderForEditNotFound", "orderEvents": []}
+        size = _decimal(fields, "size")
+        limit_price = _decimal(fields, "limitPrice")
+        stop_price = _decimal(fields, "stopPrice")
+        deviation = _decimal(fields, "trailingStopMaxDeviation")
+        qty_mode = (_text(fields, "qtyMode") or "RELATIVE").upper()
+        if qty_mode not in ("ABSOLUTE", "RELATIVE"):
+            raise SimError("invalidArgument", "qtyMode must be ABSOLUTE or RELATIVE")
+        instrument = self.market.instrument(order.symbol)
+        assert instrument is not None
+        answer["orderId"] = order.order_id
+        if (stop_price is not None or deviation is not None) and not order.is_trigger:
+            return {**answer, "status": "orderForEditNotAStop", "orderEvents": []}
+        new_size = order.size
+        if size is not None:
+            new_size = size if qty_mode == "ABSOLUTE" else order.filled + size
+            if not instrument.size_on_lot(new_size) or new_size <= order.filled:
+                return {**answer, "status": "invalidSize", "orderEvents": []}
+        for price in (limit_price, stop_price):
+            if price is not None and not instrument.price_on_tick(price):
+                return {**answer, "status": "invalidPrice", "orderEvents": []}
+        quote = self.market.quotes[order.symbol]
+        if limit_price is not None and not self._within_collar(order.side, limit_price, quote.mark):
+            return {**answer, "status": "outsidePriceCollar", "orderEvents": []}
+        old = order.view()
+        candidate = dataclasses.replace(order)
+        candidate.size = new_size
+        if limit_price is not None:
+            candidate.limit_price = limit_price
+        if stop_price is not None:
+            candidate.stop_price = stop_price
+        if deviation is not None:
+            candidate.trailing_deviation = deviation
+        if not candidate.is_trigger and candidate.order_type == "post" and self._crosses(candidate):
+            return {**answer, "status": "postWouldExecute", "orderEvents": []}
+        if candidate.reduce_only and not self._reduces(acct, candidate):
+            return {**answer, "status": "wouldNotReducePosition", "orderEvents": []}
+        extra = self._margin_needed(candidate, quote.mark) - self._margin_needed(order, quote.mark)
+        if not candidate.reduce_only and extra > 0 and extra > self.available_margin(acct):
+            return {**answer, "status": "insufficientAvailableFunds", "orderEvents": []}
+        order.size, order.limit_price, order.stop_price = (
+            new_size,
+            candidate.limit_price,
+            candidate.stop_price,
+        )
+        order.trailing_deviation = candidate.trailing_deviation
+        order.updated_ms = self.now_ms()
+        events: list[dict[str, Any]] = [
+            {"type": "EDIT", "old": old, "new": order.view(), "reducedQuantity": None}
+        ]
+        if not order.is_trigger and self._crosses(order):
+            events.append(self._execute(acct, order, self._taker_price(order), maker=False))
+        self.on_prices()
+        return {**answer, "status": "edited", "orderEvents": events}
+
+    def cancel_order(self, acct: Account, fields: Mapping[str, Any]) -> dict[str, Any]:
+        received = self.server_time()
+        order_id = _text(fields, "order_id") or _text(fields, "orderId")
+        cli_ord_id = _text(fields, "cliOrdId")
+        if order_id is None and cli_ord_id is None:
+            raise SimError("requiredArgumentMissing", "order_id or cliOrdId is required")
+        order = acct.find(order_id, cli_ord_id)
+        answer: dict[str, Any] = {"receivedTime": received}
+        if order is None:
+            answer.update(status="notFound")
+            if order_id:
+                answer["order_id"] = order_id
+            if cli_ord_id:
+                answer["cliOrdId"] = cli_ord_id
+            return answer
+        answer["order_id"] = order.order_id
+        if order.cli_ord_id is not None:
+            answer["cliOrdId"] = order.cli_ord_id
+        if order.state == "filled":
+            return {**answer, "status": "filled", "orderEvents": []}
+        if order.state == "cancelled":
+            return {**answer, "status": "notFound", "orderEvents": []}
+        event = self._cancel(acct, order, "CANCELLED_BY_USER")
+        return {**answer, "status": "cancelled", "orderEvents": [event]}
+
+    def _cancel(self, acct: Account, order: Order, reason: str) -> dict[str, Any]:
+        order.state = "cancelled"
+        order.update_reason = reason
+        order.updated_ms = self.now_ms()
+        acct.open_ids.pop(order.order_id, None)
+        return {"type": "CANCEL", "uid": order.order_id, "order": order.view()}
+
+    def cancel_all(
+        self, acct: Account, symbol: str | None, *, reason: str = "CANCELLED_BY_USER"
+    ) -> dict[str, Any]:
+        received = self.server_time()
+        if symbol is not None:
+            symbol = self._instrument(symbol).symbol
+        targets = [o for o in acct.open_orders() if symbol is None or o.symbol == symbol]
+        events = [self._cancel(acct, o, reason) for o in targets]
+        return {
+            "receivedTime": received,
+            "cancelOnly": symbol or "all",
+            "status": "cancelled" if targets else "noOrdersToCancel",
+            "cancelledOrders": [
+                {"order_id": o.order_id, **({"cliOrdId": o.cli_ord_id} if o.cli_ord_id else {})}
+                for o in targets
+            ],
+            "orderEvents": events,
+        }
+
+    def batch(self, acct: Account, items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        tags: dict[str, str] = {}
+        for item in items:
+            try:
+                results.append(self._batch_item(acct, item, tags))
+            except SimError as exc:  # a malformed item fails alone, as on Kraken
+                entry: dict[str, Any] = {"status": exc.code, "orderEvents": []}
+                for key in ("order_tag", "order_id", "cliOrdId"):
+                    if item.get(key) is not None:
+                        entry[key] = item[key]
+                results.append(entry)
+        return results
+
+    def _batch_item(self, acct: Account, item: Mapping[str, Any], tags: dict[str, str]) -> dict[str, Any]:
+        """One batch item. Edits and cancels may name an earlier item's `order_tag` as their order_id."""
+        kind = item.get("order")
+        fields = dict(item)
+        if kind == "send":
+            answer = self.send_order(acct, fields)
+            entry = {
+                "status": answer["status"],
+                "order_tag": item.get("order_tag"),
+                "order_id": answer.get("order_id"),
+                "dateTimeReceived": answer["receivedTime"],
+                "orderEvents": answer["orderEvents"],
+            }
+            if answer.get("order_id") and item.get("order_tag") is not None:
+                tags[str(item["order_tag"])] = answer["order_id"]
+            if item.get("cliOrdId") is not None:
+                entry["cliOrdId"] = item["cliOrdId"]
+            return entry
+        if kind == "edit":
+            fields["orderId"] = tags.get(str(item.get("order_id")), item.get("order_id"))
+            answer = self.edit_order(acct, fields)
+            return {
+                "status": answer["status"],
+                "order_id": answer.get("orderId"),
+                "orderEvents": answer["orderEvents"],
+            }
+        if kind == "cancel":
+            fields["order_id"] = tags.get(str(item.get("order_id")), item.get("order_id"))
+            answer = self.cancel_order(acct, fields)
+            entry = {
+                "status": answer["status"],
+                "order_id": answer.get("order_id"),
+                "orderEvents": answer.get("orderEvents", []),
+            }
+            if answer.get("cliOrdId") is not None:
+                entry["cliOrdId"] = answer["cliOrdId"]
+            return entry
+        raise SimError("invalidArgument", "batch items must be send, edit or cancel")
+
+    # ---- reads ------------------------------------------------------------------------------------
+    def open_orders_payload(self, acct: Account) -> list[dict[str, Any]]:
+        rows = []
+        for order in reversed(acct.open_orders()):  # newest first, as Kraken lists them
+            row: dict[str, Any] = {
+                "order_id": order.order_id,
+                "symbol": order.symbol,
+                "side": order.side,
+                "orderType": order.resting_type,
+                "unfilledSize": _num(order.unfilled),
+                "filledSize": _num(order.filled),
+                "receivedTime": to_iso(order.received_ms / 1000),
+                "lastUpdateTime": to_iso(order.updated_ms / 1000),
+                "status": "untouched" if order.filled == 0 else "partiallyFilled",
+                "reduceOnly": order.reduce_only,
+            }
+            if order.limit_price is not None:
+                row["limitPrice"] = _num(order.limit_price)
+            if order.is_trigger:
+                row["stopPrice"] = _num(order.stop_price)
+                row["triggerSignal"] = SIGNAL_OUT[order.trigger_signal]
+            if order.cli_ord_id is not None:
+                row["cliOrdId"] = order.cli_ord_id
+            rows.append(row)
+        return rows
+
+    def open_positions_payload(self, acct: Account) -> list[dict[str, Any]]:
+        return [
+            {
+                "side": "long" if position.size > 0 else "short",
+                "symbol": symbol,
+                "price": _num(position.price),
+                "fillTime": to_iso(position.opened_ms / 1000),
+                "size": _num(abs(position.size)),
+                "unrealizedPnl": _num((self.market.quotes[symbol].mark - position.price) * position.size),
+                "unrealizedFunding": 0,
+                "pnlCurrency": "USD",
+            }
+            for symbol, position in acct.positions.items()
+        ]
+
+    def accounts_payload(self, acct: Account) -> dict[str, Any]:
+        unrealized = self.unrealized(acct)
+        margin = self.initial_margin(acct)
+        available = self.available_margin(acct)
+        equity = acct.balance + unrealized
+        balance = _num(acct.balance)
+        return {
+            "cash": {"type": "cashAccount", "balances": {"usd": 0}},
+            "flex": {
+                "type": "multiCollateralMarginAccount",
+                "currencies": {
+                    "USD": {
+                        "quantity": balance,
+                        "value": balance,
+                        "collateral": balance,
+                        "available": _num(available),
+                    },
+                },
+                "initialMargin": _num(margin),
+                "initialMarginWithOrders": _num(equity - available),
+                "maintenanceMargin": _num(margin / 2),
+                "balanceValue": balance,
+                "portfolioValue": _num(equity),
+                "collateralValue": balance,
+                "pnl": _num(unrealized),
+                "unrealizedFunding": 0,
+                "totalUnrealized": _num(unrealized),
+                "totalUnrealizedAsMargin": _num(unrealized),
+                "availableMargin": _num(available),
+                "marginEquity": _num(equity),
+            },
+        }
+
+    def fills_payload(self, acct: Account, last_fill_time: str | None) -> list[dict[str, Any]]:
+        fills = list(acct.fills)
+        if last_fill_time is not None:
+            try:
+                cutoff = parse_iso(last_fill_time)
+            except ValueError:
+                raise SimError("invalidArgument", "lastFillTime is not an ISO 8601 time") from None
+            fills = [f for f in fills if parse_iso(f["fillTime"]) <= cutoff]
+        fills.reverse()  # newest first, as Kraken lists them
+        return [{k: v for k, v in f.items() if v is not None} for f in fills[:100]]
+
+    def order_status_payload(
+        self, acct: Account, order_ids: list[str], cli_ids: list[str]
+    ) -> list[dict[str, Any]]:
+        found: list[Order] = []
+        for oid in order_ids:
+            order = acct.orders.get(oid)
+            if order is not None:
+                found.append(order)
+        for cid in cli_ids:
+            order = acct.find(None, cid)
+            if order is not None and order not in found:
+                found.append(order)
+        horizon_ms = self.now_ms() - self.status_retention_s * 1000
+        rows = []
+        for order in found:
+            if order.state != "open" and order.updated_ms < horizon_ms:
+                continue  # Kraken reports closed orders here only for a few seconds
+            if order.state == "open":
+                status = "TRIGGER_PLACED" if order.is_trigger else "ENTERED_BOOK"
+            elif order.state == "filled":
+                status = "FULLY_EXECUTED"
+            else:
+                status = "CANCELLED"
+            view = order.view()
+            view["type"] = "TRIGGER_ORDER" if order.order_type in TRIGGER_TYPES else "ORDER"
+            view["orderType"] = order.resting_type
+            view["priceTriggerOptions"] = None
+            view["triggerTime"] = None
+            if order.order_type in TRIGGER_TYPES:
+                above = order.trigger_view()["triggerSide"] == "trigger_above"
+                view["priceTriggerOptions"] = {
+                    "triggerPrice": _num(order.stop_price),
+                    "triggerSide": "TRIGGER_ABOVE" if above else "TRIGGER_BELOW",
+                    "triggerSignal": f"{SIGNAL_OUT[order.trigger_signal].upper()}_PRICE",
+                }
+            rows.append(
+                {
+                    "order": view,
+                    "status": status,
+                    "updateReason": order.update_reason,
+                    "error": None,
+                }
+            )
+        return rows
+
+    # ---- the dead man's switch -------------------------------------------------------------------
+    def arm_switch(self, acct: Account, timeout_s: int) -> dict[str, str]:
+        """Start, push back (timeout > 0) or stop (0) the account's countdown; Kraken's answer."""
+        now = self.now()
+        acct.switch_trigger_at = now + timeout_s if timeout_s > 0 else None
+        trigger = to_iso(acct.switch_trigger_at) if acct.switch_trigger_at is not None else "0"
+        return {"currentTime": to_iso(now), "triggerTime": trigger}
+
+    def fire_switch(self, acct: Account) -> int:
+        """The countdown ran out: cancel every open order, trigger orders too; the switch stays off."""
+        acct.switch_trigger_at = None
+        acct.switch_fired += 1
+        return len(self.cancel_all(acct, None, reason="DEAD_MAN_SWITCH")["cancelledOrders"])
+
+    # ---- prices moving ----------------------------------------------------------------------------
+    def on_prices(self) -> None:
+        """After a price change: fire trigger orders whose level was reached, fill resting limits."""
+        for acct in self.accounts.values():
+            for order in acct.open_orders():
+                if order.state != "open":
+                    continue
+                instrument = self.market.instrument(order.symbol)
+                assert instrument is not None
+                if order.is_trigger:
+                    self._watch_trigger(acct, order, instrument)
+                elif self._crosses(order):
+                    assert order.limit_price is not None
+                    self._execute(acct, order, order.limit_price, maker=True)
+
+    def _trailing_trigger(self, order: Order, instrument: Instrument) -> Decimal:
+        assert order.trailing_anchor is not None and order.trailing_deviation is not None
+        if order.trailing_unit == "PERCENT":
+            offset = order.trailing_anchor * order.trailing_deviation / 100
+        else:
+            offset = order.trailing_deviation
+        level = order.trailing_anchor + offset if order.side == "buy" else order.trailing_anchor - offset
+        return instrument.round_price(max(level, instrument.tick_size))
+
+    def _watch_trigger(self, acct: Account, order: Order, instrument: Instrument) -> None:
+        price = self.market.quotes[order.symbol].signal(order.trigger_signal)
+        if order.order_type == "trailing_stop":
+            assert order.trailing_anchor is not None
+            better = price < order.trailing_anchor if order.side == "buy" else price > order.trailing_anchor
+            if better:
+                order.trailing_anchor = price
+                order.stop_price = self._trailing_trigger(order, instrument)
+            fire = price >= order.stop_price if order.side == "buy" else price <= order.stop_price  # type: ignore[operator]
+        elif order.order_type == "stp":
+            fire = price >= order.stop_price if order.side == "buy" else price <= order.stop_price  # type: ignore[operator]
+        else:  # take_profit
+            fire = price <= order.stop_price if order.side == "buy" else price >= order.stop_price  # type: ignore[operator]
+        if not fire:
+            return
+        if order.reduce_only and not self._reduces(acct, order):
+            self._cancel(acct, order, "STOP_ORDER_TRIGGERED_REDUCE_ONLY_REJECTED")
+            return
+        order.triggered = True
+        order.update_reason = "STOP_ORDER_TRIGGERED"
+        order.updated_ms = self.now_ms()
+        if order.limit_price is None:  # a stop without a limit price fires as a market order
+            self._execute(acct, order, self.market.quotes[order.symbol].mark, maker=False)
+        elif self._crosses(order):
+            self._execute(acct, order, self._taker_price(order), maker=False)

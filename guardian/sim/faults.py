@@ -1,0 +1,96 @@
+"""Fault injection for the simulator: what a broken exchange or network does to a request.
+
+A fault applies to one endpoint (by its name in the endpoint table) or to all (`*`), optionally only
+for the next `times` requests. Kinds:
+
+- `latency`: answer normally, `latency_s` seconds late;
+- `error`: answer Kraken's error envelope with `code` (HTTP `status`, default 200);
+- `status`: answer HTTP `status` (a 5xx usually) with a non-JSON body;
+- `hang`: never answer (until the fault is cleared or the simulator stops);
+- `drop`: close the connection without answering.
+
+The clock offset (what the exchange reports as its time) is kept by the exchange itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+FAULT_KINDS = ("latency", "error", "status", "hang", "drop")
+
+
+@dataclass(slots=True)
+class Fault:
+    endpoint: str
+    kind: str
+    latency_s: float = 0.0
+    code: str = "Unavailable"
+    status: int = 200
+    times: int | None = None  # None: until cleared
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(FAULT_KINDS)}")
+        if self.latency_s < 0 or self.latency_s > 3600:
+            raise ValueError("latency_s must be between 0 and 3600")
+        if not 100 <= self.status <= 599:
+            raise ValueError("status must be an HTTP status code")
+        if self.kind == "status" and self.status < 400:
+            self.status = 503
+        if self.times is not None and self.times < 1:
+            raise ValueError("times must be at least 1")
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Fault:
+        if not isinstance(doc, dict):
+            raise ValueError("a fault is a JSON object")
+        allowed = {"endpoint", "kind", "latency_s", "code", "status", "times"}
+        unknown = set(doc) - allowed
+        if unknown:
+            raise ValueError(f"unknown fault fields: {', '.join(sorted(unknown))}")
+        try:
+            return cls(
+                endpoint=str(doc.get("endpoint", "*")),
+                kind=str(doc["kind"]),
+                latency_s=float(doc.get("latency_s", 0.0)),
+                code=str(doc.get("code", "Unavailable")),
+                status=int(doc.get("status", 200)),
+                times=None if doc.get("times") is None else int(doc["times"]),
+            )
+        except KeyError:
+            raise ValueError("a fault needs a kind") from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"bad fault field: {exc}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class FaultTable:
+    """The active faults; the first that matches a request is used (and consumed if counted)."""
+
+    def __init__(self) -> None:
+        self._faults: list[Fault] = []
+
+    def add(self, fault: Fault) -> None:
+        self._faults.append(fault)
+
+    def clear(self, endpoint: str | None = None) -> None:
+        if endpoint is None:
+            self._faults.clear()
+        else:
+            self._faults = [f for f in self._faults if f.endpoint != endpoint]
+
+    def take(self, endpoint: str) -> Fault | None:
+        for fault in self._faults:
+            if fault.endpoint in (endpoint, "*"):
+                if fault.times is not None:
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._faults.remove(fault)
+                return fault
+        return None
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [f.to_json() for f in self._faults]

@@ -1,0 +1,49 @@
+"""Shared fixtures: a simulator on an ephemeral loopback port and a real client signed for it."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import pytest
+
+from guardian.kraken.client import Credentials, KrakenClient
+from guardian.secret import ApiSecret
+from guardian.sim.app import SimKey, Simulator
+from guardian.sim.market import Market
+
+# A trade key, a read-only key and a funds key of the simulated exchange (base64 of fixed bytes).
+TRADE_KEY = "sim-trade-key-0001"
+TRADE_SECRET = base64.b64encode(bytes(range(64))).decode()
+READ_KEY = "sim-read-key-0001"
+READ_SECRET = base64.b64encode(bytes(range(64, 128))).decode()
+
+
+def sim_keys() -> list[SimKey]:
+    return [
+        SimKey(TRADE_KEY, ApiSecret(TRADE_SECRET), account="main", permissions=frozenset({"read", "trade"})),
+        SimKey(READ_KEY, ApiSecret(READ_SECRET), account="main", permissions=frozenset({"read"})),
+    ]
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    """A simulator with frozen prices (no random walk): tests move marks through the control API."""
+    simulator = Simulator(sim_keys(), market=Market(seed=7), tick_s=None)
+    await simulator.start("127.0.0.1", 0)
+    try:
+        yield simulator
+    finally:
+        await simulator.close()
+
+
+@pytest.fixture
+async def client(sim: Simulator) -> AsyncIterator[KrakenClient]:
+    async with KrakenClient(sim.url, Credentials(TRADE_KEY, ApiSecret(TRADE_SECRET)), timeout_s=5) as kraken:
+        yield kraken
+
+
+@pytest.fixture
+async def read_client(sim: Simulator) -> AsyncIterator[KrakenClient]:
+    async with KrakenClient(sim.url, Credentials(READ_KEY, ApiSecret(READ_SECRET)), timeout_s=5) as kraken:
+        yield kraken
