@@ -42,7 +42,7 @@ class Redactor:
                 text = text.replace(value, MASK)
         return text
 
-    def _clean(self, value: Any, depth: int = 0) -> Any:
+    def clean(self, value: Any, depth: int = 0) -> Any:
         if isinstance(value, Secret):
             return MASK
         if isinstance(value, str):
@@ -51,11 +51,11 @@ class Redactor:
             return value
         if isinstance(value, dict):
             return {
-                k: (MASK if isinstance(k, str) and SENSITIVE_NAME.search(k) else self._clean(v, depth + 1))
+                k: (MASK if isinstance(k, str) and SENSITIVE_NAME.search(k) else self.clean(v, depth + 1))
                 for k, v in value.items()
             }
         if isinstance(value, list | tuple):
-            return type(value)(self._clean(v, depth + 1) for v in value)
+            return type(value)(self.clean(v, depth + 1) for v in value)
         return value
 
     def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
@@ -63,7 +63,7 @@ class Redactor:
             if SENSITIVE_NAME.search(key) and key not in ("api_key_name",):
                 event_dict[key] = MASK
             else:
-                event_dict[key] = self._clean(event_dict[key])
+                event_dict[key] = self.clean(event_dict[key])
         return event_dict
 
 
@@ -71,10 +71,9 @@ REDACTOR = Redactor()
 
 
 def _scrub_rendered(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
-    """Last line of defence after exception rendering: mask registered values in the text fields."""
-    for key in ("exception", "event"):
-        if isinstance(event_dict.get(key), str):
-            event_dict[key] = REDACTOR.scrub(event_dict[key])
+    """After the exception has been rendered (to text or to a structure): mask registered values in it."""
+    if "exception" in event_dict:
+        event_dict["exception"] = REDACTOR.clean(event_dict["exception"])
     return event_dict
 
 
@@ -94,7 +93,13 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     ]
     processors: list[Processor]
     if console:
-        processors = [*shared, _scrub_rendered, structlog.dev.ConsoleRenderer(colors=out.isatty())]
+        # Exceptions become plain text (no locals) before the scrub, so the renderer never sees a secret.
+        processors = [
+            *shared,
+            structlog.processors.format_exc_info,
+            _scrub_rendered,
+            structlog.dev.ConsoleRenderer(colors=out.isatty()),
+        ]
     else:
         transformer = structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
         processors = [

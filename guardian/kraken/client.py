@@ -146,7 +146,7 @@ def _error_code(doc: object) -> str | None:
     if isinstance(errors, list) and errors:
         first = errors[0]
         if isinstance(first, dict):
-            found = first.get("code") or first.get("message")
+            found = first.get("message") or first.get("code")  # the message names it; code is a number
             return str(found) if found else "unknownError"
         return str(first)
     return None
