@@ -19,8 +19,8 @@ run: $(BIN)/.installed
 	$(BIN)/guardian sim --listen $(LISTEN)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff format --check guardian tests bench
-	$(BIN)/ruff check guardian tests bench
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy guardian

@@ -855,6 +855,10 @@ class Exchange:
                     self._watch_trigger(acct, order, instrument)
                 elif self._crosses(order):
                     assert order.limit_price is not None
+                    if order.reduce_only and not self._reduces(acct, order):
+                        # The position it was to reduce is gone (or flipped): Kraken cancels it.
+                        self._cancel(acct, order, "WOULD_NOT_REDUCE_POSITION")
+                        continue
                     self._execute(acct, order, order.limit_price, maker=True)
 
     def _trailing_trigger(self, order: Order, instrument: Instrument) -> Decimal:
@@ -882,7 +886,7 @@ class Exchange:
         if not fire:
             return
         if order.reduce_only and not self._reduces(acct, order):
-            self._cancel(acct, order, "STOP_ORDER_TRIGGERED_REDUCE_ONLY_REJECTED")
+            self._cancel(acct, order, "WOULD_NOT_REDUCE_POSITION")
             return
         order.triggered = True
         order.update_reason = "STOP_ORDER_TRIGGERED"

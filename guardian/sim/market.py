@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,10 +28,16 @@ class Instrument:
         return ticks * self.tick_size
 
     def price_on_tick(self, price: Decimal) -> bool:
-        return price > 0 and (price % self.tick_size) == 0
+        try:  # an absurdly large price overflows Decimal's precision: not on any tick
+            return price > 0 and (price % self.tick_size) == 0
+        except InvalidOperation:
+            return False
 
     def size_on_lot(self, size: Decimal) -> bool:
-        return size > 0 and size == size.quantize(Decimal(1).scaleb(-self.size_precision))
+        try:  # likewise an absurdly large size
+            return size > 0 and size == size.quantize(Decimal(1).scaleb(-self.size_precision))
+        except InvalidOperation:
+            return False
 
 
 DEFAULT_INSTRUMENTS: tuple[Instrument, ...] = (
