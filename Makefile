@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-LISTEN ?= 127.0.0.1:8787
+LISTEN ?= 127.0.0.1:8788
 
 .PHONY: run test lint typecheck unit clean
 .DEFAULT_GOAL := test
