@@ -196,6 +196,12 @@ def _text(fields: Mapping[str, Any], name: str) -> str | None:
     return str(raw)
 
 
+def _check_deviation(deviation: Decimal, unit: str | None) -> None:
+    """A trailing stop's distance: positive, and 0.1 to 50 when it is a percentage."""
+    if deviation <= 0 or (unit == "PERCENT" and not Decimal("0.1") <= deviation <= 50):
+        raise SimError("invalidArgument", "trailingStopMaxDeviation is out of range")
+
+
 class Exchange:
     """The state of the simulated exchange and every operation on it."""
 
@@ -285,8 +291,7 @@ class Exchange:
                 raise SimError(
                     "invalidArgument", "trailingStopDeviationUnit must be PERCENT or QUOTE_CURRENCY"
                 )
-            if deviation <= 0 or (unit == "PERCENT" and not Decimal("0.1") <= deviation <= 50):
-                raise SimError("invalidArgument", "trailingStopMaxDeviation is out of range")
+            _check_deviation(deviation, unit)
         cli_ord_id = _text(fields, "cliOrdId")
         if cli_ord_id is not None and len(cli_ord_id) > CLI_ORD_ID_MAX:
             raise SimError("invalidArgument", f"cliOrdId is longer than {CLI_ORD_ID_MAX} characters")
@@ -552,6 +557,13 @@ class Exchange:
         answer["orderId"] = order.order_id
         if (stop_price is not None or deviation is not None) and not order.is_trigger:
             return {**answer, "status": "orderForEditNotAStop", "orderEvents": []}
+        if order.order_type == "trailing_stop" and order.is_trigger:
+            if stop_price is not None:
+                return {**answer, "status": "cannotEditTriggerPriceOfTrailingStop", "orderEvents": []}
+            if limit_price is not None:
+                return {**answer, "status": "cannotEditLimitPriceOfTrailingStop", "orderEvents": []}
+            if deviation is not None:
+                _check_deviation(deviation, order.trailing_unit)
         new_size = order.size
         if size is not None:
             new_size = size if qty_mode == "ABSOLUTE" else order.filled + size
@@ -585,6 +597,8 @@ class Exchange:
             candidate.stop_price,
         )
         order.trailing_deviation = candidate.trailing_deviation
+        if order.order_type == "trailing_stop" and order.is_trigger and deviation is not None:
+            order.stop_price = self._trailing_trigger(order, instrument)  # same anchor, new distance
         order.updated_ms = self.now_ms()
         events: list[dict[str, Any]] = [
             {"type": "EDIT", "old": old, "new": order.view(), "reducedQuantity": None}
@@ -624,6 +638,8 @@ class Exchange:
         order.update_reason = reason
         order.updated_ms = self.now_ms()
         acct.open_ids.pop(order.order_id, None)
+        if order.is_trigger:  # a trigger order that never fired is shown as the trigger it still is
+            return {"type": "CANCEL", "uid": order.order_id, "orderTrigger": order.trigger_view()}
         return {"type": "CANCEL", "uid": order.order_id, "order": order.view()}
 
     def cancel_all(
