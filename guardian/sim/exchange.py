@@ -532,13 +532,20 @@ class Exchange:
         self.on_prices()
         return answer
 
-    def edit_order(self, acct: Account, fields: Mapping[str, Any]) -> dict[str, Any]:
-        received = self.server_time()
-        order_id = _text(fields, "orderId") or _text(fields, "order_id")
+    @staticmethod
+    def _locate(
+        acct: Account, fields: Mapping[str, Any], id_name: str, alias: str
+    ) -> tuple[str | None, str | None, Order | None]:
+        """The order an edit or cancel names: by id (Kraken spells it differently per endpoint) or cliOrdId."""
+        order_id = _text(fields, id_name) or _text(fields, alias)
         cli_ord_id = _text(fields, "cliOrdId")
         if order_id is None and cli_ord_id is None:
-            raise SimError("requiredArgumentMissing", "orderId or cliOrdId is required")
-        order = acct.find(order_id, cli_ord_id)
+            raise SimError("requiredArgumentMissing", f"{id_name} or cliOrdId is required")
+        return order_id, cli_ord_id, acct.find(order_id, cli_ord_id)
+
+    def edit_order(self, acct: Account, fields: Mapping[str, Any]) -> dict[str, Any]:
+        received = self.server_time()
+        order_id, cli_ord_id, order = self._locate(acct, fields, "orderId", "order_id")
         answer: dict[str, Any] = {
             "receivedTime": received,
             "orderId": order_id or (order and order.order_id),
@@ -610,11 +617,7 @@ class Exchange:
 
     def cancel_order(self, acct: Account, fields: Mapping[str, Any]) -> dict[str, Any]:
         received = self.server_time()
-        order_id = _text(fields, "order_id") or _text(fields, "orderId")
-        cli_ord_id = _text(fields, "cliOrdId")
-        if order_id is None and cli_ord_id is None:
-            raise SimError("requiredArgumentMissing", "order_id or cliOrdId is required")
-        order = acct.find(order_id, cli_ord_id)
+        order_id, cli_ord_id, order = self._locate(acct, fields, "order_id", "orderId")
         answer: dict[str, Any] = {"receivedTime": received}
         if order is None:
             answer.update(status="notFound")
