@@ -545,7 +545,7 @@ class Exchange:
 
     def edit_order(self, acct: Account, fields: Mapping[str, Any]) -> dict[str, Any]:
         received = self.server_time()
-        order_id, cli_ord_id, order = self._locate(acct, fields, "orderId", "order_id")
+        order_id, _, order = self._locate(acct, fields, "orderId", "order_id")
         answer: dict[str, Any] = {
             "receivedTime": received,
             "orderId": order_id or (order and order.order_id),
