@@ -8,8 +8,10 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from guardian import __version__, logs
+from guardian.config import load_config
 from guardian.errors import ConfigError
 
 EX_OK = 0
@@ -39,7 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--control-token", default=None, help="require this bearer token on /_sim/")
     sim.add_argument("--log-level", default="info", choices=logs.LEVELS)
     sim.add_argument("--log-format", default="auto", choices=logs.FORMATS)
+
+    check = sub.add_parser(
+        "check-config", help="validate a configuration file, print a summary and every protection that is off"
+    )
+    check.add_argument("--config", type=Path, required=True, metavar="FILE", help="the TOML configuration")
     return parser
+
+
+async def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    logs.REDACTOR.register(config.all_secrets())
+    print(f"{args.config}: valid")
+    print(config.summary())
+    for warning in config.warnings():
+        print(f"warning: {warning}")
+    return EX_OK
 
 
 async def _run_sim(args: argparse.Namespace) -> int:
@@ -73,7 +90,7 @@ async def _run_sim(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-COMMANDS = {"sim": _run_sim}
+COMMANDS = {"sim": _run_sim, "check-config": _check_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

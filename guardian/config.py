@@ -1,0 +1,710 @@
+"""The configuration file: TOML in, frozen validated dataclasses out, or a `ConfigError` naming the key.
+
+Phase one of two: nothing here opens a socket or a session. Every key is checked for its type and its
+range, unknown keys are refused at every level (a typo must not silently switch a protection off), and
+every message names the dotted key (`accounts[0].switch.refresh_max_s`) and says how to fix it.
+
+Secrets (`api_key`, `api_secret`, `admin_token`) come from exactly one of three places: the value itself
+(`x`), a file (`x_file`) or an environment variable (`x_env`). A relative `x_file` is looked up under
+`$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`), then `/run/secrets` (Docker secrets), then the
+configuration file's own directory; an absolute one is read as it is. Secret values never appear in a
+message, a warning, a summary or a `repr`; an `api_key` shows at most its first four characters.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from guardian import logs
+from guardian.errors import ConfigError
+from guardian.kraken.endpoints import Permission
+from guardian.secret import ApiSecret, Secret
+
+DEFAULT_SECRETS_DIRS: Final = (Path("/run/secrets"),)
+DEFAULT_BASE_URL: Final = "https://futures.kraken.com"
+MAX_TIMEOUT_S: Final = 2**32 - 1
+MIN_ADMIN_TOKEN_CHARS: Final = 16
+MIN_CLIENT_SECRET_BYTES: Final = 16
+CLIENT_PERMISSIONS: Final = (Permission.READ, Permission.TRADE)
+_MAX_SECRET_FILE_BYTES: Final = 64 * 1024
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SYMBOL = re.compile(r"\S+")
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+class OnShutdown(enum.StrEnum):
+    """What a deliberate stop of guardian does to the exchange's switch."""
+
+    KEEP = "keep"  # leave the timer running: a restart takes over with no unprotected gap
+    DISARM = "disarm"  # send timeout=0 as the very last call
+    CANCEL = "cancel"  # cancel every open order, then disarm
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8787
+    admin_token: Secret | None = None  # None: no admin endpoints
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class JournalConfig:
+    path: Path = Path("guardian-journal.sqlite3")  # a relative path is relative to the working directory
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchConfig:
+    refresh_min_s: float = 15.0
+    refresh_max_s: float = 20.0
+    timeout_s: int = 60
+    min_remaining_s: float = 20.0
+    on_shutdown: OnShutdown = OnShutdown.KEEP
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolLimits:
+    """Pre-trade limits; None means that limit is off."""
+
+    max_order_size: float | None = None
+    max_notional: float | None = None
+    price_band_pct: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GuardConfig:
+    symbols: tuple[str, ...] | None = None  # None: any symbol may be traded
+    max_order_size: float | None = None
+    max_notional: float | None = None
+    price_band_pct: float | None = None
+    per_symbol: Mapping[str, SymbolLimits] = field(default_factory=lambda: MappingProxyType({}))
+
+    def limits_for(self, symbol: str) -> SymbolLimits:
+        """The limits that apply to `symbol`: its own override where set, else the account's."""
+        own = self.per_symbol.get(symbol, SymbolLimits())
+        return SymbolLimits(
+            max_order_size=_first(own.max_order_size, self.max_order_size),
+            max_notional=_first(own.max_notional, self.max_notional),
+            price_band_pct=_first(own.price_band_pct, self.price_band_pct),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """A local bot's key: it signs its requests to guardian with `api_secret`, as it would to Kraken."""
+
+    name: str
+    api_key: str = field(repr=False)
+    api_secret: ApiSecret
+    permissions: frozenset[Permission]
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfig:
+    name: str
+    api_key: str = field(repr=False)
+    api_secret: ApiSecret
+    base_url: str = DEFAULT_BASE_URL
+    switch: SwitchConfig = SwitchConfig()
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    clients: tuple[ClientConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    accounts: tuple[AccountConfig, ...]
+    server: ServerConfig = ServerConfig()
+    journal: JournalConfig = JournalConfig()
+    log: LogConfig = LogConfig()
+
+    def all_secrets(self) -> list[Secret]:
+        """Every secret loaded, for `logs.REDACTOR.register`."""
+        found: list[Secret] = [] if self.server.admin_token is None else [self.server.admin_token]
+        for account in self.accounts:
+            found.append(account.api_secret)
+            found.extend(client.api_secret for client in account.clients)
+        return found
+
+    def warnings(self) -> list[str]:
+        """Every protection that is off, and every choice that weakens one, one line each."""
+        notes: list[str] = []
+        if self.server.admin_token is None:
+            notes.append("server.admin_token is not set: the admin endpoints are off")
+        if not self.server.is_loopback:
+            notes.append(
+                f"server.listen = {self.server.listen!r} is not a loopback address: "
+                "guardian's API is reachable from other machines"
+            )
+        for i, account in enumerate(self.accounts):
+            notes.extend(_account_warnings(f"accounts[{i}]", account))
+        return notes
+
+    def summary(self) -> str:
+        """A human summary for `guardian check-config`; secrets masked, api_keys cut to four characters."""
+        token = "set" if self.server.admin_token else "not set (no admin endpoints)"
+        lines = [
+            f"server: listen {self.server.listen}, admin token {token}",
+            f"journal: {self.journal.path}",
+            f"log: level {self.log.level}, format {self.log.format}",
+        ]
+        for account in self.accounts:
+            sw, guard = account.switch, account.guard
+            lines += [
+                f"account {account.name}: {account.base_url}, api_key {mask_key(account.api_key)}, "
+                f"api_secret {account.api_secret}",
+                f"  switch: refresh every {sw.refresh_min_s:g}-{sw.refresh_max_s:g} s, timeout {sw.timeout_s} s, "
+                f"no new risk under {sw.min_remaining_s:g} s left, on shutdown {sw.on_shutdown}",
+                "  guard: symbols "
+                + (", ".join(guard.symbols) if guard.symbols else "any")
+                + "; "
+                + _limits_text(SymbolLimits(guard.max_order_size, guard.max_notional, guard.price_band_pct)),
+            ]
+            lines += [f"    {symbol}: {_limits_text(own)}" for symbol, own in guard.per_symbol.items()]
+            lines += [
+                f"  client {client.name}: api_key {mask_key(client.api_key)}, api_secret {client.api_secret}, "
+                f"permissions {'+'.join(sorted(p.value for p in client.permissions))}"
+                for client in account.clients
+            ] or ["  clients: none"]
+        return "\n".join(lines)
+
+
+def mask_key(api_key: str) -> str:
+    """An api_key as it may be shown: its first four characters, or nothing if it is short."""
+    return f"{api_key[:4]}..." if len(api_key) >= 12 else "***"
+
+
+def load_config(
+    path: str | Path, *, env: Mapping[str, str] | None = None, secrets_dirs: Sequence[Path] | None = None
+) -> Config:
+    """Read and validate the configuration file at `path`. Raises ConfigError, prefixed with the path."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text: save it as UTF-8") from None
+    try:
+        return parse_config(text, base_dir=path.parent, env=env, secrets_dirs=secrets_dirs)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def parse_config(
+    text: str,
+    *,
+    base_dir: Path,
+    env: Mapping[str, str] | None = None,
+    secrets_dirs: Sequence[Path] | None = None,
+) -> Config:
+    """Validate configuration text; `base_dir` is where a relative `*_file` is looked up last."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}") from None
+    found = _Secrets(os.environ if env is None else env, base_dir, secrets_dirs)
+    root = _Table(data, "", ("server", "journal", "log", "accounts"))
+
+    server = root.table("server", ("listen", *_secret_keys("admin_token")))
+    host, port = _parse_listen(server.get("listen", str, "127.0.0.1:8787"), server.key("listen"))
+    admin_token = found.optional(server, "admin_token")
+    if admin_token is not None and len(admin_token.reveal()) < MIN_ADMIN_TOKEN_CHARS:
+        raise ConfigError(
+            f"{server.key('admin_token')} is shorter than {MIN_ADMIN_TOKEN_CHARS} characters: use a long random "
+            "token, e.g. the output of `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+
+    journal = root.table("journal", ("path",))
+    journal_path = journal.get("path", str, "guardian-journal.sqlite3")
+    if not journal_path:
+        raise ConfigError(f"{journal.key('path')} is empty: give a file name for the journal database")
+
+    log = root.table("log", ("level", "format"))
+    level = log.choice("level", logs.LEVELS, "info")
+    fmt = log.choice("format", logs.FORMATS, "auto")
+
+    tables = root.array("accounts")
+    if not tables:
+        raise ConfigError(
+            "no accounts: add at least one [[accounts]] table with name, api_key and api_secret"
+        )
+    accounts = tuple(_account(table, found) for table in tables)
+    _check_unique(accounts)
+    return Config(
+        accounts=accounts,
+        server=ServerConfig(host, port, admin_token),
+        journal=JournalConfig(Path(journal_path)),
+        log=LogConfig(level, fmt),
+    )
+
+
+# --- sections --------------------------------------------------------------------------------------------
+
+
+def _secret_keys(name: str) -> tuple[str, str, str]:
+    return name, f"{name}_file", f"{name}_env"
+
+
+_ACCOUNT_KEYS = ("name", "base_url", *_secret_keys("api_key"), *_secret_keys("api_secret"))
+_SWITCH_KEYS = ("refresh_min_s", "refresh_max_s", "timeout_s", "min_remaining_s", "on_shutdown")
+_LIMIT_KEYS = ("max_order_size", "max_notional", "price_band_pct")
+_CLIENT_KEYS = ("name", *_secret_keys("api_key"), *_secret_keys("api_secret"), "permissions")
+
+
+def _account(table: _Table, found: _Secrets) -> AccountConfig:
+    table.allow(*_ACCOUNT_KEYS, "switch", "guard", "clients")
+    name = table.name()
+    base_url = _parse_base_url(table.get("base_url", str, DEFAULT_BASE_URL), table.key("base_url"))
+    api_key = _api_key(found, table)
+    api_secret = found.api_secret(table)
+    switch = _switch(table.table("switch", _SWITCH_KEYS))
+    guard = _guard(table.table("guard", ("symbols", *_LIMIT_KEYS, "symbol")))
+    clients = tuple(_client(client, found) for client in table.array("clients"))
+    return AccountConfig(name, api_key, api_secret, base_url, switch, guard, clients)
+
+
+def _switch(table: _Table) -> SwitchConfig:
+    refresh_min = table.number("refresh_min_s", 15.0, above=0)
+    refresh_max = table.number("refresh_max_s", 20.0, above=0)
+    timeout = table.get("timeout_s", (int, float), 60)
+    if isinstance(timeout, float) and not timeout.is_integer():
+        raise ConfigError(
+            f"{table.key('timeout_s')} must be a whole number of seconds (Kraken takes an integer)"
+        )
+    timeout = int(timeout)
+    if not 1 <= timeout <= MAX_TIMEOUT_S:
+        raise ConfigError(
+            f"{table.key('timeout_s')} must be between 1 and {MAX_TIMEOUT_S} seconds, got {timeout}"
+        )
+    min_remaining = table.number("min_remaining_s", 20.0, at_least=0)
+    on_shutdown = OnShutdown(table.choice("on_shutdown", tuple(OnShutdown), "keep"))
+    if refresh_min > refresh_max:
+        raise ConfigError(
+            f"{table.key('refresh_min_s')} ({refresh_min:g}) is above refresh_max_s ({refresh_max:g}): each "
+            "refresh waits a random time in [refresh_min_s, refresh_max_s]; lower refresh_min_s or raise refresh_max_s"
+        )
+    if 2 * refresh_max > timeout:
+        raise ConfigError(
+            f"{table.key('refresh_max_s')} ({refresh_max:g}) is more than half of timeout_s ({timeout}): a failed "
+            f"refresh must leave time for a retry before the exchange's timer runs out; keep refresh_max_s at "
+            f"most {timeout / 2:g} or raise timeout_s to at least {math.ceil(2 * refresh_max)}"
+        )
+    if min_remaining >= timeout:
+        raise ConfigError(
+            f"{table.key('min_remaining_s')} ({min_remaining:g}) must be below timeout_s ({timeout}), or no new "
+            "order would ever be let out; lower min_remaining_s"
+        )
+    return SwitchConfig(refresh_min, refresh_max, timeout, min_remaining, on_shutdown)
+
+
+def _limits(table: _Table) -> SymbolLimits:
+    band = table.optional_number("price_band_pct", above=0)
+    if band is not None and band >= 100:
+        raise ConfigError(
+            f"{table.key('price_band_pct')} must be below 100 (a percentage away from the mark), got {band:g}"
+        )
+    return SymbolLimits(
+        table.optional_number("max_order_size", above=0), table.optional_number("max_notional", above=0), band
+    )
+
+
+def _guard(table: _Table) -> GuardConfig:
+    symbols: tuple[str, ...] | None = None
+    if "symbols" in table.data:
+        raw = table.get("symbols", list, [])
+        if not raw:
+            raise ConfigError(
+                f"{table.key('symbols')} is empty, so no symbol could be traded: list the symbols bots may "
+                'trade (e.g. ["PF_XBTUSD"]) or remove the key to allow any'
+            )
+        for i, symbol in enumerate(raw):
+            if not isinstance(symbol, str) or not _SYMBOL.fullmatch(symbol):
+                raise ConfigError(f'{table.key("symbols")}[{i}] must be a symbol name like "PF_XBTUSD"')
+        if len(set(raw)) != len(raw):
+            raise ConfigError(f"{table.key('symbols')} lists a symbol twice: list each once")
+        symbols = tuple(raw)
+    limits = _limits(table)
+    per_symbol: dict[str, SymbolLimits] = {}
+    overrides = table.table("symbol", None)
+    for symbol in overrides.data:
+        if symbols is not None and symbol not in symbols:
+            raise ConfigError(
+                f"{overrides.key(symbol)} is not in {table.key('symbols')}, so it can never apply: "
+                "fix the symbol's spelling or add it to symbols"
+            )
+        if not _SYMBOL.fullmatch(symbol):
+            raise ConfigError(f'{overrides.key(symbol)}: a symbol name like "PF_XBTUSD" is expected here')
+        per_symbol[symbol] = _limits(overrides.table(symbol, _LIMIT_KEYS))
+    return GuardConfig(
+        symbols,
+        limits.max_order_size,
+        limits.max_notional,
+        limits.price_band_pct,
+        MappingProxyType(per_symbol),
+    )
+
+
+def _client(table: _Table, found: _Secrets) -> ClientConfig:
+    table.allow(*_CLIENT_KEYS)
+    name = table.name()
+    api_key = _api_key(found, table)
+    api_secret = found.api_secret(table)
+    if len(api_secret.key_bytes()) < MIN_CLIENT_SECRET_BYTES:
+        raise ConfigError(
+            f"{table.key('api_secret')} is too short ({MIN_CLIENT_SECRET_BYTES} bytes at least): generate one with "
+            "`python3 -c 'import base64, os; print(base64.b64encode(os.urandom(64)).decode())'`"
+        )
+    if "permissions" not in table.data:
+        raise ConfigError(
+            f'{table.key("permissions")} is missing: say what the bot may do, e.g. ["read", "trade"]'
+        )
+    raw = table.get("permissions", list, [])
+    allowed = [p.value for p in CLIENT_PERMISSIONS]
+    if not raw or any(p not in allowed for p in raw):
+        raise ConfigError(
+            f"{table.key('permissions')} must be a non-empty list drawn from {allowed}: "
+            '["read"] for a bot that only looks, ["read", "trade"] for one that trades'
+        )
+    return ClientConfig(name, api_key, api_secret, frozenset(Permission(p) for p in raw))
+
+
+def _check_unique(accounts: Sequence[AccountConfig]) -> None:
+    """Account names, client names and api_keys are each used once in the whole file."""
+    names: dict[str, str] = {}
+    clients: dict[str, str] = {}
+    keys: dict[str, str] = {}
+    for i, account in enumerate(accounts):
+        _claim(names, account.name, f"accounts[{i}].name", "account names must be unique")
+        _claim(keys, account.api_key, f"accounts[{i}].api_key", "each account needs its own exchange key")
+    for i, account in enumerate(accounts):
+        for j, client in enumerate(account.clients):
+            where = f"accounts[{i}].clients[{j}]"
+            _claim(clients, client.name, f"{where}.name", "client names must be unique across accounts")
+            _claim(
+                keys,
+                client.api_key,
+                f"{where}.api_key",
+                "a key belongs to one account, and a bot's key is never an exchange key; give each bot its own",
+            )
+
+
+def _claim(seen: dict[str, str], value: str, key: str, rule: str) -> None:
+    if value in seen:
+        shown = mask_key(value) if key.endswith("api_key") else repr(value)
+        raise ConfigError(f"{key} ({shown}) is already used by {seen[value]}: {rule}")
+    seen[value] = key
+
+
+def _api_key(found: _Secrets, table: _Table) -> str:
+    api_key = found.text(table, "api_key")
+    if any(c.isspace() or not c.isprintable() or not c.isascii() for c in api_key):
+        raise ConfigError(
+            f"{table.key('api_key')} contains spaces or non-printable characters: copy the key exactly"
+        )
+    return api_key
+
+
+# --- values ----------------------------------------------------------------------------------------------
+
+
+def _parse_listen(text: str, key: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    valid_host = bool(host) and (
+        _is_ipv6(host) if bracketed else ":" not in host and _HOSTNAME.fullmatch(host) is not None
+    )
+    if not sep or not valid_host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f'{key} must be HOST:PORT (e.g. "127.0.0.1:8787", "[::1]:8787"), got {text!r}')
+    return host, int(port)
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
+
+
+def _parse_base_url(text: str, key: str) -> str:
+    try:
+        url = urlsplit(text)
+        usable = url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+    except ValueError:  # a port that is not a number
+        usable = False
+    if not usable or url.query or url.fragment or url.username or url.password:
+        raise ConfigError(
+            f'{key} must be an http(s) URL with a host and no query, e.g. "{DEFAULT_BASE_URL}", got {text!r}'
+        )
+    return text.rstrip("/")
+
+
+def _is_loopback_url(base_url: str) -> bool:
+    host = urlsplit(base_url).hostname or ""
+    return ServerConfig(host=host).is_loopback
+
+
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
+
+
+def _limits_text(limits: SymbolLimits) -> str:
+    parts = [
+        f"max order size {limits.max_order_size:g}" if limits.max_order_size is not None else None,
+        f"max notional {limits.max_notional:g}" if limits.max_notional is not None else None,
+        f"price band {limits.price_band_pct:g}%" if limits.price_band_pct is not None else None,
+    ]
+    return ", ".join(p for p in parts if p) or "no limits"
+
+
+def _account_warnings(where: str, account: AccountConfig) -> Iterator[str]:
+    guard, label = account.guard, f"account {account.name}"
+    if guard.symbols is None:
+        yield f"{label}: {where}.guard.symbols is not set: bots may trade any symbol"
+    for limit, effect in (
+        ("max_order_size", "orders of any size pass"),
+        ("max_notional", "orders of any value pass"),
+        ("price_band_pct", "orders at any price pass"),
+    ):
+        if getattr(guard, limit) is None:
+            uncovered = [
+                s
+                for s in (guard.symbols or ())
+                if getattr(guard.per_symbol.get(s, SymbolLimits()), limit) is None
+            ]
+            if guard.symbols is None or uncovered:
+                scope = "" if guard.symbols is None else f" for {', '.join(uncovered)}"
+                yield f"{label}: {where}.guard.{limit} is not set: {effect}{scope}"
+    if not account.clients:
+        yield f"{label}: no [[accounts.clients]]: no bot can trade through guardian for this account"
+    if account.switch.on_shutdown is OnShutdown.DISARM:
+        yield (
+            f'{label}: {where}.switch.on_shutdown = "disarm": stopping guardian disarms the exchange\'s switch, '
+            "and open orders stay unprotected until it runs again"
+        )
+    elif account.switch.on_shutdown is OnShutdown.CANCEL:
+        yield f'{label}: {where}.switch.on_shutdown = "cancel": stopping guardian cancels every open order'
+    sw = account.switch
+    if sw.min_remaining_s > sw.timeout_s - sw.refresh_max_s:
+        yield (
+            f"{label}: {where}.switch.min_remaining_s ({sw.min_remaining_s:g}) is above timeout_s - refresh_max_s "
+            f"({sw.timeout_s - sw.refresh_max_s:g}): new orders are refused near the end of normal refresh intervals"
+        )
+    if urlsplit(account.base_url).scheme == "http" and not _is_loopback_url(account.base_url):
+        yield f"{label}: {where}.base_url is plain http to another machine: the api_key and signatures travel unencrypted"
+
+
+# --- reading tables --------------------------------------------------------------------------------------
+
+_TYPE_NAMES: Final[Mapping[type, str]] = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    list: "an array",
+    dict: "a table",
+}
+
+
+def _type_name(value: object) -> str:
+    return _TYPE_NAMES.get(type(value), f"a {type(value).__name__}")
+
+
+class _Table:
+    """One TOML table and its dotted name; hands out typed values and refuses keys it does not know."""
+
+    def __init__(self, data: Mapping[str, Any], where: str, allowed: Iterable[str] | None = None) -> None:
+        self.data = data
+        self.where = where
+        if allowed is not None:
+            self.allow(*allowed)
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def allow(self, *allowed: str) -> None:
+        for name in self.data:
+            if name not in allowed:
+                close = difflib.get_close_matches(name, allowed, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                scope = f"in {self.where}" if self.where else "at the top level"
+                raise ConfigError(
+                    f"unknown key {self.key(name)}: {hint}the keys allowed {scope} are {', '.join(allowed)}"
+                )
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            wanted = "a number" if float in kinds else _TYPE_NAMES[kinds[0]]
+            raise ConfigError(f"{self.key(name)} must be {wanted}, not {_type_name(value)}")
+        return value
+
+    def number(
+        self, name: str, default: float, *, above: float | None = None, at_least: float | None = None
+    ) -> float:
+        value = self.optional_number(name, above=above, at_least=at_least)
+        return default if value is None else value
+
+    def optional_number(
+        self, name: str, *, above: float | None = None, at_least: float | None = None
+    ) -> float | None:
+        value = self.get(name, (int, float), None)
+        if value is None:
+            return None
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{self.key(name)} must be a finite number, not {value}")
+        if above is not None and value <= above:
+            raise ConfigError(f"{self.key(name)} must be greater than {above:g}, got {value:g}")
+        if at_least is not None and value < at_least:
+            raise ConfigError(f"{self.key(name)} must be at least {at_least:g}, got {value:g}")
+        return value
+
+    def choice(self, name: str, allowed: Sequence[str], default: str) -> str:
+        value: str = self.get(name, str, default)
+        if value not in allowed:
+            raise ConfigError(f"{self.key(name)} must be one of {', '.join(allowed)}, got {value!r}")
+        return value
+
+    def name(self) -> str:
+        if "name" not in self.data:
+            raise ConfigError(f'{self.key("name")} is missing: give it a short name like "main"')
+        value: str = self.get("name", str, "")
+        if not _NAME.fullmatch(value):
+            raise ConfigError(
+                f"{self.key('name')} must be 1 to 64 letters, digits, '_', '.' or '-' (starting with a letter "
+                f"or digit), got {value!r}"
+            )
+        return value
+
+    def table(self, name: str, allowed: Iterable[str] | None) -> _Table:
+        return _Table(self.get(name, dict, {}), self.key(name), allowed)
+
+    def array(self, name: str) -> list[_Table]:
+        """An array of tables (`[[name]]`); absent means empty."""
+        items = self.data.get(name, [])
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise ConfigError(
+                f"{self.key(name)} must be an array of tables: write each entry as [[{self.key(name)}]]"
+            )
+        return [_Table(item, f"{self.key(name)}[{i}]") for i, item in enumerate(items)]
+
+
+class _Secrets:
+    """Reads a secret from exactly one of `x`, `x_file`, `x_env`; never puts its value in a message."""
+
+    def __init__(self, env: Mapping[str, str], base_dir: Path, secrets_dirs: Sequence[Path] | None) -> None:
+        self.env = env
+        credentials = env.get("CREDENTIALS_DIRECTORY")
+        self.places: list[tuple[str, Path]] = (
+            [("$CREDENTIALS_DIRECTORY", Path(credentials))] if credentials else []
+        )
+        self.places += [(str(d), d) for d in (DEFAULT_SECRETS_DIRS if secrets_dirs is None else secrets_dirs)]
+        self.places.append(("the configuration's directory", base_dir))
+
+    def text(self, table: _Table, name: str) -> str:
+        return self._required(table, name)[0]
+
+    def optional(self, table: _Table, name: str) -> Secret | None:
+        value = self._read(table, name)
+        return None if value is None else Secret(value[0])
+
+    def api_secret(self, table: _Table) -> ApiSecret:
+        value, where = self._required(table, "api_secret")
+        return ApiSecret(value, name=where)
+
+    def _required(self, table: _Table, name: str) -> tuple[str, str]:
+        value = self._read(table, name)
+        if value is None:
+            raise ConfigError(
+                f"{table.key(name)} is missing: set {name}_file (a file holding it), {name}_env "
+                f"(an environment variable holding it) or {name} itself"
+            )
+        return value
+
+    def _read(self, table: _Table, name: str) -> tuple[str, str] | None:
+        """The value and a description of where it came from (for messages), or None if not given."""
+        given = [k for k in _secret_keys(name) if k in table.data]
+        if len(given) > 1:
+            raise ConfigError(
+                f"{table.key(given[0])} and {table.key(given[1])} are both set: keep exactly one source for {name}"
+            )
+        if not given:
+            return None
+        key = table.key(given[0])
+        source: str = table.get(given[0], str, "")
+        if given[0] == name:
+            value, where = source, key
+        elif given[0].endswith("_env"):
+            if source not in self.env:
+                raise ConfigError(
+                    f"{key}: environment variable {source} is not set: export it, or fix the name"
+                )
+            value, where = self.env[source], f"{table.key(name)} (from ${source})"
+        else:
+            path = self._find(key, source)
+            value, where = self._read_file(key, path), f"{table.key(name)} (from {path})"
+        if not value:
+            raise ConfigError(f"{where} is empty: put the value there")
+        return value, where
+
+    def _find(self, key: str, name: str) -> Path:
+        if not name:
+            raise ConfigError(f"{key} is empty: give a file name")
+        path = Path(name)
+        if path.is_absolute():
+            return path
+        for _, directory in self.places:
+            if (directory / path).is_file():
+                return directory / path
+        looked = ", ".join(f"{label} ({directory})" for label, directory in self.places)
+        raise ConfigError(f"{key}: no file {name} in {looked}: create it, or give an absolute path")
+
+    @staticmethod
+    def _read_file(key: str, path: Path) -> str:
+        try:
+            with path.open("rb") as file:
+                data = file.read(_MAX_SECRET_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+        if len(data) > _MAX_SECRET_FILE_BYTES:
+            raise ConfigError(
+                f"{key}: {path} is larger than a secret can be: point at the file holding only the secret"
+            )
+        try:
+            return data.decode("utf-8").rstrip()
+        except UnicodeDecodeError:
+            raise ConfigError(f"{key}: {path} is not UTF-8 text") from None
