@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from guardian import __version__, logs
-from guardian.config import load_config
+from guardian.config import load_config, parse_listen
 from guardian.errors import ConfigError
 
 EX_OK = 0
@@ -20,10 +20,13 @@ EX_CONFIG = 78
 
 
 def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+    """--listen takes what `server.listen` takes in the config file, checked by the same parser."""
+    try:
+        return parse_listen(text, "--listen")
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT (e.g. 127.0.0.1:8788 or [::1]:8788), got {text!r}"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

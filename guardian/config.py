@@ -236,7 +236,7 @@ def parse_config(
     root = _Table(data, "", ("server", "journal", "log", "accounts"))
 
     server = root.table("server", ("listen", *_secret_keys("admin_token")))
-    host, port = _parse_listen(server.get("listen", str, "127.0.0.1:8787"), server.key("listen"))
+    host, port = parse_listen(server.get("listen", str, "127.0.0.1:8787"), server.key("listen"))
     admin_token = found.optional(server, "admin_token")
     if admin_token is not None and len(admin_token.reveal()) < MIN_ADMIN_TOKEN_CHARS:
         raise ConfigError(
@@ -437,7 +437,7 @@ def _api_key(found: _Secrets, table: _Table) -> str:
 # --- values ----------------------------------------------------------------------------------------------
 
 
-def _parse_listen(text: str, key: str) -> tuple[str, int]:
+def parse_listen(text: str, key: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     bracketed = host.startswith("[") and host.endswith("]")
     host = host[1:-1] if bracketed else host

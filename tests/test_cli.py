@@ -95,9 +95,11 @@ def test_bad_credentials_exit_78_with_a_message(args: list[str], message: str) -
     assert "not base64!" not in err
 
 
-def test_listen_must_be_host_port() -> None:
+@pytest.mark.parametrize("listen", ["nowhere", "bad host:8788", "::1:8788", "127.0.0.1:70000"])
+def test_listen_must_be_host_port(listen: str) -> None:
+    """The flag is checked by the same parser as `server.listen` in the config file."""
     result = subprocess.run(
-        [sys.executable, "-m", "guardian", "sim", "--listen", "nowhere"],
+        [sys.executable, "-m", "guardian", "sim", "--listen", listen],
         capture_output=True,
         text=True,
         timeout=20,
