@@ -11,7 +11,7 @@ import pytest
 from guardian.errors import ConfigError
 from guardian.kraken import endpoints as ep
 from guardian.kraken.times import parse_iso, to_iso
-from guardian.kraken.wire import WireError, batch_items, finite_number, parse_batch, request_fields
+from guardian.kraken.wire import WireError, batch_items, parse_batch, request_fields
 from guardian.ratelimit import CostBudget
 from guardian.secret import ApiSecret, Secret
 
@@ -80,13 +80,6 @@ def test_undecodable_parameters_are_invalid() -> None:
     with pytest.raises(WireError) as caught:
         request_fields("a=%ff%fe", "")
     assert caught.value.code == "invalidArgument"
-
-
-@pytest.mark.parametrize(
-    ("text", "value"), [("1.5", 1.5), ("nan", None), ("inf", None), ("x", None), ("-2", -2.0)]
-)
-def test_finite_number(text: str, value: float | None) -> None:
-    assert finite_number(text) == value
 
 
 def test_iso_times_round_trip_with_and_without_milliseconds() -> None:

@@ -8,7 +8,6 @@ towards bots). Pure functions; nothing here knows about HTTP servers.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 from urllib.parse import parse_qsl, unquote_to_bytes
 
@@ -101,12 +100,3 @@ def parse_batch(fields: dict[str, str]) -> tuple[list[dict[str, Any]], dict[str,
         if not isinstance(item, dict) or not isinstance(item.get("order"), str):
             raise WireError("invalidArgument", f"batchOrder[{index}] must be an object with an 'order'")
     return items, doc
-
-
-def finite_number(text: str) -> float | None:
-    """A finite float from a parameter, or None if it is not one."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
