@@ -600,6 +600,8 @@ async def test_the_request_log_lists_requests_with_endpoint_and_api_key(
         ("sendorder", TRADE_KEY, "success"),
         ("orderbook", None, "error"),
     ]
+    assert log[2]["error"] == "requiredArgumentMissing"
+    assert "error" not in log[1]
     since = log[1]["seq"]
     later = (await control(http, sim, "GET", f"/requests?since={since}"))["requests"]
     assert [r["endpoint"] for r in later] == ["orderbook"]

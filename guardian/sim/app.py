@@ -297,18 +297,28 @@ class Simulator:
     async def _answer(
         self, request: web.Request, endpoint: ep.Endpoint, path_params: dict[str, str], entry: dict[str, Any]
     ) -> web.Response:
-        query = request.rel_url.raw_query_string
-        raw_body = await request.read()
+        """One place records the outcome: every refusal below is a SimError or WireError."""
         try:
-            body = raw_body.decode()
-            fields = request_fields(query, body, LIST_FIELDS)
+            payload = await self._serve(request, endpoint, path_params, entry)
+        except (SimError, WireError) as exc:
+            entry["outcome"] = "error"
+            entry["error"] = exc.code
+            return self._error(exc.code, exc.http_status if isinstance(exc, SimError) else 200)
+        entry["outcome"] = "success"
+        return web.json_response(self._envelope(payload))
+
+    async def _serve(
+        self, request: web.Request, endpoint: ep.Endpoint, path_params: dict[str, str], entry: dict[str, Any]
+    ) -> dict[str, Any]:
+        query = request.rel_url.raw_query_string
+        try:
+            body = (await request.read()).decode()
         except UnicodeDecodeError:
-            return self._outcome(entry, self._error("invalidArgument"))
-        except WireError as exc:
-            return self._outcome(entry, self._error(exc.code))
+            raise SimError("invalidArgument", "the body is not UTF-8") from None
+        fields = request_fields(query, body, LIST_FIELDS)
         entry["fields"] = fields
         if endpoint.permission is ep.Permission.PUBLIC:
-            return self._outcome(entry, self._public(endpoint.name, {**fields, **path_params}))
+            return self._public(endpoint.name, {**fields, **path_params})
         key = self.keys.get(request.headers.get("APIKey", ""))
         nonce = request.headers.get("Nonce")
         if key is None or not verify(
@@ -318,60 +328,47 @@ class Simulator:
             endpoint.path,
             request.headers.get("Authent"),
         ):
-            return self._outcome(entry, self._error("authenticationError"))
+            raise SimError("authenticationError")
         if nonce is not None:
             if not nonce.isdigit() or len(nonce) > 20:
-                return self._outcome(entry, self._error("invalidArgument"))
-            state = self._nonces.setdefault(key.api_key, _NonceState())
-            problem = state.check(int(nonce), self.nonce_tolerance)
+                raise SimError("invalidArgument", "the nonce is not a number")
+            problem = self._nonces.setdefault(key.api_key, _NonceState()).check(
+                int(nonce), self.nonce_tolerance
+            )
             if problem is not None:
-                return self._outcome(entry, self._error(problem))
+                raise SimError(problem)
         if not key.allows(endpoint.permission):
-            return self._outcome(entry, self._error("authenticationError"))
+            raise SimError("authenticationError")
         acct = self.exchange.accounts[key.account]
-        try:
-            items, doc = parse_batch(fields) if endpoint.name == "batchorder" else ([], {})
-            cost = endpoint.cost_for(fields, len(items))
-            if not self.budget(acct.name).try_spend(cost):
-                return self._outcome(entry, self._error("apiLimitExceeded", self.rate_limit_status))
-            if endpoint.name == "batchorder":
-                payload = {"batchStatus": self._batch(acct, fields, items, doc)}
-            else:
-                payload = self._private(endpoint.name, acct, fields)
-        except WireError as exc:
-            return self._outcome(entry, self._error(exc.code))
-        except SimError as exc:
-            return self._outcome(entry, self._error(exc.code))
-        return self._outcome(entry, web.json_response(self._envelope(payload)))
-
-    @staticmethod
-    def _outcome(entry: dict[str, Any], response: web.Response) -> web.Response:
-        text = response.text or ""
-        entry["outcome"] = "error" if '"result": "error"' in text else "success"
-        return response
+        items, doc = parse_batch(fields) if endpoint.name == "batchorder" else ([], {})
+        if not self.budget(acct.name).try_spend(endpoint.cost_for(fields, len(items))):
+            raise SimError("apiLimitExceeded", http_status=self.rate_limit_status)
+        if endpoint.name == "batchorder":
+            return {"batchStatus": self._batch(acct, fields, items, doc)}
+        return self._private(endpoint.name, acct, fields)
 
     # ---- endpoint payloads ------------------------------------------------------------------------
-    def _public(self, name: str, fields: dict[str, str]) -> web.Response:
+    def _public(self, name: str, fields: dict[str, str]) -> dict[str, Any]:
         from guardian.sim import views
 
         market = self.exchange.market
         if name == "instruments":
-            return web.json_response(self._envelope({"instruments": views.instruments(market)}))
+            return {"instruments": views.instruments(market)}
         if name == "tickers":
-            return web.json_response(self._envelope({"tickers": views.tickers(market, self.exchange.now())}))
+            return {"tickers": views.tickers(market, self.exchange.now())}
         if name == "tickers/{symbol}":
             wanted = fields["symbol"].upper()
             rows = [t for t in views.tickers(market, self.exchange.now()) if t["symbol"] == wanted]
             if not rows:
-                return self._error("invalidArgument")
-            return web.json_response(self._envelope({"ticker": rows[0]}))
+                raise SimError("invalidArgument", f"unknown symbol {wanted}")
+            return {"ticker": rows[0]}
         symbol = fields.get("symbol")
         if not symbol:
-            return self._error("requiredArgumentMissing")
+            raise SimError("requiredArgumentMissing", "orderbook needs a symbol")
         book = views.orderbook(market, symbol)
         if book is None:
-            return self._error("invalidArgument")
-        return web.json_response(self._envelope({"orderBook": book}))
+            raise SimError("invalidArgument", f"unknown symbol {symbol}")
+        return {"orderBook": book}
 
     def _private(self, name: str, acct: Account, fields: dict[str, str]) -> dict[str, Any]:
         exchange = self.exchange

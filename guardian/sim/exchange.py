@@ -39,9 +39,10 @@ ZERO = Decimal(0)
 class SimError(Exception):
     """An answer in Kraken's error envelope: `{"result": "error", "error": code}`."""
 
-    def __init__(self, code: str, detail: str = "") -> None:
+    def __init__(self, code: str, detail: str = "", *, http_status: int = 200) -> None:
         super().__init__(detail or code)
         self.code = code
+        self.http_status = http_status
 
 
 def _num(value: Decimal | None) -> float | None:
