@@ -349,3 +349,13 @@ async def test_send_before_start_is_a_programming_error() -> None:
     with pytest.raises(RuntimeError, match="start"):
         await c.instruments()
     await c.close()  # closing an unstarted client is harmless
+
+
+async def test_two_clients_on_one_key_never_send_the_same_nonce(sim: Simulator) -> None:
+    """The switch and the gateway each have a client on the same exchange key: one nonce sequence."""
+    credentials = Credentials(TRADE_KEY, ApiSecret(TRADE_SECRET))
+    async with KrakenClient(sim.url, credentials) as first, KrakenClient(sim.url, credentials) as second:
+        calls = [c.open_orders() for _ in range(25) for c in (first, second)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert {r["outcome"] for r in sim.requests_for("openorders")} == {"success"}

@@ -11,6 +11,7 @@ from guardian.kraken.signing import (
     NonceSource,
     encode_params,
     format_value,
+    nonce_source_for,
     post_data_candidates,
     sign,
     signed_path,
@@ -180,3 +181,11 @@ def test_nonce_source_starts_from_the_wall_clock_so_a_restart_never_goes_back() 
     second = int(NonceSource()())
     assert second >= first
     assert first > 1_600_000_000_000  # milliseconds since the epoch, as Kraken suggests
+
+
+def test_one_nonce_sequence_per_api_key() -> None:
+    assert nonce_source_for("key-a") is nonce_source_for("key-a")
+    assert nonce_source_for("key-a") is not nonce_source_for("key-b")
+    a, b = nonce_source_for("key-a"), nonce_source_for("key-a")
+    drawn = [int(source()) for source in (a, b, a, b)]
+    assert drawn == sorted(set(drawn))

@@ -27,7 +27,7 @@ from guardian.errors import (
     RateLimited,
 )
 from guardian.kraken.endpoints import Endpoint, Permission, endpoint
-from guardian.kraken.signing import NonceSource, ParamValue, encode_params, sign
+from guardian.kraken.signing import ParamValue, encode_params, nonce_source_for, sign
 from guardian.kraken.times import parse_iso
 from guardian.kraken.wire import loads_strict
 from guardian.secret import ApiSecret
@@ -168,7 +168,7 @@ class KrakenClient:
         self.base_url = base_url.rstrip("/")
         self._credentials = credentials
         self.timeout_s = timeout_s
-        self._nonce = NonceSource() if use_nonce else None
+        self._nonce = nonce_source_for(credentials.api_key) if use_nonce and credentials else None
         self._pool_size = pool_size
         self.name = name
         self._session: aiohttp.ClientSession | None = None

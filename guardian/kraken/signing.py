@@ -113,3 +113,17 @@ class NonceSource:
             now = int(self._clock())
             self._last = max(self._last + 1, now)
             return str(self._last)
+
+
+_SOURCES: dict[str, NonceSource] = {}
+_SOURCES_LOCK = threading.Lock()
+
+
+def nonce_source_for(api_key: str) -> NonceSource:
+    """The process's one nonce sequence for `api_key`. Every client signing with a key must draw from
+    it: two sequences started in the same millisecond would send the same nonce (`nonceDuplicate`)."""
+    with _SOURCES_LOCK:
+        source = _SOURCES.get(api_key)
+        if source is None:
+            source = _SOURCES[api_key] = NonceSource()
+        return source
