@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from guardian import logs
 from guardian.errors import ConfigError
 from guardian.kraken.endpoints import Permission
+from guardian.kraken.signing import NONCE_UNITS
 from guardian.secret import ApiSecret, Secret
 
 DEFAULT_SECRETS_DIRS: Final = (Path("/run/secrets"),)
@@ -138,6 +139,7 @@ class AccountConfig:
     switch: SwitchConfig = SwitchConfig()
     guard: GuardConfig = field(default_factory=GuardConfig)
     clients: tuple[ClientConfig, ...] = ()
+    nonce: str = "milliseconds"  # milliseconds | microseconds | nanoseconds | off (no Nonce header)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +183,7 @@ class Config:
             sw, guard = account.switch, account.guard
             lines += [
                 f"account {account.name}: {account.base_url}, api_key {mask_key(account.api_key)}, "
-                f"api_secret {account.api_secret}",
+                f"api_secret {account.api_secret}, nonce {account.nonce}",
                 f"  switch: refresh every {sw.refresh_min_s:g}-{sw.refresh_max_s:g} s, timeout {sw.timeout_s} s, "
                 f"no new risk under {sw.min_remaining_s:g} s left, on shutdown {sw.on_shutdown}",
                 "  guard: symbols "
@@ -275,7 +277,8 @@ def _secret_keys(name: str) -> tuple[str, str, str]:
     return name, f"{name}_file", f"{name}_env"
 
 
-_ACCOUNT_KEYS = ("name", "base_url", *_secret_keys("api_key"), *_secret_keys("api_secret"))
+_ACCOUNT_KEYS = ("name", "base_url", *_secret_keys("api_key"), *_secret_keys("api_secret"), "nonce")
+NONCE_CHOICES: Final = (*NONCE_UNITS, "off")
 _SWITCH_KEYS = ("refresh_min_s", "refresh_max_s", "timeout_s", "min_remaining_s", "on_shutdown")
 _LIMIT_KEYS = ("max_order_size", "max_notional", "price_band_pct")
 _CLIENT_KEYS = ("name", *_secret_keys("api_key"), *_secret_keys("api_secret"), "permissions")
@@ -290,7 +293,8 @@ def _account(table: _Table, found: _Secrets) -> AccountConfig:
     switch = _switch(table.table("switch", _SWITCH_KEYS))
     guard = _guard(table.table("guard", ("symbols", *_LIMIT_KEYS, "symbol")))
     clients = tuple(_client(client, found) for client in table.array("clients"))
-    return AccountConfig(name, api_key, api_secret, base_url, switch, guard, clients)
+    nonce = table.choice("nonce", NONCE_CHOICES, "milliseconds")
+    return AccountConfig(name, api_key, api_secret, base_url, switch, guard, clients, nonce)
 
 
 def _switch(table: _Table) -> SwitchConfig:

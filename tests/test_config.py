@@ -258,6 +258,8 @@ BAD = [
      'accounts[0].guard.symbol.PF XBTUSD: a symbol name like "PF_XBTUSD" is expected here'),
     ("override_not_a_table", doc(tail="[accounts.guard.symbol]\nPF_XBTUSD = 3"),
      "accounts[0].guard.symbol.PF_XBTUSD must be a table, not an integer"),
+    ("nonce_unknown", doc(account='nonce = "seconds"'),
+     "accounts[0].nonce must be one of milliseconds, microseconds, nanoseconds, off, got 'seconds'"),
     # the file itself
     ("invalid_toml", MINIMAL + "\nthis is not toml\n", "invalid TOML: "),
 ]
@@ -303,6 +305,7 @@ def test_defaults() -> None:
     assert account.switch == cfg.SwitchConfig(15.0, 20.0, 60, 20.0, OnShutdown.KEEP)
     assert account.guard == cfg.GuardConfig()
     assert account.clients == ()
+    assert account.nonce == "milliseconds"
     assert account.api_key == MAIN_KEY
     assert account.api_secret == ApiSecret(MAIN_SECRET)
 
@@ -364,6 +367,13 @@ def test_everything_is_read() -> None:
     assert grid.permissions == frozenset({Permission.READ, Permission.TRADE})
     assert grid.api_secret.key_bytes() == base64.b64decode(BOT_SECRET)
     assert (watcher.name, watcher.permissions) == ("watcher", frozenset({Permission.READ}))
+
+
+@pytest.mark.parametrize("unit", ["milliseconds", "microseconds", "nanoseconds", "off"])
+def test_nonce_unit_is_read_and_summarised(unit: str) -> None:
+    config = parse(doc(account=f'nonce = "{unit}"'))
+    assert config.accounts[0].nonce == unit
+    assert f"nonce {unit}" in config.summary()
 
 
 def test_config_is_frozen() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 
@@ -181,6 +182,23 @@ def test_nonce_source_starts_from_the_wall_clock_so_a_restart_never_goes_back() 
     second = int(NonceSource()())
     assert second >= first
     assert first > 1_600_000_000_000  # milliseconds since the epoch, as Kraken suggests
+
+
+def test_nonce_units_set_the_scale_so_a_key_used_with_larger_nonces_can_be_taken_over() -> None:
+    sdk_style = int(time.time() * 100_000_000)  # python-kraken-sdk's nonces: 18 digits
+    assert len(NonceSource(unit="microseconds")()) == 16
+    nanos = NonceSource(unit="nanoseconds")()
+    assert len(nanos) == 19
+    assert int(nanos) > sdk_style > int(NonceSource()())
+    with pytest.raises(ValueError, match="nonce unit must be one of"):
+        NonceSource(unit="seconds")
+
+
+def test_one_api_key_cannot_have_two_nonce_units() -> None:
+    nonce_source_for("key-units", "nanoseconds")
+    assert nonce_source_for("key-units", "nanoseconds").unit == "nanoseconds"
+    with pytest.raises(ValueError, match="two nonce units"):
+        nonce_source_for("key-units")
 
 
 def test_one_nonce_sequence_per_api_key() -> None:

@@ -276,6 +276,20 @@ async def test_after_an_18_digit_nonce_the_clients_millisecond_nonces_are_refuse
     assert caught.value.code == "nonceBelowThreshold"
 
 
+async def test_a_key_used_with_18_digit_nonces_is_taken_over_with_nanosecond_nonces(
+    http: aiohttp.ClientSession, sim: Simulator
+) -> None:
+    key = SimKey("sim-nanosecond-key-01", ApiSecret(TRADE_SECRET), account="main")
+    sim.add_key(key)
+    sdk_nonce = str(int(time.time() * 100_000_000))  # python-kraken-sdk's scale
+    assert error_of(await raw(http, sim, "openorders", nonce=sdk_nonce, key=key.api_key)) is None
+    creds = Credentials(key.api_key, ApiSecret(TRADE_SECRET))
+    async with KrakenClient(sim.url, creds, nonce_unit="nanoseconds", timeout_s=5) as nanos:
+        await nanos.open_orders()
+        await nanos.accounts()
+    assert [r["outcome"] for r in sim.requests if r["api_key"] == key.api_key] == ["success"] * 3
+
+
 async def test_a_nonce_that_is_not_a_number_is_refused(http: aiohttp.ClientSession, sim: Simulator) -> None:
     assert error_of(await raw(http, sim, "openorders", nonce="12ab")) is not None
 

@@ -162,13 +162,14 @@ class KrakenClient:
         *,
         timeout_s: float = 10.0,
         use_nonce: bool = True,
+        nonce_unit: str = "milliseconds",
         pool_size: int = 16,
         name: str = "client",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._credentials = credentials
         self.timeout_s = timeout_s
-        self._nonce = nonce_source_for(credentials.api_key) if use_nonce and credentials else None
+        self._nonce = nonce_source_for(credentials.api_key, nonce_unit) if use_nonce and credentials else None
         self._pool_size = pool_size
         self.name = name
         self._session: aiohttp.ClientSession | None = None

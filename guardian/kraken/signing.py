@@ -94,17 +94,28 @@ def encode_params(params: Mapping[str, ParamValue] | Iterable[tuple[str, ParamVa
     return urlencode([(k, format_value(v)) for k, v in items], quote_via=quote)
 
 
-class NonceSource:
-    """Strictly increasing nonces in milliseconds, also across restarts of the process.
+NONCE_UNITS: dict[str, int] = {"milliseconds": 1_000, "microseconds": 1_000_000, "nanoseconds": 1_000_000_000}
 
-    Each nonce is `max(previous + 1, now_ms)`. It runs ahead of the clock only while more than one
-    request per millisecond is signed, which the exchange's cost budget (500 per 10 s, at least 1 per
-    request) rules out over any stretch longer than a second, so a restarted process, which starts from
-    the clock, never reuses a nonce the previous one sent. Safe to call from any thread.
+
+class NonceSource:
+    """Strictly increasing nonces counted in `unit` (milliseconds by default), also across restarts.
+
+    Each nonce is `max(previous + 1, now)`. It runs ahead of the clock only while more than one request
+    per unit of time is signed, which the exchange's cost budget (500 per 10 s, at least 1 per request)
+    rules out over any stretch longer than a second, so a restarted process, which starts from the
+    clock, never reuses a nonce the previous one sent. Safe to call from any thread.
+
+    The exchange remembers the highest nonce a key ever sent: a key once used by a client with larger
+    nonces (python-kraken-sdk sends 18 digits) refuses milliseconds until it is replaced. A larger unit
+    (`nanoseconds`: 19 digits) takes over from such a key.
     """
 
-    def __init__(self, clock_ms: Callable[[], int] | None = None) -> None:
-        self._clock = clock_ms or (lambda: time.time_ns() // 1_000_000)
+    def __init__(self, clock: Callable[[], int] | None = None, unit: str = "milliseconds") -> None:
+        if unit not in NONCE_UNITS:
+            raise ValueError(f"nonce unit must be one of {', '.join(NONCE_UNITS)}")
+        per_second = NONCE_UNITS[unit]
+        self.unit = unit
+        self._clock = clock or (lambda: time.time_ns() // (1_000_000_000 // per_second))
         self._last = 0
         self._lock = threading.Lock()
 
@@ -119,11 +130,15 @@ _SOURCES: dict[str, NonceSource] = {}
 _SOURCES_LOCK = threading.Lock()
 
 
-def nonce_source_for(api_key: str) -> NonceSource:
+def nonce_source_for(api_key: str, unit: str = "milliseconds") -> NonceSource:
     """The process's one nonce sequence for `api_key`. Every client signing with a key must draw from
     it: two sequences started in the same millisecond would send the same nonce (`nonceDuplicate`)."""
     with _SOURCES_LOCK:
         source = _SOURCES.get(api_key)
         if source is None:
-            source = _SOURCES[api_key] = NonceSource()
+            source = _SOURCES[api_key] = NonceSource(unit=unit)
+        elif source.unit != unit:
+            raise ValueError(
+                f"one API key, two nonce units ({source.unit} and {unit}): the exchange would refuse one"
+            )
         return source
