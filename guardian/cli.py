@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import structlog
+
 from guardian import __version__, logs
-from guardian.config import load_config, parse_listen
+from guardian.config import Config, load_config, parse_listen
 from guardian.errors import ConfigError
 
 EX_OK = 0
+EX_FAILED = 1  # an on_shutdown policy could not be carried out (the exchange timer was left armed)
 EX_USAGE = 64
 EX_CONFIG = 78
+# The whole ordered shutdown must end well inside systemd's and Docker's default stop timeouts (10 s).
+SHUTDOWN_LIMIT_S = 9.0
+
+log = structlog.get_logger("guardian.cli")
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -44,6 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--control-token", default=None, help="require this bearer token on /_sim/")
     sim.add_argument("--log-level", default="info", choices=logs.LEVELS)
     sim.add_argument("--log-format", default="auto", choices=logs.FORMATS)
+
+    run = sub.add_parser(
+        "run", help="keep every account's dead man's switch armed and serve the local API (the daemon)"
+    )
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, metavar="FILE", help="the TOML configuration")
+    source.add_argument(
+        "--sim",
+        action="store_true",
+        help="run against the built-in simulator with a generated demo account and demo bot key",
+    )
+    run.add_argument(
+        "--listen",
+        type=_host_port,
+        default=None,
+        metavar="HOST:PORT",
+        help="where the local API listens (default: server.listen; with --sim 127.0.0.1:8787)",
+    )
+    run.add_argument("--seed", type=int, default=None, help="with --sim: seed for the price walk")
+    run.add_argument("--log-level", default=None, choices=logs.LEVELS, help="overrides log.level")
+    run.add_argument("--log-format", default=None, choices=logs.FORMATS, help="overrides log.format")
 
     check = sub.add_parser(
         "check-config", help="validate a configuration file, print a summary and every protection that is off"
@@ -93,14 +122,74 @@ async def _run_sim(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-COMMANDS = {"sim": _run_sim, "check-config": _check_config}
+async def _run(args: argparse.Namespace) -> int:
+    from guardian.demo import Demo, how_to, start_demo
+    from guardian.service import Service
+
+    demo: Demo | None = None
+    config: Config
+    if args.sim:
+        host, port = args.listen or ("127.0.0.1", 8787)
+        demo = await start_demo(host, port, seed=args.seed)
+        config = demo.config
+        logs.REDACTOR.register(demo.secrets())
+    else:
+        config = load_config(args.config)
+        logs.REDACTOR.register(config.all_secrets())
+        if args.listen is not None:
+            server = dataclasses.replace(config.server, host=args.listen[0], port=args.listen[1])
+            config = dataclasses.replace(config, server=server)
+    logs.configure(args.log_level or config.log.level, args.log_format or config.log.format)
+    for warning in config.warnings():
+        log.warning("config_warning", warning=warning)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(name: str) -> None:
+        if stop.is_set():
+            log.warning("signal_ignored", signal=name, reason="already stopping")
+            return
+        log.info("signal_received", signal=name)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signal.Signals(signum).name)
+
+    service = Service(config)
+    try:
+        try:
+            await service.start()
+        except OSError:
+            await service.stop()
+            raise
+        if demo is not None:
+            bot = demo.bot
+            print(f"demo bot api_key={bot.api_key} api_secret={bot.api_secret.reveal()}", flush=True)
+            print(how_to(demo, service.url), flush=True)
+        await stop.wait()
+        try:
+            async with asyncio.timeout(SHUTDOWN_LIMIT_S):
+                done = await service.stop()
+        except TimeoutError:
+            log.error("shutdown_overran", limit_s=SHUTDOWN_LIMIT_S)
+            done = False
+    finally:
+        if demo is not None:
+            await demo.simulator.close()
+    return EX_OK if done else EX_FAILED
+
+
+COMMANDS = {"sim": _run_sim, "run": _run, "check-config": _check_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        logs.configure(getattr(args, "log_level", "info"), getattr(args, "log_format", "auto"))
+        logs.configure(
+            getattr(args, "log_level", None) or "info", getattr(args, "log_format", None) or "auto"
+        )
         return asyncio.run(COMMANDS[args.command](args))
     except ConfigError as exc:
         print(f"guardian: configuration error: {exc}", file=sys.stderr)

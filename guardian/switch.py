@@ -192,6 +192,12 @@ class Switch:
             )
         except ExchangeError as exc:
             return self._failed(exc, loop.time() - started)
+        except Exception as exc:  # a bug must not end the beat: count it as a failure and go on
+            log.exception("switch_refresh_crashed", account=self.account, error=type(exc).__name__)
+            crashed = ExchangeError(
+                f"cancelallordersafter: {type(exc).__name__}", endpoint="cancelallordersafter"
+            )
+            return self._failed(crashed, loop.time() - started)
         if status.deadline is None:
             off = ExchangeError(
                 "cancelallordersafter: the exchange reports the switch off", endpoint="cancelallordersafter"
@@ -210,7 +216,13 @@ class Switch:
         self.last_success_wall = time.time()
         if was_expired:
             self.rearms_after_expiry += 1
-            log.warning("switch_rearmed_after_expiry", account=self.account, count=self.rearms_after_expiry)
+            log.warning(
+                "switch_rearmed_after_expiry",
+                account=self.account,
+                state=self.state.value,
+                count=self.rearms_after_expiry,
+                note="guardian had counted the timer expired: assume the exchange cancelled every order",
+            )
         if status.timeout_granted_s + 1 < self.settings.timeout_s:
             log.warning(
                 "switch_timeout_shortened",
@@ -218,6 +230,13 @@ class Switch:
                 asked_s=self.settings.timeout_s,
                 granted_s=round(status.timeout_granted_s, 3),
             )
+        log.debug(
+            "switch_refreshed",
+            account=self.account,
+            state=self.state.value,
+            remaining_s=round(self.remaining() or 0.0, 3),
+            duration_s=round(duration, 4),
+        )
         if self._on_refresh is not None:
             self._on_refresh(self, "success", duration)
         return True
@@ -275,13 +294,20 @@ class Switch:
     def _note_expiry(self) -> None:
         if self.state is SwitchState.EXPIRED and not self._expired_logged:
             self._expired_logged = True
-            log.error("switch_expired", account=self.account, consecutive_failures=self.consecutive_failures)
+            log.error(
+                "switch_expired",
+                account=self.account,
+                state=self.state.value,
+                consecutive_failures=self.consecutive_failures,
+                last_error=self.last_error,
+                note="assume the exchange cancelled every open order; no new risk goes out until re-armed",
+            )
 
-    async def disarm(self) -> SwitchStatus:
+    async def disarm(self, deadline_s: float = 5.0) -> SwitchStatus:
         """Switch the exchange timer off (`timeout=0`). Raises on failure: the caller decides."""
-        status = await self._client.cancelallordersafter(0, deadline_s=5.0)
+        status = await self._client.cancelallordersafter(0, deadline_s=deadline_s)
         self._disarmed = True
         self._deadline = None
         self.last_status = status
-        log.info("switch_disarmed", account=self.account)
+        log.info("switch_disarmed", account=self.account, state=self.state.value)
         return status

@@ -1,0 +1,137 @@
+"""One configured account at run time: its switch keeper, the keeper's own exchange client, its trading
+mode, and what a deliberate stop does to the exchange's timer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from collections.abc import Callable
+
+import structlog
+
+from guardian.config import AccountConfig, OnShutdown
+from guardian.errors import ExchangeError
+from guardian.kraken.client import Credentials, KrakenClient
+from guardian.switch import Switch
+
+log = structlog.get_logger("guardian.account")
+
+# The switch's client has a small pool of its own: no bot traffic ever waits in front of a refresh.
+SWITCH_POOL_SIZE = 2
+SWITCH_CLIENT_TIMEOUT_S = 10.0
+
+
+class Mode(enum.StrEnum):
+    """What the account lets through (contract values). The gateway enforces them."""
+
+    ACTIVE = "active"
+    REDUCE_ONLY = "reduce_only"
+    HALTED = "halted"
+
+
+class Account:
+    """An account's moving parts. `start()` begins the switch's beat; `stop_switch()` ends it."""
+
+    def __init__(
+        self,
+        config: AccountConfig,
+        *,
+        on_refresh: Callable[[Switch, str, float], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.mode = Mode.ACTIVE
+        self.switch_client = self.client("switch", pool_size=SWITCH_POOL_SIZE)
+        self.switch = Switch(self.name, self.switch_client, config.switch, on_refresh=on_refresh)
+        self.task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Account({self.name!r}, {self.config.base_url!r})"
+
+    def client(self, purpose: str, *, pool_size: int = 16) -> KrakenClient:
+        """A client signing with this account's exchange key and its nonce setting."""
+        nonce = self.config.nonce
+        return KrakenClient(
+            self.config.base_url,
+            Credentials(self.config.api_key, self.config.api_secret),
+            timeout_s=SWITCH_CLIENT_TIMEOUT_S,
+            use_nonce=nonce != "off",
+            nonce_unit="milliseconds" if nonce == "off" else nonce,
+            pool_size=pool_size,
+            name=f"{self.name}-{purpose}",
+        )
+
+    async def start(self) -> None:
+        await self.switch_client.start()
+        self.task = asyncio.create_task(self._beat(), name=f"switch-{self.name}")
+
+    async def _beat(self) -> None:
+        with structlog.contextvars.bound_contextvars(account=self.name):
+            await self.switch.run()
+
+    @property
+    def alive(self) -> bool:
+        """The switch's task is running (it ends only when cancelled, or by a bug)."""
+        return self.task is not None and not self.task.done()
+
+    def death(self) -> str | None:
+        """Why the switch's task ended, if it did."""
+        if self.task is None or not self.task.done():
+            return None
+        if self.task.cancelled():
+            return "cancelled"
+        exc = self.task.exception()
+        return "returned" if exc is None else type(exc).__name__
+
+    async def stop_switch(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+    async def apply_shutdown(self, policy: OnShutdown, limit_s: float) -> bool:
+        """Do what `on_shutdown` says, within `limit_s`. True if it was done.
+
+        `cancel` cancels every open order and only then disarms: if the cancel fails, the timer is left
+        armed, so the exchange still cancels the orders when it runs out (never orders left unprotected).
+        """
+        remaining = self.switch.remaining()
+        if policy is OnShutdown.KEEP:
+            log.info(
+                "shutdown_switch_kept",
+                account=self.name,
+                remaining_s=None if remaining is None else round(remaining, 1),
+                note="the exchange cancels every open order when this runs out, unless guardian is back",
+            )
+            return True
+        try:
+            async with asyncio.timeout(limit_s):
+                if policy is OnShutdown.CANCEL:
+                    answer = await self.switch_client.request("cancelallorders", timeout_s=limit_s)
+                    status = answer.get("cancelStatus", {})
+                    log.info(
+                        "shutdown_orders_cancelled",
+                        account=self.name,
+                        status=status.get("status") if isinstance(status, dict) else None,
+                        cancelled=len(status.get("cancelledOrders", []))
+                        if isinstance(status, dict)
+                        else None,
+                    )
+                await self.switch.disarm(deadline_s=limit_s)
+        except (ExchangeError, TimeoutError) as exc:
+            log.error(
+                "shutdown_policy_failed",
+                account=self.name,
+                policy=policy.value,
+                error=str(exc) or type(exc).__name__,
+                switch=self.switch.state.value,
+                remaining_s=None if remaining is None else round(remaining, 1),
+                note="the exchange timer is still armed: it cancels every open order when it runs out",
+            )
+            return False
+        return True
+
+    def as_json(self) -> dict[str, object]:
+        return {"name": self.name, "mode": self.mode.value, "switch": self.switch.snapshot().as_json()}

@@ -1,0 +1,69 @@
+"""`guardian run --sim`: the built-in simulator in-process, a demo account on it, a demo bot key, and
+a how-to. Everything is generated for this run and forgotten when it ends."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from dataclasses import dataclass
+
+from guardian.config import AccountConfig, ClientConfig, Config, GuardConfig, LogConfig, ServerConfig
+from guardian.kraken.endpoints import Permission
+from guardian.secret import ApiSecret, Secret
+from guardian.sim.app import SimKey, Simulator
+from guardian.sim.market import Market
+
+DEMO_ACCOUNT = "demo"
+DEMO_BOT = "demo-bot"
+
+
+@dataclass(frozen=True, slots=True)
+class Demo:
+    simulator: Simulator
+    config: Config
+    bot: ClientConfig
+
+    def secrets(self) -> list[Secret]:
+        return [*self.config.all_secrets(), *(key.secret for key in self.simulator.keys.values())]
+
+
+async def start_demo(host: str, port: int, *, seed: int | None = None, log: LogConfig | None = None) -> Demo:
+    """Start the simulator on a free loopback port and build the daemon's configuration for it."""
+    exchange_key = SimKey.generate(account=DEMO_ACCOUNT)
+    simulator = Simulator([exchange_key], market=Market(seed=seed), tick_s=1.0)
+    url = await simulator.start("127.0.0.1", 0)
+    bot = ClientConfig(
+        name=DEMO_BOT,
+        api_key=f"demo-bot-{secrets.token_hex(8)}",
+        api_secret=ApiSecret(base64.b64encode(os.urandom(32)).decode(), name="demo bot api_secret"),
+        permissions=frozenset({Permission.READ, Permission.TRADE}),
+    )
+    account = AccountConfig(
+        name=DEMO_ACCOUNT,
+        api_key=exchange_key.api_key,
+        api_secret=exchange_key.secret,
+        base_url=url,
+        guard=GuardConfig(
+            symbols=tuple(i.symbol for i in simulator.exchange.market.instruments),
+            max_order_size=100.0,
+            max_notional=1_000_000.0,
+            price_band_pct=10.0,
+        ),
+        clients=(bot,),
+    )
+    config = Config(accounts=(account,), server=ServerConfig(host, port), log=log or LogConfig())
+    return Demo(simulator, config, bot)
+
+
+def how_to(demo: Demo, guardian_url: str) -> str:
+    """The lines printed after `demo bot api_key=... api_secret=...`."""
+    return "\n".join(
+        [
+            f"guardian is running against its built-in exchange simulator ({demo.simulator.url}).",
+            f"  state:    curl -s {guardian_url}/guardian/state",
+            f"  ready:    curl -s {guardian_url}/readyz",
+            f"  metrics:  curl -s {guardian_url}/metrics | grep ^guardian_switch",
+            "Stop with Ctrl-C.",
+        ]
+    )

@@ -1,0 +1,165 @@
+"""Prometheus metrics: one registry per daemon, with the contract's names.
+
+What describes the switch *now* (armed, state, time left, trigger time, clock skew) is read from the
+keepers at scrape time, so `/metrics` is as truthful as `/guardian/state`: a gauge set on the last
+refresh would keep saying 40 s left after the daemon stopped counting. What accumulates (refreshes by
+outcome, their durations) is counted as it happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from guardian import __version__
+from guardian.switch import Switch, SwitchState
+
+# The classic text format, which generate_latest writes and every Prometheus reads.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+# `*_created` series double every counter and histogram and no dashboard or alert here reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+REFRESH_OUTCOMES = ("success", "authentication", "rate_limited", "unavailable", "error")
+# A refresh normally takes tens of milliseconds; the top buckets show a struggling exchange.
+REFRESH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class SwitchCollector(Collector):
+    """The switch gauges, computed from the keepers when Prometheus scrapes."""
+
+    def __init__(self, switches: Callable[[], Iterable[Switch]]) -> None:
+        self._switches = switches
+
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """The families without samples: lets the registry check names before the switches exist."""
+        return iter(self._families())
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        armed, state, remaining, last_success, trigger, skew, failures, rearms = self._families()
+        for switch in self._switches():
+            name = switch.account
+            current = switch.state
+            armed.add_metric([name], 1.0 if current is SwitchState.ARMED else 0.0)
+            for each in SwitchState:
+                state.add_metric([name, each.value], 1.0 if each is current else 0.0)
+            remaining.add_metric([name], switch.remaining() or 0.0)
+            last_success.add_metric([name], switch.last_success_wall or 0.0)
+            status = switch.last_status
+            running = current in (SwitchState.ARMED, SwitchState.DEGRADED)
+            trigger_time = status.trigger_time if status is not None and running else None
+            trigger.add_metric([name], trigger_time or 0.0)
+            clock_skew = None if status is None else status.clock_skew_s
+            if clock_skew is not None:
+                skew.add_metric([name], clock_skew)
+            failures.add_metric([name], switch.consecutive_failures)
+            rearms.add_metric([name], switch.rearms_after_expiry)
+        yield from (armed, state, remaining, last_success, trigger, skew, failures, rearms)
+
+    @staticmethod
+    def _families() -> tuple[
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        CounterMetricFamily,
+    ]:
+        armed = GaugeMetricFamily(
+            "guardian_switch_armed",
+            "1 while the account's switch is armed (refreshed, timer running), else 0",
+            labels=["account"],
+        )
+        state = GaugeMetricFamily(
+            "guardian_switch_state",
+            "1 for the switch's current state, 0 for the others",
+            labels=["account", "state"],
+        )
+        remaining = GaugeMetricFamily(
+            "guardian_switch_remaining_seconds",
+            "Seconds left on the exchange's timer by guardian's conservative count (0 when not running)",
+            labels=["account"],
+        )
+        last_success = GaugeMetricFamily(
+            "guardian_switch_last_success_timestamp_seconds",
+            "Unix time of the last successful refresh (0: never)",
+            labels=["account"],
+        )
+        trigger = GaugeMetricFamily(
+            "guardian_switch_trigger_timestamp_seconds",
+            "The exchange's triggerTime as it last reported it, Unix time (0: timer not running)",
+            labels=["account"],
+        )
+        skew = GaugeMetricFamily(
+            "guardian_exchange_clock_skew_seconds",
+            "Exchange serverTime minus local time at the last answer (absent until one arrives)",
+            labels=["account"],
+        )
+        failures = GaugeMetricFamily(
+            "guardian_switch_consecutive_failures",
+            "Refreshes failed in a row since the last success",
+            labels=["account"],
+        )
+        rearms = CounterMetricFamily(
+            "guardian_switch_rearms_after_expiry",
+            "Times the switch was armed again after guardian had counted it expired",
+            labels=["account"],
+        )
+        return armed, state, remaining, last_success, trigger, skew, failures, rearms
+
+
+class Metrics:
+    """The daemon's registry. Other parts (the gateway) add their own families to `registry`."""
+
+    def __init__(self, switches: Callable[[], Iterable[Switch]], *, process: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        if process:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+        Gauge(
+            "guardian_build_info",
+            "guardian's version, as a label; always 1",
+            ["version"],
+            registry=self.registry,
+        ).labels(__version__).set(1)
+        self.refreshes = Counter(
+            "guardian_switch_refreshes",
+            "Switch refresh attempts by outcome",
+            ["account", "outcome"],
+            registry=self.registry,
+        )
+        self.refresh_duration = Histogram(
+            "guardian_switch_refresh_duration_seconds",
+            "Time from sending a switch refresh to its answer (or failure)",
+            ["account"],
+            buckets=REFRESH_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(SwitchCollector(switches))
+
+    def add_account(self, account: str) -> None:
+        """Create every series of an account at 0, so rates and alerts see it before the first event."""
+        for outcome in REFRESH_OUTCOMES:
+            self.refreshes.labels(account, outcome)
+        self.refresh_duration.labels(account)
+
+    def on_refresh(self, switch: Switch, outcome: str, duration_s: float) -> None:
+        """The keeper's callback after every attempt."""
+        self.refreshes.labels(switch.account, outcome).inc()
+        self.refresh_duration.labels(switch.account).observe(duration_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

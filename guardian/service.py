@@ -1,0 +1,227 @@
+"""The daemon behind `guardian run`: every account's switch, the local HTTP server, the service manager.
+
+Start order: bind the local server first (a busy port fails before anything touches the exchange), then
+start each account's switch. `READY=1` goes to systemd once the server listens and every switch is
+armed. Stop order (SIGTERM/SIGINT): `STOPPING=1`, readiness drops, the server stops accepting and gives
+in-flight requests `SHUTDOWN_GRACE_S` to finish, the switch beats end, then each account's `on_shutdown`
+runs (keep, disarm, or cancel then disarm) as the very last calls to the exchange, all within 10 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable
+
+import structlog
+from aiohttp import web
+
+from guardian import __version__
+from guardian.account import Account
+from guardian.config import Config
+from guardian.kraken.times import to_iso
+from guardian.metrics import Metrics
+from guardian.notify import Notifier
+from guardian.switch import Switch, SwitchState
+
+log = structlog.get_logger("guardian.service")
+
+SHUTDOWN_GRACE_S = 3.0  # in-flight local requests get this long to finish
+SHUTDOWN_ACTION_S = 4.0  # each account's on_shutdown calls together (accounts run in parallel)
+REPORT_INTERVAL_S = 0.25  # how often state changes are looked for (logs, STATUS=, READY=)
+
+SERVICE_KEY: web.AppKey[Service] = web.AppKey("service")
+
+
+class Service:
+    """`await start()`, then `await stop()`; `run(stop_event)` does both around a wait."""
+
+    def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.metrics = Metrics(self.switches)
+        self._wake = asyncio.Event()
+        self.accounts = [Account(account, on_refresh=self._on_refresh) for account in config.accounts]
+        for account in self.accounts:
+            self.metrics.add_account(account.name)
+        self.url = ""
+        self.started_at: float | None = None
+        self.ready_sent = False
+        self.stopping = False
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_states: dict[str, SwitchState] = {}
+        self.app = self._build_app()
+
+    def _on_refresh(self, switch: Switch, outcome: str, duration_s: float) -> None:
+        self.metrics.on_refresh(switch, outcome, duration_s)
+        self._wake.set()  # the reporter looks at once: READY=1 right after the first arming
+
+    def switches(self) -> Iterable[Switch]:
+        return [account.switch for account in self.accounts]
+
+    def account(self, name: str) -> Account | None:
+        return next((account for account in self.accounts if account.name == name), None)
+
+    # ---- the local server ---------------------------------------------------------------------------
+    def _build_app(self) -> web.Application:
+        from guardian import ops
+
+        app = web.Application(client_max_size=64 * 1024)
+        app[SERVICE_KEY] = self
+        app.add_routes(ops.routes())
+        return app
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        server = self.config.server
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
+        )
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, server.host, server.port).start()
+        except OSError:
+            await self._runner.cleanup()
+            self._runner = None
+            raise
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        self.started_at = time.time()
+        log.info(
+            "guardian_listening",
+            url=self.url,
+            version=__version__,
+            accounts=[account.name for account in self.accounts],
+        )
+        for account in self.accounts:
+            await account.start()
+        self._tasks = [
+            asyncio.create_task(self._report(), name="report"),
+            asyncio.create_task(self.notifier.run_watchdog(self.healthy), name="watchdog"),
+        ]
+
+    async def run(self, stop: asyncio.Event) -> bool:
+        """Start, wait for `stop`, stop. True if every account's shutdown policy was carried out."""
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            done = await self.stop()
+        return done
+
+    async def stop(self) -> bool:
+        """The ordered shutdown. Safe to call once; the second call returns at once."""
+        if self.stopping:
+            return True
+        self.stopping = True
+        self.notifier.stopping("stopping: finishing requests, then " + self._policies())
+        log.info("guardian_stopping", policies=self._policies())
+        if self._runner is not None:
+            await self._runner.cleanup()  # stops accepting, waits SHUTDOWN_GRACE_S for in-flight ones
+            self._runner = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for account in self.accounts:
+            await account.stop_switch()
+        results = await asyncio.gather(
+            *(
+                account.apply_shutdown(account.config.switch.on_shutdown, SHUTDOWN_ACTION_S)
+                for account in self.accounts
+            )
+        )
+        for account in self.accounts:
+            await account.switch_client.close()
+        self.notifier.close()
+        log.info("guardian_stopped", policies_carried_out=all(results))
+        return all(results)
+
+    def _policies(self) -> str:
+        return ", ".join(f"{a.name}: {a.config.switch.on_shutdown.value}" for a in self.accounts)
+
+    # ---- what the endpoints and the service manager are told ----------------------------------------
+    def healthy(self) -> bool:
+        return not self.health_problems()
+
+    def health_problems(self) -> list[str]:
+        """Empty while the loop runs (it answered) and every switch task is alive."""
+        return [
+            f"{account.name}: the switch task has stopped ({account.death()})"
+            for account in self.accounts
+            if not account.alive
+        ]
+
+    def readiness_problems(self) -> list[str]:
+        """Empty only when every account's switch is armed."""
+        if self.stopping:
+            return ["guardian is shutting down"]
+        problems = []
+        for account in self.accounts:
+            switch = account.switch
+            state = switch.state
+            if state is not SwitchState.ARMED:
+                why = f" ({switch.last_error})" if switch.last_error else ""
+                problems.append(f"{account.name}: switch {state.value}{why}")
+        return problems
+
+    def state_json(self) -> dict[str, object]:
+        return {
+            "version": __version__,
+            "started_at": None if self.started_at is None else to_iso(self.started_at),
+            "ready": not self.readiness_problems(),
+            "stopping": self.stopping,
+            "accounts": [account.as_json() for account in self.accounts],
+        }
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: each account's switch state."""
+        parts = []
+        for account in self.accounts:
+            state = account.switch.state
+            parts.append(f"{account.name} {state.value}")
+        return "switch: " + ", ".join(parts)
+
+    async def _report(self) -> None:
+        """Log every switch state change, keep STATUS= current, send READY=1 once all are armed."""
+        while True:
+            changed = False
+            for account in self.accounts:
+                state = account.switch.state
+                previous = self._last_states.get(account.name)
+                if state is not previous:
+                    changed = True
+                    self._last_states[account.name] = state
+                    self._log_change(account, previous, state)
+            if changed:
+                line = self.status_line()
+                if not self.ready_sent and not self.readiness_problems():
+                    self.ready_sent = True
+                    self.notifier.ready(line)
+                    log.info("guardian_ready", url=self.url, status=line)
+                else:
+                    self.notifier.status(line)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), REPORT_INTERVAL_S)
+            self._wake.clear()
+
+    @staticmethod
+    def _log_change(account: Account, previous: SwitchState | None, state: SwitchState) -> None:
+        switch = account.switch
+        level = (
+            log.info
+            if state in (SwitchState.ARMED, SwitchState.STARTING, SwitchState.DISARMED)
+            else log.warning
+        )
+        remaining = switch.remaining()
+        level(
+            "switch_state_changed",
+            account=account.name,
+            state=state.value,
+            previous=None if previous is None else previous.value,
+            remaining_s=None if remaining is None else round(remaining, 3),
+            last_error=switch.last_error,
+        )

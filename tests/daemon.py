@@ -1,0 +1,69 @@
+"""Helpers shared by the daemon's tests: configurations with short intervals, a running service, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+
+from guardian.config import AccountConfig, Config, OnShutdown, ServerConfig, SwitchConfig
+from guardian.notify import Notifier
+from guardian.secret import ApiSecret
+from guardian.service import Service
+from tests.conftest import TRADE_KEY, TRADE_SECRET
+
+# Short intervals, as a failure drill would use: a beat of 0.3-0.5 s, a 3 s exchange timer.
+FAST = SwitchConfig(refresh_min_s=0.3, refresh_max_s=0.5, timeout_s=3, min_remaining_s=1.0)
+
+
+def account_config(
+    base_url: str,
+    *,
+    name: str = "main",
+    key: str = TRADE_KEY,
+    secret: str = TRADE_SECRET,
+    policy: OnShutdown = OnShutdown.KEEP,
+    switch: SwitchConfig = FAST,
+) -> AccountConfig:
+    return AccountConfig(
+        name=name,
+        api_key=key,
+        api_secret=ApiSecret(secret),
+        base_url=base_url,
+        switch=SwitchConfig(
+            switch.refresh_min_s, switch.refresh_max_s, switch.timeout_s, switch.min_remaining_s, policy
+        ),
+    )
+
+
+@contextlib.asynccontextmanager
+async def serving(*accounts: AccountConfig, notifier: Notifier | None = None) -> AsyncIterator[Service]:
+    """A started service on a free loopback port; stopped (with each account's policy) on exit."""
+    config = Config(accounts=accounts, server=ServerConfig("127.0.0.1", 0))
+    service = Service(config, notifier=notifier or Notifier({}))
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+async def wait_for(predicate: Callable[[], Any], timeout_s: float = 5.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def get_json(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    async with http.get(url) as response:
+        return response.status, await response.json()
