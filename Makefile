@@ -4,9 +4,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-LISTEN ?= 127.0.0.1:8788
+LISTEN ?= 127.0.0.1:8787
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test lint typecheck unit tools clean
 .DEFAULT_GOAL := test
 
 $(BIN)/.installed: pyproject.toml
@@ -16,7 +16,16 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/guardian sim --listen $(LISTEN)
+	$(BIN)/guardian run --sim --listen $(LISTEN)
+
+# A real Prometheus scrapes the daemon in the tests; Debian's package brings prometheus and promtool.
+tools:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else \
+	    echo "the tests need prometheus and promtool: sudo apt-get install prometheus" >&2; exit 1; \
+	  fi; }
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
@@ -25,7 +34,7 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy guardian
 
-unit: $(BIN)/.installed
+unit: $(BIN)/.installed tools
 	$(BIN)/pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 test: lint typecheck unit

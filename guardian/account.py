@@ -38,12 +38,15 @@ class Account:
         config: AccountConfig,
         *,
         on_refresh: Callable[[Switch, str, float], None] | None = None,
+        on_beat: Callable[[Switch, float], None] | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
         self.mode = Mode.ACTIVE
         self.switch_client = self.client("switch", pool_size=SWITCH_POOL_SIZE)
-        self.switch = Switch(self.name, self.switch_client, config.switch, on_refresh=on_refresh)
+        self.switch = Switch(
+            self.name, self.switch_client, config.switch, on_refresh=on_refresh, on_beat=on_beat
+        )
         self.task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:

@@ -34,6 +34,8 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 REFRESH_OUTCOMES = ("success", "authentication", "rate_limited", "unavailable", "error")
 # A refresh normally takes tens of milliseconds; the top buckets show a struggling exchange.
 REFRESH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A healthy loop starts a beat within a millisecond or two of its schedule.
+BEAT_DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
 class SwitchCollector(Collector):
@@ -148,6 +150,13 @@ class Metrics:
             buckets=REFRESH_BUCKETS,
             registry=self.registry,
         )
+        self.beat_delay = Histogram(
+            "guardian_switch_beat_delay_seconds",
+            "How late each switch beat started against its schedule (event loop starvation shows here)",
+            ["account"],
+            buckets=BEAT_DELAY_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(SwitchCollector(switches))
 
     def add_account(self, account: str) -> None:
@@ -155,11 +164,15 @@ class Metrics:
         for outcome in REFRESH_OUTCOMES:
             self.refreshes.labels(account, outcome)
         self.refresh_duration.labels(account)
+        self.beat_delay.labels(account)
 
     def on_refresh(self, switch: Switch, outcome: str, duration_s: float) -> None:
         """The keeper's callback after every attempt."""
         self.refreshes.labels(switch.account, outcome).inc()
         self.refresh_duration.labels(switch.account).observe(duration_s)
+
+    def on_beat(self, switch: Switch, late_s: float) -> None:
+        self.beat_delay.labels(switch.account).observe(max(0.0, late_s))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -42,7 +42,10 @@ class Service:
         self.notifier = notifier or Notifier()
         self.metrics = Metrics(self.switches)
         self._wake = asyncio.Event()
-        self.accounts = [Account(account, on_refresh=self._on_refresh) for account in config.accounts]
+        self.accounts = [
+            Account(account, on_refresh=self._on_refresh, on_beat=self.metrics.on_beat)
+            for account in config.accounts
+        ]
         for account in self.accounts:
             self.metrics.add_account(account.name)
         self.url = ""

@@ -106,12 +106,14 @@ class Switch:
         *,
         rng: random.Random | None = None,
         on_refresh: Callable[[Switch, str, float], None] | None = None,
+        on_beat: Callable[[Switch, float], None] | None = None,
     ) -> None:
         self.account = account
         self._client = client
         self.settings = settings
         self._rng = rng or random.Random()
         self._on_refresh = on_refresh
+        self._on_beat = on_beat
         self._deadline: float | None = None  # monotonic moment the exchange timer runs out
         self._ever_armed = False
         self._disarmed = False
@@ -271,6 +273,7 @@ class Switch:
                 now = loop.time()
                 if next_beat > now:
                     await asyncio.sleep(next_beat - now)
+                self._beat_started(loop.time() - next_beat)
                 next_beat += self._next_interval()
                 ok = await self.refresh_once()
                 attempt = 0
@@ -290,6 +293,12 @@ class Switch:
         finally:
             if expiry_watch is not None:
                 expiry_watch.cancel()
+
+    def _beat_started(self, late_s: float) -> None:
+        """How late this beat started against its schedule: a starved event loop shows here first."""
+        log.debug("switch_beat", account=self.account, state=self.state.value, late_s=round(late_s, 6))
+        if self._on_beat is not None:
+            self._on_beat(self, late_s)
 
     def _note_expiry(self) -> None:
         if self.state is SwitchState.EXPIRED and not self._expired_logged:
