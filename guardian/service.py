@@ -131,10 +131,11 @@ class Service:
                 await task
         for account in self.accounts:
             await account.stop_switch()
+        started = [account for account in self.accounts if account.task is not None]
         results = await asyncio.gather(
             *(
                 account.apply_shutdown(account.config.switch.on_shutdown, SHUTDOWN_ACTION_S)
-                for account in self.accounts
+                for account in started
             )
         )
         for account in self.accounts:

@@ -278,15 +278,21 @@ async def test_a_dead_switch_task_makes_healthz_fail_and_withholds_the_watchdog(
         assert not service.healthy()
 
 
-async def test_a_busy_port_fails_before_anything_reaches_the_exchange(sim: Simulator) -> None:
+@pytest.mark.parametrize("policy", list(OnShutdown))
+async def test_a_busy_port_fails_before_anything_reaches_the_exchange(
+    sim: Simulator, policy: OnShutdown
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        config = Config(accounts=(account_config(sim.url),), server=ServerConfig("127.0.0.1", port))
+        config = Config(
+            accounts=(account_config(sim.url, policy=policy),), server=ServerConfig("127.0.0.1", port)
+        )
         service = Service(config, notifier=Notifier({}))
         with pytest.raises(OSError, match="address already in use"):
             await service.start()
+        assert await service.stop() is True  # what the command does next: nothing to undo
     assert list(sim.requests) == []
     assert all(account.task is None for account in service.accounts)
 
