@@ -14,13 +14,14 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from guardian.kraken import endpoints as ep
+from guardian.kraken.nonces import NonceWindow
 from guardian.kraken.signing import post_data_candidates, verify
 from guardian.kraken.times import parse_iso, to_iso
 from guardian.kraken.wire import WireError, loads_strict, parse_batch, request_fields
@@ -70,25 +71,6 @@ class SimKey:
         )
 
 
-@dataclass
-class _NonceState:
-    highest: int = 0
-    recent: set[int] = field(default_factory=set)
-    order: deque[int] = field(default_factory=deque)
-
-    def check(self, nonce: int, tolerance: int, keep: int = 4096) -> str | None:
-        if nonce in self.recent:
-            return "nonceDuplicate"
-        if nonce <= self.highest - tolerance or (tolerance == 0 and nonce < self.highest):
-            return "nonceBelowThreshold"
-        self.highest = max(self.highest, nonce)
-        self.recent.add(nonce)
-        self.order.append(nonce)
-        while len(self.order) > keep:
-            self.recent.discard(self.order.popleft())
-        return None
-
-
 class Simulator:
     """A Kraken Futures stand-in. `await start()` listens; `await close()` stops everything it began."""
 
@@ -117,7 +99,7 @@ class Simulator:
         self.nonce_tolerance = nonce_tolerance
         self._control_token = control_token
         self._budgets: dict[str, CostBudget] = {}
-        self._nonces: dict[str, _NonceState] = {}
+        self._nonces: dict[str, NonceWindow] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._release = asyncio.Event()
         self.requests: deque[dict[str, Any]] = deque(maxlen=20_000)
@@ -332,7 +314,7 @@ class Simulator:
         if nonce is not None:
             if not nonce.isdigit() or len(nonce) > 20:
                 raise SimError("invalidArgument", "the nonce is not a number")
-            problem = self._nonces.setdefault(key.api_key, _NonceState()).check(
+            problem = self._nonces.setdefault(key.api_key, NonceWindow()).check(
                 int(nonce), self.nonce_tolerance
             )
             if problem is not None:
