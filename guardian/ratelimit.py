@@ -54,6 +54,15 @@ class CostBudget:
         self._used += cost
         return True
 
+    def spend(self, cost: float) -> None:
+        """Record `cost` whatever is left: for calls that go out regardless (the switch's refreshes)."""
+        if cost <= 0:
+            return
+        now = self._clock()
+        self._expire(now)
+        self._spent.append((now, cost))
+        self._used += cost
+
     def seconds_until(self, cost: float, *, reserve: float = 0.0) -> float:
         """How long until `cost` could be spent (0 if now); infinite if it never fits."""
         if cost > self.capacity - reserve:

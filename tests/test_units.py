@@ -126,6 +126,18 @@ def test_budget_reserve_keeps_room_for_the_switch() -> None:
     assert budget.available() == 5
 
 
+def test_budget_spend_records_what_goes_out_regardless() -> None:
+    clock = Clock()
+    budget = CostBudget(30, 10, clock=clock)
+    budget.spend(25)
+    budget.spend(25)  # the switch's refresh goes out even over the model's capacity
+    budget.spend(0)
+    assert budget.available() == -20
+    assert not budget.try_spend(1)
+    clock.now = 10
+    assert budget.available() == 30
+
+
 def test_budget_tells_when_a_cost_will_fit() -> None:
     clock = Clock()
     budget = CostBudget(100, 10, clock=clock)

@@ -42,6 +42,10 @@ def parse_form(text: str) -> list[tuple[str, str]]:
         raise WireError("invalidArgument", "the parameters are not valid URL-encoded UTF-8") from exc
 
 
+# Parameters that are lists, sent as the same name repeated (`orders/status`).
+LIST_FIELDS = frozenset({"orderIds", "cliOrdIds"})
+
+
 def split_batch_body(body: str) -> tuple[str, str | None]:
     """Separate a raw-JSON batch field from the rest of a form body.
 

@@ -24,7 +24,7 @@ from guardian.kraken import endpoints as ep
 from guardian.kraken.nonces import NonceWindow
 from guardian.kraken.signing import post_data_candidates, verify
 from guardian.kraken.times import parse_iso, to_iso
-from guardian.kraken.wire import WireError, loads_strict, parse_batch, request_fields
+from guardian.kraken.wire import LIST_FIELDS, WireError, loads_strict, parse_batch, request_fields
 from guardian.ratelimit import CostBudget
 from guardian.secret import ApiSecret
 from guardian.sim.exchange import Account, Exchange, SimError
@@ -35,7 +35,6 @@ log = structlog.get_logger("guardian.sim")
 
 PERMISSIONS = ("read", "trade", "funds")
 CONTROL_PREFIX = "/_sim"
-LIST_FIELDS = frozenset({"orderIds", "cliOrdIds"})
 
 
 @dataclass(frozen=True, slots=True)
