@@ -209,8 +209,10 @@ class KrakenClient:
         *,
         timeout_s: float | None = None,
         method: str | None = None,
+        path: str | None = None,
     ) -> RawAnswer:
-        """Send exactly `query` and `body`, signed over those bytes; return the raw answer.
+        """Send exactly `query` and `body`, signed over those bytes; return the raw answer. `path` is
+        the real path of a templated public endpoint (`tickers/{symbol}`).
 
         Raises ExchangeUnavailable/ExchangeTimeout when no answer arrives; never looks at the answer.
         """
@@ -228,7 +230,7 @@ class KrakenClient:
                 headers["Nonce"] = nonce
         if body:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
-        url = URL(self.base_url + ep.path + (f"?{query}" if query else ""), encoded=True)
+        url = URL(self.base_url + (path or ep.path) + (f"?{query}" if query else ""), encoded=True)
         timeout = aiohttp.ClientTimeout(total=timeout_s if timeout_s is not None else self.timeout_s)
         try:
             async with self._session.request(
