@@ -6,19 +6,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
+import os
+import re
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from guardian import __version__, logs
-from guardian.config import Config, load_config, parse_listen
+from guardian.config import Config, load_config, load_journal_config, parse_listen
 from guardian.errors import ConfigError
+from guardian.journal import JournalError, read_journal
+from guardian.kraken.times import parse_iso
 
 EX_OK = 0
-EX_FAILED = 1  # an on_shutdown policy could not be carried out (the exchange timer was left armed)
+# What was asked could not be done: an on_shutdown policy (the exchange timer was left armed), reading
+# the journal.
+EX_FAILED = 1
 EX_USAGE = 64
 EX_CONFIG = 78
 # The whole ordered shutdown must end well inside systemd's and Docker's default stop timeouts (10 s).
@@ -35,6 +44,30 @@ def _host_port(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(
             f"expected HOST:PORT (e.g. 127.0.0.1:8788 or [::1]:8788), got {text!r}"
         ) from None
+
+
+_AGO = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _since(text: str) -> float:
+    """--since: an ISO 8601 time (UTC unless it says otherwise) or a duration ago (30s, 15m, 2h, 3d)."""
+    ago = _AGO.fullmatch(text.strip())
+    if ago:
+        return time.time() - float(ago[1]) * _UNIT_S[ago[2]]
+    try:
+        return parse_iso(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time (e.g. 2026-11-21T10:00:00Z) or a duration ago (30s, 15m, 2h, 3d), "
+            f"got {text!r}"
+        ) from None
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of rows, at least 1, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +111,28 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config", help="validate a configuration file, print a summary and every protection that is off"
     )
     check.add_argument("--config", type=Path, required=True, metavar="FILE", help="the TOML configuration")
+
+    journal = sub.add_parser(
+        "journal", help="print the audit journal, oldest first (read-only: the daemon may keep running)"
+    )
+    journal.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the TOML configuration; only its [journal] table is read (no secret is needed)",
+    )
+    journal.add_argument("--json", action="store_true", help="one JSON object per line, every field")
+    journal.add_argument(
+        "--limit", type=_count, default=100, metavar="N", help="the last N rows (default 100)"
+    )
+    journal.add_argument(
+        "--since",
+        type=_since,
+        default=None,
+        metavar="T",
+        help="only rows at or after T: ISO 8601 (2026-11-21T10:00:00Z) or a duration ago (30s, 15m, 2h, 3d)",
+    )
     return parser
 
 
@@ -89,6 +144,52 @@ async def _check_config(args: argparse.Namespace) -> int:
     for warning in config.warnings():
         print(f"warning: {warning}")
     return EX_OK
+
+
+async def _show_journal(args: argparse.Namespace) -> int:
+    config = load_journal_config(args.config)
+    rows = read_journal(config.path, since=args.since, limit=args.limit)
+    try:
+        for row in rows:
+            print(
+                json.dumps(row, separators=(",", ":"), ensure_ascii=False)
+                if args.json
+                else _journal_line(row)
+            )
+        sys.stdout.flush()
+    except BrokenPipeError:  # `guardian journal ... | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EX_OK
+
+
+def _journal_line(row: Mapping[str, Any]) -> str:
+    """One readable line: time, type, account, bot, endpoint (or event kind), verdict, reason, outcome."""
+
+    def shown(value: object) -> str:
+        return "-" if value is None else str(value)
+
+    if row["type"] == "event":
+        detail = json.dumps(row["detail"], separators=(",", ":"), ensure_ascii=False)
+        fields = [row["time"], f"event #{row['id']}", shown(row["account"]), "-", row["kind"], detail]
+        return "  ".join(fields)
+    timings = [
+        f"{name} {row[key] * 1000:.1f} ms"
+        for name, key in (("upstream", "upstream_s"), ("total", "total_s"))
+        if row[key] is not None
+    ]
+    fields = [
+        row["time"],
+        f"request #{row['id']}",
+        shown(row["account"]),
+        shown(row["bot"]),
+        row["endpoint"],
+        row["verdict"],
+        shown(row["reason"]),
+        row["outcome"],
+        f"http {shown(row['http_status'])}",
+        ", ".join(timings) or "-",
+    ]
+    return "  ".join(fields)
 
 
 async def _run_sim(args: argparse.Namespace) -> int:
@@ -176,11 +277,11 @@ async def _run(args: argparse.Namespace) -> int:
             done = False
     finally:
         if demo is not None:
-            await demo.simulator.close()
+            await demo.close()
     return EX_OK if done else EX_FAILED
 
 
-COMMANDS = {"sim": _run_sim, "run": _run, "check-config": _check_config}
+COMMANDS = {"sim": _run_sim, "run": _run, "check-config": _check_config, "journal": _show_journal}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -194,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"guardian: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except JournalError as exc:
+        print(f"guardian: {exc}", file=sys.stderr)
+        return EX_FAILED
     except OSError as exc:
         print(f"guardian: {exc}", file=sys.stderr)
         return 1

@@ -76,6 +76,7 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class JournalConfig:
     path: Path = Path("guardian-journal.sqlite3")  # a relative path is relative to the working directory
+    retention_days: float | None = 90.0  # rows older than this are deleted; None: kept forever
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,15 @@ class GuardConfig:
     max_notional: float | None = None
     price_band_pct: float | None = None
     per_symbol: Mapping[str, SymbolLimits] = field(default_factory=lambda: MappingProxyType({}))
+    # How the guard works, rather than what it allows:
+    mark_poll_s: float = 2.0  # how often the marks are read from the exchange's tickers
+    mark_max_age_s: float = 10.0  # an older mark is no mark: rules needing one refuse (fail closed)
+    rate_budget: float = 500.0  # the local model of the exchange's cost budget: units per rate_window_s
+    rate_window_s: float = 10.0
+    dedupe_window_s: float = (
+        300.0  # a sendorder repeating a cliOrdId forwarded this recently gets the first answer
+    )
+    upstream_timeout_s: float = 10.0  # a forwarded request without an answer by then: outcome unknown (504)
 
     def limits_for(self, symbol: str) -> SymbolLimits:
         """The limits that apply to `symbol`: its own override where set, else the account's."""
@@ -176,7 +186,12 @@ class Config:
         token = "set" if self.server.admin_token else "not set (no admin endpoints)"
         lines = [
             f"server: listen {self.server.listen}, admin token {token}",
-            f"journal: {self.journal.path}",
+            f"journal: {self.journal.path}, "
+            + (
+                "rows kept forever"
+                if self.journal.retention_days is None
+                else f"rows kept {self.journal.retention_days:g} days"
+            ),
             f"log: level {self.log.level}, format {self.log.format}",
         ]
         for account in self.accounts:
@@ -210,16 +225,38 @@ def load_config(
 ) -> Config:
     """Read and validate the configuration file at `path`. Raises ConfigError, prefixed with the path."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text: save it as UTF-8") from None
+    text = _read_config(path)
     try:
         return parse_config(text, base_dir=path.parent, env=env, secrets_dirs=secrets_dirs)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def load_journal_config(path: str | Path) -> JournalConfig:
+    """Only the [journal] table of the configuration file at `path`, validated as `load_config` does.
+
+    For `guardian journal`, which reads the journal and nothing else: it needs no secret, so it works in a
+    shell that lacks the daemon's environment or credentials, and the rest of the file is not checked.
+    """
+    path = Path(path)
+    text = _read_config(path)
+    try:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid TOML: {exc}") from None
+        return _journal(_Table(data, "").table("journal", _JOURNAL_KEYS))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _read_config(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text: save it as UTF-8") from None
 
 
 def parse_config(
@@ -246,10 +283,7 @@ def parse_config(
             "token, e.g. the output of `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
         )
 
-    journal = root.table("journal", ("path",))
-    journal_path = journal.get("path", str, "guardian-journal.sqlite3")
-    if not journal_path:
-        raise ConfigError(f"{journal.key('path')} is empty: give a file name for the journal database")
+    journal = _journal(root.table("journal", _JOURNAL_KEYS))
 
     log = root.table("log", ("level", "format"))
     level = log.choice("level", logs.LEVELS, "info")
@@ -265,7 +299,7 @@ def parse_config(
     return Config(
         accounts=accounts,
         server=ServerConfig(host, port, admin_token),
-        journal=JournalConfig(Path(journal_path)),
+        journal=journal,
         log=LogConfig(level, fmt),
     )
 
@@ -277,11 +311,28 @@ def _secret_keys(name: str) -> tuple[str, str, str]:
     return name, f"{name}_file", f"{name}_env"
 
 
+_JOURNAL_KEYS = ("path", "retention_days")
 _ACCOUNT_KEYS = ("name", "base_url", *_secret_keys("api_key"), *_secret_keys("api_secret"), "nonce")
 NONCE_CHOICES: Final = (*NONCE_UNITS, "off")
 _SWITCH_KEYS = ("refresh_min_s", "refresh_max_s", "timeout_s", "min_remaining_s", "on_shutdown")
 _LIMIT_KEYS = ("max_order_size", "max_notional", "price_band_pct")
+_GUARD_SETTINGS = (
+    "mark_poll_s",
+    "mark_max_age_s",
+    "rate_budget",
+    "rate_window_s",
+    "dedupe_window_s",
+    "upstream_timeout_s",
+)
 _CLIENT_KEYS = ("name", *_secret_keys("api_key"), *_secret_keys("api_secret"), "permissions")
+
+
+def _journal(table: _Table) -> JournalConfig:
+    path = table.get("path", str, "guardian-journal.sqlite3")
+    if not path:
+        raise ConfigError(f"{table.key('path')} is empty: give a file name for the journal database")
+    retention = table.number("retention_days", 90.0, at_least=0)
+    return JournalConfig(Path(path), retention_days=retention or None)  # 0: keep forever
 
 
 def _account(table: _Table, found: _Secrets) -> AccountConfig:
@@ -291,7 +342,7 @@ def _account(table: _Table, found: _Secrets) -> AccountConfig:
     api_key = _api_key(found, table)
     api_secret = found.api_secret(table)
     switch = _switch(table.table("switch", _SWITCH_KEYS))
-    guard = _guard(table.table("guard", ("symbols", *_LIMIT_KEYS, "symbol")))
+    guard = _guard(table.table("guard", ("symbols", *_LIMIT_KEYS, *_GUARD_SETTINGS, "symbol")))
     clients = tuple(_client(client, found) for client in table.array("clients"))
     nonce = table.choice("nonce", NONCE_CHOICES, "milliseconds")
     return AccountConfig(name, api_key, api_secret, base_url, switch, guard, clients, nonce)
@@ -369,12 +420,26 @@ def _guard(table: _Table) -> GuardConfig:
         if not _SYMBOL.fullmatch(symbol):
             raise ConfigError(f'{overrides.key(symbol)}: a symbol name like "PF_XBTUSD" is expected here')
         per_symbol[symbol] = _limits(overrides.table(symbol, _LIMIT_KEYS))
+    defaults = GuardConfig()
+    mark_poll = table.number("mark_poll_s", defaults.mark_poll_s, above=0)
+    mark_max_age = table.number("mark_max_age_s", defaults.mark_max_age_s, above=0)
+    if mark_max_age < mark_poll:
+        raise ConfigError(
+            f"{table.key('mark_max_age_s')} ({mark_max_age:g}) is below {table.key('mark_poll_s')} ({mark_poll:g}): "
+            "every mark would be stale before the next poll; make it at least two polls long"
+        )
     return GuardConfig(
         symbols,
         limits.max_order_size,
         limits.max_notional,
         limits.price_band_pct,
         MappingProxyType(per_symbol),
+        mark_poll_s=mark_poll,
+        mark_max_age_s=mark_max_age,
+        rate_budget=table.number("rate_budget", defaults.rate_budget, above=0),
+        rate_window_s=table.number("rate_window_s", defaults.rate_window_s, above=0),
+        dedupe_window_s=table.number("dedupe_window_s", defaults.dedupe_window_s, at_least=0),
+        upstream_timeout_s=table.number("upstream_timeout_s", defaults.upstream_timeout_s, above=0),
     )
 
 

@@ -200,6 +200,9 @@ BAD = [
     ("listen_integer", doc(server="listen = 8787"), "server.listen must be a string, not an integer"),
     ("journal_path_integer", doc(journal="path = 3"), "journal.path must be a string, not an integer"),
     ("journal_path_empty", doc(journal='path = ""'), "journal.path is empty"),
+    ("journal_retention_negative", doc(journal="retention_days = -1"), "journal.retention_days must be at least 0, got -1"),
+    ("journal_retention_string", doc(journal='retention_days = "90"'), "journal.retention_days must be a number, not a string"),
+    ("journal_retention_infinite", doc(journal="retention_days = inf"), "journal.retention_days must be a finite number"),
     ("log_level_unknown", doc(log='level = "verbose"'),
      "log.level must be one of debug, info, warning, error, critical, got 'verbose'"),
     ("log_format_unknown", doc(log='format = "xml"'), "log.format must be one of auto, json, console"),
@@ -298,7 +301,7 @@ def test_defaults() -> None:
         "127.0.0.1:8787",
     )
     assert config.server.admin_token is None
-    assert config.journal.path == Path("guardian-journal.sqlite3")
+    assert config.journal == cfg.JournalConfig(Path("guardian-journal.sqlite3"), retention_days=90.0)
     assert (config.log.level, config.log.format) == ("info", "auto")
     [account] = config.accounts
     assert account.base_url == "https://futures.kraken.com"
@@ -343,7 +346,7 @@ def test_edge_values_are_valid() -> None:
 def test_everything_is_read() -> None:
     text = doc(
         server='listen = "[::1]:0"',
-        journal='path = "/var/lib/guardian/journal.sqlite3"',
+        journal='path = "/var/lib/guardian/journal.sqlite3"\nretention_days = 7.5',
         log='level = "debug"\nformat = "json"',
         account='base_url = "http://127.0.0.1:8788/"',
         switch="refresh_min_s = 1.5\nrefresh_max_s = 2\ntimeout_s = 5\nmin_remaining_s = 2\non_shutdown = 'disarm'",
@@ -354,7 +357,7 @@ def test_everything_is_read() -> None:
     config = parse(text)
     assert (config.server.host, config.server.port, config.server.listen) == ("::1", 0, "[::1]:0")
     assert config.server.admin_token == Secret(ADMIN_TOKEN)
-    assert config.journal.path == Path("/var/lib/guardian/journal.sqlite3")
+    assert config.journal == cfg.JournalConfig(Path("/var/lib/guardian/journal.sqlite3"), retention_days=7.5)
     assert (config.log.level, config.log.format) == ("debug", "json")
     [account] = config.accounts
     assert account.base_url == "http://127.0.0.1:8788"
@@ -367,6 +370,13 @@ def test_everything_is_read() -> None:
     assert grid.permissions == frozenset({Permission.READ, Permission.TRADE})
     assert grid.api_secret.key_bytes() == base64.b64decode(BOT_SECRET)
     assert (watcher.name, watcher.permissions) == ("watcher", frozenset({Permission.READ}))
+
+
+def test_journal_retention_of_zero_keeps_rows_forever() -> None:
+    config = parse(doc(journal="retention_days = 0"))
+    assert config.journal.retention_days is None
+    assert "journal: guardian-journal.sqlite3, rows kept forever" in config.summary()
+    assert "journal: guardian-journal.sqlite3, rows kept 90 days" in parse(doc()).summary()
 
 
 @pytest.mark.parametrize("unit", ["milliseconds", "microseconds", "nanoseconds", "off"])
@@ -650,10 +660,52 @@ def test_load_config_reads_relative_secret_files_next_to_the_configuration(tmp_p
 def test_the_example_documents_every_key() -> None:
     text = EXAMPLE.read_text()
     keys = {"server", "journal", "log", "accounts", "switch", "guard", "clients", "symbol", "listen", "path"}
-    keys |= {"level", "format", *cfg._ACCOUNT_KEYS, *cfg._SWITCH_KEYS, *cfg._LIMIT_KEYS, *cfg._CLIENT_KEYS}
-    keys |= set(cfg._secret_keys("admin_token"))
+    keys |= {
+        "level",
+        "format",
+        *cfg._ACCOUNT_KEYS,
+        *cfg._SWITCH_KEYS,
+        *cfg._LIMIT_KEYS,
+        *cfg._GUARD_SETTINGS,
+        *cfg._CLIENT_KEYS,
+    }
+    keys |= set(cfg._secret_keys("admin_token")) | set(cfg._JOURNAL_KEYS)
     for key in keys:
         assert key in text, key
+
+
+def test_load_journal_config_reads_only_the_journal_table_and_needs_no_secret(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    text = doc(journal='path = "j.sqlite3"\nretention_days = 0').replace(
+        f'api_secret = "{MAIN_SECRET}"', 'api_secret_env = "GUARDIAN_TEST_UNSET_SECRET"'
+    )
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="GUARDIAN_TEST_UNSET_SECRET is not set"):
+        load_config(path, env={}, secrets_dirs=[])
+    assert cfg.load_journal_config(path) == cfg.JournalConfig(Path("j.sqlite3"), retention_days=None)
+    path.write_text(MINIMAL)
+    assert cfg.load_journal_config(path) == cfg.JournalConfig()
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (doc(journal="retention_days = -3"), "journal.retention_days must be at least 0, got -3"),
+        (doc(journal='pth = "x"'), "unknown key journal.pth: did you mean path?"),
+        ('journal = "x"', "journal must be a table, not a string"),
+        ("[journal\n", "invalid TOML"),
+    ],
+)
+def test_load_journal_config_refuses_a_bad_journal_table_naming_the_file(
+    tmp_path: Path, text: str, fragment: str
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        cfg.load_journal_config(path)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert fragment in str(caught.value)
+    assert_clean(str(caught.value))
 
 
 EXAMPLE_ENV = {

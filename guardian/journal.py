@@ -1,0 +1,695 @@
+"""The audit journal: every request a bot sends through guardian, every switch event, every mode change,
+in one SQLite file.
+
+A forwarded order's intent is committed before the order leaves and its outcome after, so a crash leaves
+a row whose outcome is unknown rather than a silent gap. One thread owns the connection and does every
+write; the event loop never touches sqlite. Callers hand it jobs through a queue and, where they must
+know the write is committed (`record`, `event`, `set_mode`, `flush`), await a future the thread resolves
+once the transaction holding it has committed. The thread takes everything queued at once and writes it
+in one transaction (group commit): under load many requests share one commit.
+
+What a commit guarantees: WAL mode with `synchronous=NORMAL` writes each transaction to the WAL before
+`record()` returns, so it survives the process being killed (`kill -9`, a crash, the OOM killer), not a
+power loss or a kernel panic, which may lose the last transactions (never corrupt the file). That is the
+trade the hot path needs: a fully synced commit per order would cost as much as the whole gateway hop.
+The fsyncs a checkpoint needs (copying the WAL into the database file) are made by a second thread on its
+own connection, which writes no rows, so no commit waits for them; only when writes come faster than it
+keeps up (thousands per second, for seconds) does the writer checkpoint by itself, past
+WRITER_CHECKPOINT_PAGES. `bench/journal_bench.py` measures all of this.
+
+A forwarded request found without an outcome when the file is opened was in flight when an earlier run
+died: it is counted (`unfinished_at_open`), logged, and its outcome set to "unknown".
+
+Nothing secret is stored: parameter and answer keys whose name looks sensitive are masked, and every
+secret value the process registered with `logs.REDACTOR` is masked wherever it appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import math
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeAlias
+
+import structlog
+
+from guardian.errors import GuardianError
+from guardian.kraken.times import to_iso
+from guardian.logs import MASK, REDACTOR, SENSITIVE_NAME
+from guardian.secret import Secret
+
+log = structlog.get_logger("guardian.journal")
+
+SCHEMA_VERSION: Final = 1
+VERDICTS: Final = ("forwarded", "refused", "answered")
+UNKNOWN: Final = "unknown"  # the outcome of a forwarded request whose answer was never recorded
+PRUNE_EVERY_S: Final = 3600.0  # retention runs at open() and then this often
+PRUNE_CHUNK: Final = 5000  # rows deleted per transaction, so a long prune never holds up a commit for long
+MAX_BATCH: Final = 1000  # jobs per transaction
+RETRY_S: Final = 2.0  # after a failed commit, outcomes not yet written are tried again this often
+MAX_RETRY: Final = 100_000  # outcomes kept for another try; beyond that the oldest are dropped
+FAILURE_LOG_S: Final = 60.0  # while writes keep failing, one error line per this many seconds
+BUSY_TIMEOUT_MS: Final = 5000
+CHECKPOINT_EVERY_S: Final = 0.5  # the checkpointer copies the WAL into the database this often, when written
+# The writer checkpoints by itself only if the WAL grows past this many pages (4 KiB each): a safety valve
+# for when the checkpointer cannot keep up or fails.
+WRITER_CHECKPOINT_PAGES: Final = 4000
+MAX_DEPTH: Final = 8  # deeper than this, parameters and answers are not stored (masked)
+
+_SCHEMA: Final = """
+CREATE TABLE requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at REAL NOT NULL,
+    account TEXT NOT NULL,
+    bot TEXT,
+    endpoint TEXT NOT NULL,
+    params TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    reason TEXT,
+    http_status INTEGER,
+    outcome TEXT,
+    answer TEXT,
+    upstream_s REAL,
+    total_s REAL,
+    finished_at REAL
+);
+CREATE INDEX requests_received_at ON requests (received_at);
+CREATE INDEX requests_unfinished ON requests (id) WHERE outcome IS NULL;
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    account TEXT,
+    detail TEXT NOT NULL
+);
+CREATE INDEX events_at ON events (at);
+CREATE TABLE modes (
+    account TEXT PRIMARY KEY,
+    mode TEXT NOT NULL,
+    changed_at REAL NOT NULL,
+    "by" TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+PRAGMA user_version = 1;
+"""
+_INSERT_REQUEST: Final = (
+    "INSERT INTO requests (received_at, account, bot, endpoint, params, verdict, reason, http_status, "
+    "outcome, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_FINISH_REQUEST: Final = (
+    "UPDATE requests SET outcome = ?, http_status = ?, answer = ?, upstream_s = ?, total_s = ?, "
+    "finished_at = ? WHERE id = ?"
+)
+_INSERT_EVENT: Final = "INSERT INTO events (at, kind, account, detail) VALUES (?, ?, ?, ?)"
+_UPSERT_MODE: Final = (
+    'INSERT INTO modes (account, mode, changed_at, "by", reason) VALUES (?, ?, ?, ?, ?) '
+    "ON CONFLICT (account) DO UPDATE SET mode = excluded.mode, changed_at = excluded.changed_at, "
+    '"by" = excluded."by", reason = excluded.reason'
+)
+_PRUNE_REQUESTS: Final = (
+    "DELETE FROM requests WHERE id IN "
+    "(SELECT id FROM requests WHERE received_at < ? ORDER BY received_at LIMIT ?)"
+)
+_PRUNE_EVENTS: Final = (
+    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? ORDER BY at LIMIT ?)"
+)
+
+
+class JournalError(GuardianError):
+    """The journal cannot be opened, read or written. The message names the file and the cause, never a
+    parameter or a secret. The gateway refuses new risk when `record()` raises it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """One request as guardian decided on it, before the exchange (if at all) has answered."""
+
+    account: str
+    bot: str | None  # local client name; None for guardian's own actions
+    endpoint: str  # endpoint table name, e.g. "sendorder", "batchorder"
+    params: Mapping[str, Any]  # parsed request parameters (str values, or parsed batch JSON)
+    verdict: str  # "forwarded" | "refused" | "answered" (answered locally without the exchange)
+    reason: str | None = None  # refusal code (e.g. "priceOutsideBand") or a note
+    received_at: float = field(default_factory=time.time)  # wall clock
+    http_status: int | None = None  # for refused/answered: the status guardian answered with
+
+
+Write = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass(slots=True)
+class _Job:
+    """One unit of work for the writer thread. `write` None: a barrier (flush) or, with `stop`, the end."""
+
+    write: Write | None
+    future: asyncio.Future[Any] | None = None
+    keep: bool = False  # written again after a failed commit (finish(): nobody awaits it)
+    stop: bool = False
+
+
+class Journal:
+    """The journal file and the thread that writes it. `await open()`, use, `await close()`."""
+
+    def __init__(
+        self, path: Path, *, retention_days: float | None = 90.0, prune_every_s: float = PRUNE_EVERY_S
+    ) -> None:
+        if retention_days is not None and not (math.isfinite(retention_days) and retention_days > 0):
+            raise ValueError("retention_days must be a positive number of days, or None to keep forever")
+        self.path = Path(path)
+        self.retention_s = None if retention_days is None else retention_days * 86400.0
+        self.prune_every_s = prune_every_s
+        self.healthy = True  # False from a failed write until the next successful commit
+        self.last_error: str | None = None
+        self.unfinished_at_open = 0  # forwarded requests of earlier runs that never got an outcome
+        self.commits = 0  # transactions committed by the writer (group commit: far fewer than writes)
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._open = False
+        self._modes: dict[str, str] = {}
+        self._failures = 0  # failed transactions since the last success
+        self._failure_logged_at = -math.inf
+
+    def __repr__(self) -> str:
+        return f"Journal({str(self.path)!r}, healthy={self.healthy})"
+
+    # ---- the event loop's side ----------------------------------------------------------------------
+    async def open(self) -> None:
+        """Create or migrate the file, start the writer, apply retention, read the modes. Raises
+        JournalError naming the path if the file cannot be opened or written."""
+        if self._thread is not None:
+            raise JournalError(f"journal {self.path} is already open")
+        directory = self.path.parent
+        if not directory.is_dir():
+            raise JournalError(
+                f"cannot open journal {self.path}: directory {directory} does not exist; create it "
+                "(under systemd, StateDirectory=) or fix journal.path"
+            )
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise JournalError(
+                f"cannot open journal {self.path}: directory {directory} is not writable by this user "
+                "(SQLite writes its WAL beside the file); fix its owner or journal.path"
+            )
+        opened: asyncio.Future[tuple[int, dict[str, str]]] = asyncio.get_running_loop().create_future()
+        self._thread = threading.Thread(
+            target=self._run, args=(opened,), name="guardian-journal", daemon=True
+        )
+        self._thread.start()
+        try:
+            self.unfinished_at_open, self._modes = await opened
+        except JournalError:
+            self._thread.join()
+            self._thread = None
+            raise
+        except asyncio.CancelledError:
+            self._queue.put(_Job(None, stop=True))  # the writer closes the file once it has opened it
+            raise
+        self._open = True
+        if self.unfinished_at_open:
+            log.warning(
+                "journal_outcomes_unknown",
+                path=str(self.path),
+                count=self.unfinished_at_open,
+                note="orders forwarded by an earlier run that never recorded an answer: check them on the "
+                "exchange; their outcome is now 'unknown'",
+            )
+
+    async def record(self, intent: Intent) -> int:
+        """Journal a request; returns its row id once committed. Refused and answered requests are complete
+        at once (their outcome is the verdict); a forwarded one waits for `finish()`."""
+        if intent.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, got {intent.verdict!r}")
+        forwarded = intent.verdict == "forwarded"
+        row = (
+            intent.received_at,
+            intent.account,
+            intent.bot,
+            intent.endpoint,
+            _json(intent.params),
+            intent.verdict,
+            _text(intent.reason),
+            intent.http_status,
+            None if forwarded else intent.verdict,
+            None if forwarded else time.time(),
+        )
+        request_id: int = await self._submit(lambda conn: _insert(conn, _INSERT_REQUEST, row))
+        return request_id
+
+    def finish(
+        self,
+        request_id: int,
+        *,
+        outcome: str,
+        http_status: int | None,
+        answer: Mapping[str, Any] | None,
+        upstream_s: float | None,
+        total_s: float | None,
+    ) -> None:
+        """Record a forwarded request's outcome ("success", "error:<code>", "unavailable", "timeout").
+        Returns at once; the writer commits it shortly after, in order after its `record()`."""
+        self._check_open()
+        row = (
+            _text(outcome),
+            http_status,
+            None if answer is None else _json(answer),
+            upstream_s,
+            total_s,
+            time.time(),
+            request_id,
+        )
+        self._queue.put(_Job(lambda conn: _insert(conn, _FINISH_REQUEST, row), keep=True))
+
+    async def event(self, kind: str, account: str | None, detail: Mapping[str, Any]) -> None:
+        """Journal an event ("switch_expired", "mode_changed", "admin_kill", ...); committed on return."""
+        row = (time.time(), kind, account, _json(detail))
+        await self._submit(lambda conn: _insert(conn, _INSERT_EVENT, row))
+
+    async def set_mode(self, account: str, mode: str, *, by: str, reason: str) -> None:
+        """Persist an account's trading mode and journal a "mode_changed" event, in one transaction."""
+        now = time.time()
+        previous = self._modes.get(account)
+        mode_row = (account, str(mode), now, _text(by), _text(reason))
+        detail = _json({"mode": str(mode), "previous": previous, "by": by, "reason": reason})
+        event_row = (now, "mode_changed", account, detail)
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(_UPSERT_MODE, mode_row)
+            conn.execute(_INSERT_EVENT, event_row)
+
+        await self._submit(write)
+        self._modes[account] = str(mode)
+
+    def modes(self) -> dict[str, str]:
+        """The last persisted mode of each account: as read at open(), updated by set_mode()."""
+        return dict(self._modes)
+
+    async def flush(self) -> None:
+        """Return once everything enqueued before this call is committed; JournalError if it could not be."""
+        await self._submit(None)
+
+    async def close(self) -> None:
+        """Commit what is queued, stop the writer and close the file. Idempotent. Raises JournalError (after
+        closing) if the last writes could not be committed."""
+        if not self._open or self._thread is None:
+            return
+        self._open = False
+        stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put(_Job(None, stopped, stop=True))
+        try:
+            await stopped
+        finally:
+            if stopped.done():
+                self._thread.join()
+                self._thread = None
+
+    async def _call_in_writer(self, write: Write) -> Any:
+        """Test and benchmark hook: run `write(connection)` in the writer thread, inside the next batch's
+        transaction (e.g. `PRAGMA max_page_count` to make the disk look full, or a sleep to make a commit
+        slow). Not for production code."""
+        return await self._submit(write)
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise JournalError(f"journal {self.path} is not open")
+        if self._thread is None or not self._thread.is_alive():
+            raise JournalError(f"journal {self.path}: the writer thread has stopped")
+
+    async def _submit(self, write: Write | None) -> Any:
+        self._check_open()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put(_Job(write, future))
+        return await future
+
+    # ---- the writer thread --------------------------------------------------------------------------
+    def _run(self, opened: asyncio.Future[tuple[int, dict[str, str]]]) -> None:
+        try:
+            conn = self._connect()
+        except JournalError as exc:
+            _deliver_soon([(opened, None, exc)])
+            return
+        stop: _Job | None = None
+        lost = 0
+        try:
+            try:
+                found = self._prepare(conn)
+            except Exception as exc:  # open() must hear of any failure, or it would wait forever
+                error = exc if isinstance(exc, JournalError) else self._error("cannot open", exc)
+                _deliver_soon([(opened, None, error)])
+                return
+            _deliver_soon([(opened, found, None)])
+            done = threading.Event()
+            checkpointer = threading.Thread(
+                target=self._checkpoints, args=(done,), name="guardian-journal-checkpoint", daemon=True
+            )
+            checkpointer.start()
+            try:
+                stop, lost = self._serve(conn)
+            finally:
+                done.set()
+                checkpointer.join()
+        finally:
+            conn.close()
+            self._open = False
+            self._fail_queued()
+        if stop is not None and stop.future is not None:
+            lost_error = JournalError(
+                f"journal {self.path}: {lost} outcome(s) could not be written before closing ({self.last_error})"
+            )
+            _deliver_soon([(stop.future, None, lost_error if lost else None)])
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            return sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        except sqlite3.Error as exc:
+            raise self._error("cannot open", exc) from None
+
+    def _prepare(self, conn: sqlite3.Connection) -> tuple[int, dict[str, str]]:
+        """WAL, schema, unfinished requests of earlier runs (now marked unknown), retention, the modes."""
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise JournalError(
+                f"cannot open journal {self.path}: the file system does not support SQLite's WAL mode "
+                f"(got {mode!r}); put the journal on a local disk"
+            )
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"cannot open journal {self.path}: it was written by a newer guardian (schema {version}, "
+                f"this one knows {SCHEMA_VERSION}); upgrade guardian or point journal.path elsewhere"
+            )
+        if version < 1:
+            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+        conn.execute("BEGIN IMMEDIATE")
+        unfinished = conn.execute("SELECT count(*) FROM requests WHERE outcome IS NULL").fetchone()[0]
+        conn.execute("UPDATE requests SET outcome = ? WHERE outcome IS NULL", (UNKNOWN,))
+        conn.execute("COMMIT")
+        while self._prune(conn):
+            pass
+        modes = dict(conn.execute("SELECT account, mode FROM modes").fetchall())
+        return unfinished, modes
+
+    def _serve(self, conn: sqlite3.Connection) -> tuple[_Job | None, int]:
+        """Take jobs until the stop job; returns it and the number of outcomes that stayed unwritten."""
+        retry: list[_Job] = []  # outcomes of a failed transaction, tried again
+        retry_at = next_prune = math.inf
+        if self.retention_s is not None:
+            next_prune = time.monotonic() + self.prune_every_s
+        while True:
+            wait = min(retry_at, next_prune) - time.monotonic()
+            batch: list[_Job] = []
+            try:
+                batch.append(
+                    self._queue.get(timeout=max(wait, 0.0)) if wait < math.inf else self._queue.get()
+                )
+                while len(batch) < MAX_BATCH:
+                    batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                pass
+            stop = next((job for job in batch if job.stop), None)
+            batch = retry + [job for job in batch if not job.stop]
+            retry = self._commit(conn, batch) if batch else []
+            if len(retry) > MAX_RETRY:
+                log.error("journal_outcomes_dropped", path=str(self.path), count=len(retry) - MAX_RETRY)
+                retry = retry[-MAX_RETRY:]
+            retry_at = time.monotonic() + RETRY_S if retry else math.inf
+            if stop is not None:
+                return stop, len(retry)
+            if time.monotonic() >= next_prune:
+                try:
+                    more = self._prune(conn)
+                except sqlite3.Error as exc:
+                    self._failed(self._error("retention failed", exc))
+                    more = False
+                next_prune = time.monotonic() + (0.0 if more else self.prune_every_s)
+
+    def _checkpoints(self, done: threading.Event) -> None:
+        """The checkpointer thread: copy the WAL into the database file in the background, so the fsyncs
+        a checkpoint needs never delay a commit (sqlite runs it without the GIL, on its own connection)."""
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as exc:
+            log.warning("journal_checkpointer_failed", path=str(self.path), error=str(exc))
+            return
+        checkpointed = self.commits
+        try:
+            while not done.wait(CHECKPOINT_EVERY_S):
+                if self.commits == checkpointed:
+                    continue
+                checkpointed = self.commits
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # the WAL grows until the writer's safety valve checkpoints
+                    log.warning("journal_checkpoint_failed", path=str(self.path), error=str(exc))
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Job]) -> list[_Job]:
+        """Write `batch` in one transaction and settle its futures; returns the jobs to try again."""
+        results: list[Any] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                results.append(None if job.write is None else job.write(conn))
+            conn.execute("COMMIT")
+        except Exception as exc:  # every failure, a bug included, reaches every waiter and the log
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            error = self._error("write failed", exc)
+            self._failed(error, unexpected=not isinstance(exc, sqlite3.Error))
+            _deliver_soon(
+                [(job.future, None, JournalError(str(error))) for job in batch if job.future is not None]
+            )
+            return [job for job in batch if job.keep]
+        self.commits += 1
+        if not self.healthy:
+            log.info("journal_write_recovered", path=str(self.path), failures=self._failures)
+        self.healthy = True
+        self._failures = 0
+        _deliver_soon(
+            [(job.future, result, None) for job, result in zip(batch, results, strict=True) if job.future]
+        )
+        return []
+
+    def _prune(self, conn: sqlite3.Connection) -> bool:
+        """Delete up to PRUNE_CHUNK rows of each table older than the retention; True if more are left."""
+        if self.retention_s is None:
+            return False
+        cutoff = time.time() - self.retention_s
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            requests = conn.execute(_PRUNE_REQUESTS, (cutoff, PRUNE_CHUNK)).rowcount
+            events = conn.execute(_PRUNE_EVENTS, (cutoff, PRUNE_CHUNK)).rowcount
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        if requests or events:
+            log.info("journal_pruned", path=str(self.path), requests=requests, events=events)
+        return max(requests, events) >= PRUNE_CHUNK
+
+    def _error(self, what: str, exc: BaseException) -> JournalError:
+        # sqlite's messages ("database or disk is full", "disk I/O error") never quote bound values;
+        # anything else (a bug) is named by its type only, in case its text carried a parameter.
+        cause = str(exc) if isinstance(exc, sqlite3.Error) else type(exc).__name__
+        return JournalError(f"journal {self.path}: {what}: {cause}")
+
+    def _failed(self, error: JournalError, *, unexpected: bool = False) -> None:
+        self.healthy = False
+        self.last_error = str(error)
+        self._failures += 1
+        now = time.monotonic()
+        if self._failures == 1 or now - self._failure_logged_at >= FAILURE_LOG_S:
+            self._failure_logged_at = now
+            log.error(
+                "journal_write_failed",
+                path=str(self.path),
+                error=str(error),
+                failures=self._failures,
+                unexpected=unexpected,
+                note="new orders are refused while the journal cannot be written",
+            )
+
+    def _fail_queued(self) -> None:
+        """The writer is ending: whatever is still queued will never be written."""
+        error = JournalError(f"journal {self.path} is closed")
+        pending: list[Settlement] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                job = self._queue.get_nowait()
+                if job.future is not None:
+                    pending.append((job.future, None, error))
+        _deliver_soon(pending)
+
+
+Settlement: TypeAlias = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+def _deliver_soon(settlements: list[Settlement]) -> None:
+    """From the writer thread: settle futures on their loops, one wake-up per loop per batch."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Settlement]] = {}
+    for settlement in settlements:
+        by_loop.setdefault(settlement[0].get_loop(), []).append(settlement)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
+            loop.call_soon_threadsafe(_deliver, items)
+
+
+def _deliver(settlements: list[Settlement]) -> None:
+    for future, result, error in settlements:
+        if future.done():  # the caller was cancelled; the write stands
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+# ---- what is stored ----------------------------------------------------------------------------------
+
+
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _json(value: Mapping[str, Any]) -> str:
+    """Compact JSON of `value` with every secret masked."""
+    return _ENCODER.encode(_redacted(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _sensitive(key: str) -> bool:
+    """Parameter names repeat (orderType, symbol, ...): each is matched against the pattern once."""
+    return SENSITIVE_NAME.search(key) is not None
+
+
+def _insert(conn: sqlite3.Connection, sql: str, row: tuple[Any, ...]) -> int | None:
+    """Run one statement of a batch; the new row's id (of an INSERT) is the job's result."""
+    return conn.execute(sql, row).lastrowid
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else REDACTOR.scrub(value)
+
+
+def _redacted(value: Any, depth: int = 0) -> Any:
+    """`value` as plain JSON data: keys that look sensitive (logs.SENSITIVE_NAME) masked, registered secret
+    values masked inside every string (logs.REDACTOR), anything nested deeper than MAX_DEPTH masked whole."""
+    if isinstance(value, str):
+        return REDACTOR.scrub(value)
+    if value is None or isinstance(value, int | float):  # bool is an int
+        return value
+    if isinstance(value, Secret) or depth >= MAX_DEPTH:
+        return MASK
+    if isinstance(value, Mapping):
+        return {
+            str(key): MASK if _sensitive(str(key)) else _redacted(item, depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_redacted(item, depth + 1) for item in value]
+    return REDACTOR.scrub(str(value))
+
+
+# ---- reading -----------------------------------------------------------------------------------------
+
+_READ_REQUESTS: Final = (
+    "SELECT id, received_at, account, bot, endpoint, params, verdict, reason, http_status, outcome, "
+    "answer, upstream_s, total_s, finished_at FROM requests WHERE received_at >= ? "
+    "ORDER BY received_at DESC, id DESC LIMIT ?"
+)
+_READ_EVENTS: Final = (
+    "SELECT id, at, kind, account, detail FROM events WHERE at >= ? ORDER BY at DESC, id DESC LIMIT ?"
+)
+
+
+def read_journal(path: Path, *, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """The journal's rows at or after `since` (epoch seconds), the last `limit` of them, oldest first:
+    requests and events merged in time order, each with "type" ("request" or "event") and ISO 8601 UTC
+    times. Opens the file read-only; the daemon may keep writing meanwhile."""
+    if limit is not None and limit < 1:
+        raise ValueError("limit must be at least 1")
+    path = Path(path)
+    if not path.is_file():
+        raise JournalError(f"no journal at {path}: check journal.path (relative to the daemon's directory)")
+    bound = -1 if limit is None else limit
+    start = -math.inf if since is None else since
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot read journal {path}: {exc}") from None
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise JournalError(
+                f"cannot read journal {path}: "
+                + ("it is not a guardian journal" if version == 0 else f"unknown schema version {version}")
+            )
+        requests = conn.execute(_READ_REQUESTS, (start, bound)).fetchall()
+        events = conn.execute(_READ_EVENTS, (start, bound)).fetchall()
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot read journal {path}: {exc}") from None
+    finally:
+        conn.close()
+    rows = [(r[1], 0, r[0], _request_row(r)) for r in requests] + [
+        (e[1], 1, e[0], _event_row(e)) for e in events
+    ]
+    rows.sort(key=lambda row: row[:3])
+    if limit is not None:
+        rows = rows[-limit:]
+    return [row[3] for row in rows]
+
+
+def _request_row(r: tuple[Any, ...]) -> dict[str, Any]:
+    return {
+        "type": "request",
+        "id": r[0],
+        "time": to_iso(r[1]),
+        "account": r[2],
+        "bot": r[3],
+        "endpoint": r[4],
+        "params": _loads(r[5]),
+        "verdict": r[6],
+        "reason": r[7],
+        "http_status": r[8],
+        "outcome": r[9] or UNKNOWN,
+        "answer": _loads(r[10]),
+        "upstream_s": r[11],
+        "total_s": r[12],
+        "finished_at": None if r[13] is None else to_iso(r[13]),
+    }
+
+
+def _event_row(e: tuple[Any, ...]) -> dict[str, Any]:
+    return {
+        "type": "event",
+        "id": e[0],
+        "time": to_iso(e[1]),
+        "kind": e[2],
+        "account": e[3],
+        "detail": _loads(e[4]),
+    }
+
+
+def _loads(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
