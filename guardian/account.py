@@ -6,13 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 from collections.abc import Callable
 
 import structlog
 
 from guardian.config import AccountConfig, OnShutdown
 from guardian.errors import ExchangeError
+from guardian.gateway.dedupe import RecentOrders
+from guardian.gateway.marks import Marks
 from guardian.kraken.client import Credentials, KrakenClient
+from guardian.kraken.endpoints import endpoint
+from guardian.ratelimit import CostBudget
 from guardian.switch import Switch
 
 log = structlog.get_logger("guardian.account")
@@ -20,6 +25,7 @@ log = structlog.get_logger("guardian.account")
 # The switch's client has a small pool of its own: no bot traffic ever waits in front of a refresh.
 SWITCH_POOL_SIZE = 2
 SWITCH_CLIENT_TIMEOUT_S = 10.0
+GATEWAY_POOL_SIZE = 32
 
 
 class Mode(enum.StrEnum):
@@ -43,31 +49,81 @@ class Account:
         self.config = config
         self.name = config.name
         self.mode = Mode.ACTIVE
+        self._on_refresh = on_refresh
         self.switch_client = self.client("switch", pool_size=SWITCH_POOL_SIZE)
         self.switch = Switch(
-            self.name, self.switch_client, config.switch, on_refresh=on_refresh, on_beat=on_beat
+            self.name, self.switch_client, config.switch, on_refresh=self._refreshed, on_beat=on_beat
         )
         self.task: asyncio.Task[None] | None = None
+        # The gateway's side: its own client, the marks, the local model of the exchange's budget, and
+        # the cliOrdIds forwarded lately.
+        guard = config.guard
+        self.gateway_client = self.client(
+            "gateway", pool_size=GATEWAY_POOL_SIZE, timeout_s=guard.upstream_timeout_s
+        )
+        self.marks = Marks(self.gateway_client, interval_s=guard.mark_poll_s, max_age_s=guard.mark_max_age_s)
+        self.marks_task: asyncio.Task[None] | None = None
+        self.budget = CostBudget(guard.rate_budget, guard.rate_window_s)
+        self.recent = RecentOrders(guard.dedupe_window_s)
+        refresh = endpoint("cancelallordersafter").cost
+        # What the switch may spend in any one window: every refresh that fits, plus one retry. Its spends
+        # are counted in `budget` like everyone's, and in `_switch_spent` alone, so the reserve kept from
+        # bots is only what it may still need in the current window.
+        self._switch_need = refresh * (math.ceil(guard.rate_window_s / config.switch.refresh_min_s) + 1)
+        self._switch_spent = CostBudget(self._switch_need, guard.rate_window_s)
+        # Kept from everything but cancels: a bot can always cancel everything once more.
+        self.bot_reserve = float(endpoint("cancelallorders").cost)
 
     def __repr__(self) -> str:
         return f"Account({self.name!r}, {self.config.base_url!r})"
 
-    def client(self, purpose: str, *, pool_size: int = 16) -> KrakenClient:
+    def client(
+        self, purpose: str, *, pool_size: int = 16, timeout_s: float = SWITCH_CLIENT_TIMEOUT_S
+    ) -> KrakenClient:
         """A client signing with this account's exchange key and its nonce setting."""
         nonce = self.config.nonce
         return KrakenClient(
             self.config.base_url,
             Credentials(self.config.api_key, self.config.api_secret),
-            timeout_s=SWITCH_CLIENT_TIMEOUT_S,
+            timeout_s=timeout_s,
             use_nonce=nonce != "off",
             nonce_unit="milliseconds" if nonce == "off" else nonce,
             pool_size=pool_size,
             name=f"{self.name}-{purpose}",
         )
 
+    @property
+    def switch_reserve(self) -> float:
+        """Budget units the switch may still need in the current window: no bot request may use them."""
+        return max(0.0, self._switch_spent.available())
+
+    def _refreshed(self, switch: Switch, outcome: str, duration_s: float) -> None:
+        cost = endpoint("cancelallordersafter").cost
+        self.budget.spend(cost)  # the switch goes out regardless
+        self._switch_spent.spend(cost)
+        if self._on_refresh is not None:
+            self._on_refresh(switch, outcome, duration_s)
+
     async def start(self) -> None:
         await self.switch_client.start()
+        await self.gateway_client.start()
         self.task = asyncio.create_task(self._beat(), name=f"switch-{self.name}")
+        self.marks_task = asyncio.create_task(self._poll_marks(), name=f"marks-{self.name}")
+
+    async def _poll_marks(self) -> None:
+        with structlog.contextvars.bound_contextvars(account=self.name):
+            await self.marks.run()
+
+    async def stop_marks(self) -> None:
+        if self.marks_task is not None:
+            self.marks_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.marks_task
+
+    async def close(self) -> None:
+        await self.stop_marks()
+        await self.switch_client.close()
+        await self.gateway_client.close()
 
     async def _beat(self) -> None:
         with structlog.contextvars.bound_contextvars(account=self.name):
@@ -135,6 +191,13 @@ class Account:
             )
             return False
         return True
+
+    @property
+    def mode_value(self) -> str:
+        return self.mode.value
+
+    def budget_available(self) -> float:
+        return self.budget.available()
 
     def as_json(self) -> dict[str, object]:
         return {"name": self.name, "mode": self.mode.value, "switch": self.switch.snapshot().as_json()}

@@ -6,9 +6,20 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
-from guardian.config import AccountConfig, ClientConfig, Config, GuardConfig, LogConfig, ServerConfig
+from guardian.config import (
+    AccountConfig,
+    ClientConfig,
+    Config,
+    GuardConfig,
+    JournalConfig,
+    LogConfig,
+    ServerConfig,
+)
 from guardian.kraken.endpoints import Permission
 from guardian.secret import ApiSecret, Secret
 from guardian.sim.app import SimKey, Simulator
@@ -23,9 +34,15 @@ class Demo:
     simulator: Simulator
     config: Config
     bot: ClientConfig
+    admin_token: Secret
+    directory: Path  # the demo's journal lives here, and goes with it
 
     def secrets(self) -> list[Secret]:
         return [*self.config.all_secrets(), *(key.secret for key in self.simulator.keys.values())]
+
+    async def close(self) -> None:
+        await self.simulator.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 async def start_demo(host: str, port: int, *, seed: int | None = None, log: LogConfig | None = None) -> Demo:
@@ -52,8 +69,15 @@ async def start_demo(host: str, port: int, *, seed: int | None = None, log: LogC
         ),
         clients=(bot,),
     )
-    config = Config(accounts=(account,), server=ServerConfig(host, port), log=log or LogConfig())
-    return Demo(simulator, config, bot)
+    directory = Path(tempfile.mkdtemp(prefix="guardian-demo-"))
+    admin_token = Secret(secrets.token_urlsafe(24))
+    config = Config(
+        accounts=(account,),
+        server=ServerConfig(host, port, admin_token),
+        journal=JournalConfig(directory / "journal.sqlite3"),
+        log=log or LogConfig(),
+    )
+    return Demo(simulator, config, bot, admin_token, directory)
 
 
 def how_to(demo: Demo, guardian_url: str) -> str:
@@ -64,6 +88,15 @@ def how_to(demo: Demo, guardian_url: str) -> str:
             f"  state:    curl -s {guardian_url}/guardian/state",
             f"  ready:    curl -s {guardian_url}/readyz",
             f"  metrics:  curl -s {guardian_url}/metrics | grep ^guardian_switch",
+            f"  halt:     curl -s -X POST -H 'Authorization: Bearer {demo.admin_token.reveal()}' "
+            f'-d \'{{"account": "demo", "mode": "halted"}}\' {guardian_url}/guardian/mode',
+            "  bots:     use the demo bot key above with guardian as the exchange's base URL:",
+            f"    ccxt:   ex = ccxt.krakenfutures({{'apiKey': KEY, 'secret': SECRET}}); "
+            f"ex.urls['api'].update(public='{guardian_url}/derivatives/api/', "
+            f"private='{guardian_url}/derivatives/api/')",
+            f"    python-kraken-sdk: Trade(key=KEY, secret=SECRET, url='{guardian_url}')",
+            f"    raw HTTP: POST {guardian_url}/derivatives/api/v3/sendorder signed as for Kraken",
+            f"  journal:  {demo.config.journal.path} (removed when the demo stops)",
             "Stop with Ctrl-C.",
         ]
     )

@@ -18,8 +18,12 @@ import structlog
 from aiohttp import web
 
 from guardian import __version__
-from guardian.account import Account
+from guardian.account import Account, Mode
 from guardian.config import Config
+from guardian.gateway.admin import Admin
+from guardian.gateway.app import Gateway, Trail
+from guardian.gateway.auth import LocalKeys
+from guardian.journal import Journal, JournalError
 from guardian.kraken.times import to_iso
 from guardian.metrics import Metrics
 from guardian.notify import Notifier
@@ -40,7 +44,7 @@ class Service:
     def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
         self.config = config
         self.notifier = notifier or Notifier()
-        self.metrics = Metrics(self.switches)
+        self.metrics = Metrics(self.switches, accounts=lambda: self.accounts)
         self._wake = asyncio.Event()
         self.accounts = [
             Account(account, on_refresh=self._on_refresh, on_beat=self.metrics.on_beat)
@@ -48,6 +52,8 @@ class Service:
         ]
         for account in self.accounts:
             self.metrics.add_account(account.name)
+        self.journal = Journal(config.journal.path, retention_days=config.journal.retention_days)
+        self.gateway = Gateway(self.accounts, LocalKeys(config.accounts), self.journal, observe=self._observe)
         self.url = ""
         self.started_at: float | None = None
         self.ready_sent = False
@@ -74,10 +80,31 @@ class Service:
         app = web.Application(client_max_size=64 * 1024)
         app[SERVICE_KEY] = self
         app.add_routes(ops.routes())
+        app.add_routes(self.gateway.routes())
+        token = self.config.server.admin_token
+        if token is not None:
+            accounts = {account.name: account for account in self.accounts}
+            app.add_routes(Admin(token, accounts, self.journal).routes())
         return app
+
+    def _observe(self, trail: Trail, total_s: float) -> None:
+        self.metrics.on_request(
+            trail.account, trail.endpoint, trail.outcome, trail.reason, total_s, trail.upstream_s
+        )
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
+        await self.journal.open()  # JournalError: nothing else starts without an audit trail
+        modes = self.journal.modes()
+        for account in self.accounts:
+            stored = modes.get(account.name, Mode.ACTIVE.value)
+            try:
+                account.mode = Mode(stored)
+            except ValueError:
+                log.error("mode_unreadable", account=account.name, stored=stored, now="halted")
+                account.mode = Mode.HALTED
+            if account.mode is not Mode.ACTIVE:
+                log.warning("mode_restored", account=account.name, mode=account.mode.value)
         server = self.config.server
         self._runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
@@ -88,6 +115,7 @@ class Service:
         except OSError:
             await self._runner.cleanup()
             self._runner = None
+            await self.journal.close()
             raise
         host, port = self._runner.addresses[0][:2]
         self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -139,7 +167,8 @@ class Service:
             )
         )
         for account in self.accounts:
-            await account.switch_client.close()
+            await account.close()
+        await self.journal.close()
         self.notifier.close()
         log.info("guardian_stopped", policies_carried_out=all(results))
         return all(results)
@@ -200,6 +229,7 @@ class Service:
                     changed = True
                     self._last_states[account.name] = state
                     self._log_change(account, previous, state)
+                    await self._journal_switch(account, previous, state)
             if changed:
                 line = self.status_line()
                 if not self.ready_sent and not self.readiness_problems():
@@ -211,6 +241,21 @@ class Service:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), REPORT_INTERVAL_S)
             self._wake.clear()
+
+    async def _journal_switch(
+        self, account: Account, previous: SwitchState | None, state: SwitchState
+    ) -> None:
+        switch = account.switch
+        detail = {
+            "state": state.value,
+            "previous": None if previous is None else previous.value,
+            "remaining_s": switch.remaining(),
+            "last_error": switch.last_error,
+        }
+        try:
+            await self.journal.event("switch_state", account.name, detail)
+        except JournalError as exc:
+            log.error("journal_event_failed", kind="switch_state", error=str(exc))
 
     @staticmethod
     def _log_change(account: Account, previous: SwitchState | None, state: SwitchState) -> None:

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from guardian.config import AccountConfig, Config, OnShutdown, ServerConfig, SwitchConfig
+from guardian.config import (
+    AccountConfig,
+    ClientConfig,
+    Config,
+    GuardConfig,
+    JournalConfig,
+    OnShutdown,
+    ServerConfig,
+    SwitchConfig,
+)
 from guardian.notify import Notifier
-from guardian.secret import ApiSecret
+from guardian.secret import ApiSecret, Secret
 from guardian.service import Service
 from tests.conftest import TRADE_KEY, TRADE_SECRET
 
@@ -28,6 +39,8 @@ def account_config(
     secret: str = TRADE_SECRET,
     policy: OnShutdown = OnShutdown.KEEP,
     switch: SwitchConfig = FAST,
+    guard: GuardConfig | None = None,
+    clients: tuple[ClientConfig, ...] = (),
 ) -> AccountConfig:
     return AccountConfig(
         name=name,
@@ -37,19 +50,32 @@ def account_config(
         switch=SwitchConfig(
             switch.refresh_min_s, switch.refresh_max_s, switch.timeout_s, switch.min_remaining_s, policy
         ),
+        guard=guard or GuardConfig(),
+        clients=clients,
     )
 
 
 @contextlib.asynccontextmanager
-async def serving(*accounts: AccountConfig, notifier: Notifier | None = None) -> AsyncIterator[Service]:
-    """A started service on a free loopback port; stopped (with each account's policy) on exit."""
-    config = Config(accounts=accounts, server=ServerConfig("127.0.0.1", 0))
-    service = Service(config, notifier=notifier or Notifier({}))
-    await service.start()
-    try:
-        yield service
-    finally:
-        await service.stop()
+async def serving(
+    *accounts: AccountConfig,
+    notifier: Notifier | None = None,
+    journal: Path | None = None,
+    admin_token: str | None = None,
+) -> AsyncIterator[Service]:
+    """A started service on a free loopback port, its journal in a fresh temporary directory unless
+    `journal` names one; stopped (with each account's policy) on exit."""
+    with tempfile.TemporaryDirectory(prefix="guardian-test-") as tmp:
+        config = Config(
+            accounts=accounts,
+            server=ServerConfig("127.0.0.1", 0, None if admin_token is None else Secret(admin_token)),
+            journal=JournalConfig(journal or Path(tmp) / "journal.sqlite3"),
+        )
+        service = Service(config, notifier=notifier or Notifier({}))
+        await service.start()
+        try:
+            yield service
+        finally:
+            await service.stop()
 
 
 async def wait_for(predicate: Callable[[], Any], timeout_s: float = 5.0, what: str = "condition") -> Any:

@@ -245,6 +245,8 @@ class Simulator:
                 "outcome": None,
             }
         )
+        with contextlib.suppress(ConnectionError):
+            await request.read()  # received whole before any fault: a slow exchange still acts on it
         response = await self._inject(request, endpoint.name)
         if response is None:
             response = await self._answer(request, endpoint, path_params, entry)

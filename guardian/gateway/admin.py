@@ -1,0 +1,151 @@
+"""Admin endpoints (contract), behind `Authorization: Bearer <server.admin_token>`:
+
+- `POST /guardian/mode {"account", "mode"}`: set an account's trading mode (`active`, `reduce_only`,
+  `halted`). Persisted in the journal before it is answered: a restarted daemon comes back in the same
+  mode, so only a person lifts `halted`.
+- `POST /guardian/kill {"account"}`: `halted` first (nothing new slips out), then `cancelallorders` at
+  the exchange at once; the answer carries what the exchange said.
+
+Without an admin token in the configuration these routes do not exist. Answers are JSON; errors are
+`{"error": code, "message": ...}` with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from guardian.account import Account, Mode
+from guardian.errors import ExchangeError
+from guardian.gateway.http import read_capped
+from guardian.journal import Journal, JournalError
+from guardian.kraken.client import classify
+from guardian.kraken.endpoints import endpoint
+from guardian.secret import Secret
+
+log = structlog.get_logger("guardian.admin")
+
+MAX_ADMIN_BODY = 4096
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class Admin:
+    """The admin routes of one daemon."""
+
+    def __init__(self, token: Secret, accounts: Mapping[str, Account], journal: Journal) -> None:
+        self._token = token.reveal().encode()
+        self._accounts = accounts
+        self._journal = journal
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/guardian/mode", self._guarded(self.set_mode)),
+            web.post("/guardian/kill", self._guarded(self.kill)),
+        ]
+
+    def _guarded(self, handler: Callable[[dict[str, Any]], Any]) -> Callable[[web.Request], Any]:
+        async def guarded(request: web.Request) -> web.Response:
+            try:
+                self._authorize(request)
+                doc = await _json_body(request)
+                status, answer = await handler(doc)
+            except AdminError as exc:
+                log.warning("admin_refused", path=request.path, code=exc.code, reason=exc.message)
+                return web.json_response({"error": exc.code, "message": exc.message}, status=exc.status)
+            return web.json_response(answer, status=status)
+
+        return guarded
+
+    def _authorize(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._token):
+            raise AdminError(401, "authenticationError", "send Authorization: Bearer <server.admin_token>")
+
+    def _account(self, doc: Mapping[str, Any]) -> Account:
+        name = doc.get("account")
+        if not isinstance(name, str) or name not in self._accounts:
+            raise AdminError(
+                400, "invalidArgument", f"account must be one of {', '.join(sorted(self._accounts))}"
+            )
+        return self._accounts[name]
+
+    async def set_mode(self, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        account = self._account(doc)
+        raw = doc.get("mode")
+        try:
+            mode = Mode(str(raw))
+        except ValueError:
+            raise AdminError(
+                400, "invalidArgument", f"mode must be one of {', '.join(m.value for m in Mode)}"
+            ) from None
+        previous = await self._change(account, mode, reason=str(doc.get("reason") or "admin request"))
+        return 200, {"account": account.name, "mode": mode.value, "previous": previous.value}
+
+    async def kill(self, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        account = self._account(doc)
+        previous = await self._change(account, Mode.HALTED, reason="kill")
+        answer: dict[str, Any] = {
+            "account": account.name,
+            "mode": Mode.HALTED.value,
+            "previous": previous.value,
+        }
+        try:
+            raw = await account.gateway_client.send(endpoint("cancelallorders"))
+            account.budget.spend(endpoint("cancelallorders").cost)
+            answer["exchange"] = json.loads(raw.body) if raw.body else None
+            classify("cancelallorders", raw.status, raw.body)  # raises on an error answer
+        except (ExchangeError, ValueError) as exc:
+            answer["error"] = str(exc)
+            log.error("admin_kill_cancel_failed", account=account.name, error=str(exc))
+            await self._journal_event("admin_kill", account, {"cancel": "failed", "error": str(exc)})
+            return 502, answer
+        log.warning("admin_kill", account=account.name, exchange=answer["exchange"])
+        await self._journal_event("admin_kill", account, {"cancel": "done", "exchange": answer["exchange"]})
+        return 200, answer
+
+    async def _change(self, account: Account, mode: Mode, *, reason: str) -> Mode:
+        previous = account.mode
+        try:
+            await self._journal.set_mode(account.name, mode.value, by="admin", reason=reason)
+        except JournalError as exc:
+            if mode is not Mode.HALTED:
+                raise AdminError(503, "journalUnavailable", f"the mode was not changed: {exc}") from None
+            # Halting is never refused: it only takes risk away. It holds until restart.
+            log.error("mode_not_persisted", account=account.name, mode=mode.value, error=str(exc))
+        account.mode = mode
+        log.warning(
+            "mode_changed", account=account.name, mode=mode.value, previous=previous.value, reason=reason
+        )
+        return previous
+
+    async def _journal_event(self, kind: str, account: Account, detail: dict[str, Any]) -> None:
+        try:
+            await self._journal.event(kind, account.name, detail)
+        except JournalError as exc:
+            log.error("journal_event_failed", kind=kind, error=str(exc))
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    body = await read_capped(request, MAX_ADMIN_BODY)
+    if body is None:
+        raise AdminError(413, "requestTooLarge", f"the body is over {MAX_ADMIN_BODY} bytes")
+    try:
+        doc = json.loads(body or b"{}")
+    except ValueError:
+        raise AdminError(400, "invalidArgument", "the body must be a JSON object") from None
+    if not isinstance(doc, dict):
+        raise AdminError(400, "invalidArgument", "the body must be a JSON object")
+    return doc

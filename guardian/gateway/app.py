@@ -1,0 +1,576 @@
+"""The Kraken-compatible local API: `/derivatives/api/v3/<endpoint>`, as at the exchange.
+
+A bot changes only its base URL and key. For each request, in this order (the issue's contract):
+authentication and permission (local key), validation, the account's mode, the switch gate, the
+limits, the rate budget. Whatever fails answers in Kraken's error envelope with a 4xx status and is
+never sent. What passes is journaled (intent committed first), re-signed with the account's exchange
+key over the same bytes, forwarded, and the exchange's answer goes back unchanged.
+
+- Public endpoints pass through without authentication.
+- Endpoints that move funds are never forwarded.
+- A bot's `cancelallordersafter` is answered from guardian's own switch (`timeout > 0`) or refused
+  (`timeout = 0`): guardian owns the switch.
+- Cancels always pass the mode and the gate: taking risk away is never refused for safety reasons.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from guardian.account import Account
+from guardian.errors import ExchangeError, ExchangeTimeout
+from guardian.gateway import orders, rules
+from guardian.gateway.auth import Caller, LocalKeys
+from guardian.gateway.dedupe import Outcome
+from guardian.gateway.http import read_capped
+from guardian.gateway.orders import CancelAllIntent, CancelIntent, OrderIntent
+from guardian.gateway.refusal import Refusal
+from guardian.journal import Intent, Journal, JournalError
+from guardian.kraken import endpoints as ep
+from guardian.kraken.client import RawAnswer
+from guardian.kraken.times import to_iso
+from guardian.kraken.wire import LIST_FIELDS, WireError, parse_batch, request_fields
+from guardian.switch import SwitchState
+
+log = structlog.get_logger("guardian.gateway")
+
+MAX_BODY = 64 * 1024
+REPLAYED_HEADER = "X-Guardian-Replayed"
+ORDER_ENDPOINTS = frozenset({"sendorder", "editorder", "cancelorder", "cancelallorders", "batchorder"})
+
+GuardedIntent = OrderIntent | CancelIntent | CancelAllIntent
+
+
+@dataclass
+class Decision:
+    """What the guard made of a request that may go out."""
+
+    intents: list[GuardedIntent] = field(default_factory=list)
+    items: int = 0  # batch items, for the cost
+    new_risk: bool = False  # sends or edits: the switch gate applied
+    cli_ord_id: str | None = None  # a sendorder's, for retries
+
+
+class Gateway:
+    """The local API's order path for every account. `routes()` go on the daemon's server."""
+
+    def __init__(
+        self,
+        accounts: Sequence[Account],
+        keys: LocalKeys,
+        journal: Journal,
+        *,
+        observe: Any = None,
+    ) -> None:
+        self.accounts = {account.name: account for account in accounts}
+        self._public = accounts[0]
+        self.keys = keys
+        self.journal = journal
+        self._observe = (
+            observe  # metrics sink: observe(account, endpoint, outcome, reason, total_s, upstream_s)
+        )
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.route("*", "/derivatives/api/v3/{name:.+}", self.handle)]
+
+    # ---- the request ------------------------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        trail = Trail(received_at=time.time())
+        try:
+            response = await self._handle(request, trail)
+        except Refusal as refusal:
+            trail.outcome = "refused"
+            trail.reason = refusal.code
+            response = self._refused(refusal)
+            await self._journal_local(trail, "refused", refusal.code, refusal.http_status)
+            log.info(
+                "request_refused",
+                account=trail.account or None,
+                bot=trail.bot,
+                endpoint=trail.endpoint,
+                code=refusal.code,
+                reason=refusal.message,
+            )
+        if self._observe is not None:
+            self._observe(trail, time.perf_counter() - started)
+        return response
+
+    async def _handle(self, request: web.Request, trail: Trail) -> web.StreamResponse:
+        routed = ep.match(request.path)
+        if routed is None:
+            raise Refusal("notFound", f"{request.path} is not a Kraken Futures endpoint guardian serves")
+        endpoint, _ = routed
+        trail.endpoint = endpoint.name
+        if request.method not in endpoint.methods:
+            raise Refusal("notFound", f"{endpoint.name} takes {' or '.join(sorted(endpoint.methods))}")
+        raw = await read_capped(request, MAX_BODY)
+        if raw is None:
+            raise Refusal("requestTooLarge", f"the request body is over {MAX_BODY // 1024} KiB")
+        try:
+            body = raw.decode()
+        except UnicodeDecodeError:
+            raise Refusal("invalidArgument", "the request body is not UTF-8") from None
+        query = request.rel_url.raw_query_string
+        if endpoint.permission is ep.Permission.PUBLIC:
+            trail.outcome = "public"
+            answer = await self._forward(
+                self._public, endpoint, query, body, request.method, trail, path=request.path
+            )
+            return _response(answer)
+
+        caller = self.keys.authenticate(request.headers, endpoint, query, body)
+        trail.account, trail.bot = caller.account, caller.bot
+        account = self.accounts[caller.account]
+        if endpoint.permission is ep.Permission.FUNDS or endpoint.risk is ep.Risk.FUNDS:
+            raise Refusal("endpointNotAllowed", f"{endpoint.name} moves funds: guardian never forwards it")
+        try:
+            fields = request_fields(query, body, LIST_FIELDS)
+        except WireError as exc:
+            raise Refusal(_wire_code(exc), str(exc)) from None
+        trail.params = dict(fields)
+        if endpoint.name == "cancelallordersafter":
+            return await self._switch_answer(account, fields, trail)
+
+        decision = await self._guard(account, caller, endpoint, fields, trail)
+        cost = endpoint.cost_for(fields, decision.items)
+        reserve = 0.0 if _only_cancels(decision) and decision.intents else account.bot_reserve
+        if not account.budget.try_spend(cost, reserve=account.switch_reserve + reserve):
+            wait = account.budget.seconds_until(cost, reserve=account.switch_reserve + reserve)
+            raise Refusal(
+                "apiLimitExceeded",
+                f"this request costs {cost:g} of the account's budget ({account.budget.capacity:g} per "
+                f"{account.budget.window_s:g} s, part of it kept for the switch); retry in {wait:.1f} s",
+            )
+        if decision.cli_ord_id is not None:
+            return await self._send_once(
+                account, endpoint, query, body, request.method, decision.cli_ord_id, trail
+            )
+        answer = await self._forward_journaled(
+            account, endpoint, query, body, request.method, decision, trail
+        )
+        return _response(answer)
+
+    # ---- the guard --------------------------------------------------------------------------------
+    async def _guard(
+        self, account: Account, caller: Caller, endpoint: ep.Endpoint, fields: dict[str, str], trail: Trail
+    ) -> Decision:
+        name = endpoint.name
+        decision = Decision()
+        if name not in ORDER_ENDPOINTS:
+            return decision  # reads: authentication and permission were the whole check
+        if name == "sendorder":
+            send = orders.parse_send(fields)
+            decision.intents = [send]
+            decision.cli_ord_id = send.cli_ord_id
+        elif name == "editorder":
+            edit = orders.parse_edit(fields)
+            original = await self._original(account, edit)
+            decision.intents = [rules.merge_edit(original, edit) if original is not None else edit]
+        elif name == "cancelorder":
+            decision.intents = [orders.parse_cancel(fields)]
+        elif name == "cancelallorders":
+            decision.intents = [orders.parse_cancel_all(fields)]
+        else:
+            try:
+                items, doc = parse_batch(fields)
+            except WireError as exc:
+                raise Refusal(_wire_code(exc), str(exc)) from None
+            orders.parse_batch_envelope(fields, doc)
+            trail.params = {"batchOrder": items, **{k: v for k, v in fields.items() if k != "json"}}
+            decision.intents = list(orders.parse_batch(items))
+            decision.items = len(items)
+        decision.new_risk = any(isinstance(i, OrderIntent) for i in decision.intents)
+        if name == "batchorder":
+            originals = await self._batch_originals(account, decision.intents)
+            marks = {s: account.marks.mark(s) for s in _symbols(decision.intents, originals)}
+            self._gate(account, decision)
+            rules.check_batch(decision.intents, account.mode, account.config.guard, marks, originals)
+            return decision
+        [intent] = decision.intents
+        rules.check_mode(account.mode, intent)
+        self._gate(account, decision)
+        if isinstance(intent, OrderIntent):
+            if not intent.merged:
+                raise Refusal(
+                    "invalidArgument",
+                    "the order to edit is not open at the exchange (orders/status does not know it)",
+                )
+            symbol = intent.symbol or ""
+            rules.check_limits(intent, account.config.guard, account.marks.mark(symbol))
+        return decision
+
+    @staticmethod
+    def _gate(account: Account, decision: Decision) -> None:
+        """No new risk unless the switch is armed with at least `min_remaining_s` left."""
+        if not decision.new_risk or account.switch.allows_new_risk():
+            return
+        switch = account.switch
+        remaining = switch.remaining()
+        left = "not running" if remaining is None else f"{remaining:.1f} s left"
+        raise Refusal(
+            "switchNotArmed",
+            f"the dead man's switch of account {account.name!r} is {switch.state.value} ({left}; new risk "
+            f"needs armed with at least {account.config.switch.min_remaining_s:g} s): cancels still pass",
+        )
+
+    async def _original(self, account: Account, edit: OrderIntent) -> OrderIntent | None:
+        """The open order an edit changes, from the exchange (`orders/status`), as an OrderIntent."""
+        found = await self._lookup(account, [edit])
+        key = edit.order_id or edit.cli_ord_id or ""
+        return found.get(key)
+
+    async def _batch_originals(
+        self, account: Account, intents: Sequence[GuardedIntent]
+    ) -> dict[str, OrderIntent]:
+        tags = {
+            i.order_tag: i for i in intents if isinstance(i, OrderIntent) and i.kind == "send" and i.order_tag
+        }
+        edits = [
+            i
+            for i in intents
+            if isinstance(i, OrderIntent) and i.kind == "edit" and (i.order_id or "") not in tags
+        ]
+        found = await self._lookup(account, edits) if edits else {}
+        return {**found, **{tag: intent for tag, intent in tags.items() if tag is not None}}
+
+    async def _lookup(self, account: Account, edits: Sequence[OrderIntent]) -> dict[str, OrderIntent]:
+        params: list[tuple[str, str]] = []
+        for edit in edits:
+            if edit.order_id:
+                params.append(("orderIds", edit.order_id))
+            elif edit.cli_ord_id:
+                params.append(("cliOrdIds", edit.cli_ord_id))
+        if not params:
+            return {}
+        lookup = ep.endpoint("orders/status")
+        if not account.budget.try_spend(lookup.cost, reserve=account.switch_reserve):
+            raise Refusal(
+                "apiLimitExceeded", "no budget left to look up the order being edited; retry shortly"
+            )
+        try:
+            rows = await account.gateway_client.order_status(
+                [v for k, v in params if k == "orderIds"], [v for k, v in params if k == "cliOrdIds"]
+            )
+        except ExchangeError as exc:
+            raise Refusal(
+                "upstreamUnavailable", f"the order being edited could not be looked up at the exchange: {exc}"
+            ) from None
+        found: dict[str, OrderIntent] = {}
+        for row in rows:
+            original = order_from_status(row)
+            if original is None:
+                continue
+            if original.order_id:
+                found[original.order_id] = original
+            if original.cli_ord_id:
+                found[original.cli_ord_id] = original
+        return found
+
+    # ---- answering from guardian's own switch -----------------------------------------------------
+    async def _switch_answer(self, account: Account, fields: Mapping[str, str], trail: Trail) -> web.Response:
+        raw = fields.get("timeout")
+        if raw is None or not raw.isdigit() or len(raw) > 10:
+            raise Refusal("invalidArgument", "timeout must be whole seconds")
+        if int(raw) == 0:
+            raise Refusal(
+                "endpointNotAllowed",
+                "guardian keeps this account's dead man's switch armed for every bot: timeout=0 would switch it "
+                'off, so it is refused (stop guardian with on_shutdown = "disarm" to switch it off)',
+            )
+        switch = account.switch
+        remaining = switch.remaining()
+        if remaining is None or switch.state not in (SwitchState.ARMED, SwitchState.DEGRADED):
+            raise Refusal(
+                "switchNotArmed",
+                f"guardian's dead man's switch for account {account.name!r} is {switch.state.value}",
+            )
+        now = time.time()
+        payload = {
+            "result": "success",
+            "status": {"currentTime": to_iso(now), "triggerTime": to_iso(now + remaining)},
+            "serverTime": to_iso(now),
+        }
+        trail.outcome = "answered"
+        await self._journal_local(trail, "answered", None, 200)
+        return web.json_response(payload)
+
+    # ---- forwarding -------------------------------------------------------------------------------
+    async def _send_once(
+        self,
+        account: Account,
+        endpoint: ep.Endpoint,
+        query: str,
+        body: str,
+        method: str,
+        cli_ord_id: str,
+        trail: Trail,
+    ) -> web.StreamResponse:
+        """A sendorder with a cliOrdId: a retry gets the first attempt's answer, never a second order."""
+        earlier = account.recent.claim(cli_ord_id)
+        if earlier is not None:
+            if earlier.outcome is Outcome.PENDING:
+                await earlier.done.wait()
+            if earlier.outcome is Outcome.ANSWERED and earlier.answer is not None:
+                trail.outcome = "replayed"
+                await self._journal_local(trail, "answered", "replayed", earlier.answer.status)
+                response = _response(earlier.answer)
+                response.headers[REPLAYED_HEADER] = "true"
+                return response
+            known = await self._known_order(account, cli_ord_id)
+            if known is not None:
+                trail.outcome = "replayed"
+                await self._journal_local(trail, "answered", "recovered", 200)
+                response = web.json_response(known)
+                response.headers[REPLAYED_HEADER] = "recovered"
+                return response
+            account.recent.forget(cli_ord_id)
+            if account.recent.claim(cli_ord_id) is not None:  # another retry got there first
+                return await self._send_once(account, endpoint, query, body, method, cli_ord_id, trail)
+        try:
+            answer = await self._forward_journaled(account, endpoint, query, body, method, Decision(), trail)
+        except Refusal:
+            account.recent.forget(cli_ord_id)
+            raise
+        except BaseException:
+            account.recent.unknown(cli_ord_id)
+            raise
+        if trail.outcome in ("timeout", "unavailable"):
+            account.recent.unknown(cli_ord_id)
+        else:
+            account.recent.answered(cli_ord_id, answer)
+        return _response(answer)
+
+    async def _known_order(self, account: Account, cli_ord_id: str) -> dict[str, Any] | None:
+        """After an attempt whose outcome is unknown: does the exchange have the order? If so, answer the
+        retry in sendorder's shape from what the exchange says."""
+        try:
+            rows = await account.gateway_client.order_status(cli_ord_ids=[cli_ord_id])
+        except ExchangeError as exc:
+            raise Refusal(
+                "upstreamUnavailable",
+                f"an earlier attempt with cliOrdId {cli_ord_id!r} has an unknown outcome and the exchange could "
+                f"not be asked about it ({exc}); retry shortly",
+            ) from None
+        for row in rows:
+            order = row.get("order") if isinstance(row, dict) else None
+            if isinstance(order, dict) and order.get("cliOrdId") == cli_ord_id:
+                status = {"ENTERED_BOOK": "placed", "TRIGGER_PLACED": "placed", "FULLY_EXECUTED": "filled"}
+                return {
+                    "result": "success",
+                    "sendStatus": {
+                        "order_id": order.get("orderId"),
+                        "cliOrdId": cli_ord_id,
+                        "status": status.get(str(row.get("status")), str(row.get("status", "")).lower()),
+                        "receivedTime": order.get("timestamp"),
+                        "orderEvents": [],
+                    },
+                    "serverTime": to_iso(time.time()),
+                }
+        return None
+
+    async def _forward_journaled(
+        self,
+        account: Account,
+        endpoint: ep.Endpoint,
+        query: str,
+        body: str,
+        method: str,
+        decision: Decision,
+        trail: Trail,
+    ) -> RawAnswer:
+        """Journal the intent (committed), forward, journal the outcome."""
+        risky = decision.new_risk or endpoint.name in ("sendorder", "editorder", "batchorder")
+        request_id: int | None = None
+        try:
+            request_id = await self.journal.record(
+                Intent(
+                    account=account.name,
+                    bot=trail.bot,
+                    endpoint=endpoint.name,
+                    params=trail.params,
+                    verdict="forwarded",
+                    received_at=trail.received_at,
+                )
+            )
+        except JournalError as exc:
+            if risky:
+                raise Refusal(
+                    "journalUnavailable",
+                    "guardian cannot write its audit journal, so it lets no new risk out (cancels still pass)",
+                ) from exc
+            log.error("journal_write_failed", endpoint=endpoint.name, error=str(exc))
+        answer = await self._forward(account, endpoint, query, body, method, trail)
+        if request_id is not None:
+            self.journal.finish(
+                request_id,
+                outcome=trail.outcome,
+                http_status=answer.status,
+                answer=_answer_doc(answer),
+                upstream_s=trail.upstream_s,
+                total_s=time.time() - trail.received_at,
+            )
+        return answer
+
+    async def _forward(
+        self,
+        account: Account,
+        endpoint: ep.Endpoint,
+        query: str,
+        body: str,
+        method: str,
+        trail: Trail,
+        *,
+        path: str | None = None,
+    ) -> RawAnswer:
+        started = time.perf_counter()
+        try:
+            answer = await account.gateway_client.send(endpoint, query, body, method=method, path=path)
+        except ExchangeTimeout as exc:
+            trail.upstream_s = time.perf_counter() - started
+            trail.outcome = "timeout"
+            return _local_error(
+                504, "Unavailable", f"no answer from the exchange in time; outcome unknown ({exc})"
+            )
+        except ExchangeError as exc:
+            trail.upstream_s = time.perf_counter() - started
+            trail.outcome = "unavailable"
+            return _local_error(502, "Unavailable", f"the exchange could not be reached ({exc})")
+        trail.upstream_s = time.perf_counter() - started
+        trail.outcome = _outcome(answer)
+        return answer
+
+    # ---- answers ----------------------------------------------------------------------------------
+    def _refused(self, refusal: Refusal) -> web.Response:
+        return web.json_response(refusal.envelope(to_iso(time.time())), status=refusal.http_status)
+
+    async def _journal_local(self, trail: Trail, verdict: str, reason: str | None, status: int) -> None:
+        try:
+            await self.journal.record(
+                Intent(
+                    account=trail.account,
+                    bot=trail.bot,
+                    endpoint=trail.endpoint,
+                    params=trail.params,
+                    verdict=verdict,
+                    reason=reason,
+                    received_at=trail.received_at,
+                    http_status=status,
+                )
+            )
+        except JournalError as exc:
+            log.error("journal_write_failed", endpoint=trail.endpoint, verdict=verdict, error=str(exc))
+
+
+@dataclass
+class Trail:
+    """What one request did, for the journal, the logs and the metrics."""
+
+    received_at: float
+    endpoint: str = "unknown"
+    account: str = ""
+    bot: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    outcome: str = "unknown"
+    reason: str | None = None
+    upstream_s: float | None = None
+
+
+def _response(answer: RawAnswer) -> web.Response:
+    return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type or None)
+
+
+def _local_error(status: int, code: str, message: str) -> RawAnswer:
+    body = {"result": "error", "serverTime": to_iso(time.time()), "error": code, "message": message}
+    return RawAnswer(status, json.dumps(body).encode(), "application/json")
+
+
+def _answer_doc(answer: RawAnswer) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(answer.body)
+    except ValueError:
+        return {"http_status": answer.status, "body": "(not JSON)"}
+    return doc if isinstance(doc, dict) else {"answer": doc}
+
+
+def _outcome(answer: RawAnswer) -> str:
+    """`success`, `error:<code>` or `http_<status>` from an exchange answer (for metrics and journal)."""
+    try:
+        doc = json.loads(answer.body)
+    except ValueError:
+        return f"http_{answer.status}"
+    if isinstance(doc, dict) and doc.get("result") == "success" and answer.status < 400:
+        return "success"
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        return f"error:{doc['error']}"
+    return f"http_{answer.status}"
+
+
+def _wire_code(exc: WireError) -> str:
+    return exc.code if exc.code in ("invalidArgument", "requiredArgumentMissing") else "invalidArgument"
+
+
+def _only_cancels(decision: Decision) -> bool:
+    return all(isinstance(i, CancelIntent | CancelAllIntent) for i in decision.intents)
+
+
+def _symbols(intents: Sequence[GuardedIntent], originals: Mapping[str, OrderIntent]) -> set[str]:
+    found: set[str] = set()
+    for intent in intents:
+        if isinstance(intent, OrderIntent):
+            if intent.symbol:
+                found.add(intent.symbol)
+            original = originals.get(intent.order_id or intent.cli_ord_id or "")
+            if original is not None and original.symbol:
+                found.add(original.symbol)
+    return found
+
+
+def order_from_status(row: Mapping[str, Any]) -> OrderIntent | None:
+    """An open order as `orders/status` reports it, as the OrderIntent an edit is merged into; None for
+    a closed order (it cannot be edited) or one whose report lacks what the limits need."""
+    if row.get("status") not in ("ENTERED_BOOK", "TRIGGER_PLACED"):
+        return None
+    order = row.get("order")
+    if not isinstance(order, Mapping):
+        return None
+    trigger = order.get("priceTriggerOptions")
+    stop = _decimal(trigger.get("triggerPrice")) if isinstance(trigger, Mapping) else None
+    size, symbol, side = _decimal(order.get("quantity")), order.get("symbol"), order.get("side")
+    if size is None or not isinstance(symbol, str) or side not in ("buy", "sell"):
+        return None
+    limit = _decimal(order.get("limitPrice"))
+    order_type = str(order.get("orderType") or ("stp" if stop is not None else "lmt"))
+    if stop is not None and order_type not in orders.TRIGGER_TYPES:
+        order_type = "stp"
+    return OrderIntent(
+        kind="send",
+        order_type=order_type,
+        symbol=symbol,
+        side=str(side),
+        size=size,
+        limit_price=limit,
+        stop_price=stop,
+        reduce_only=order.get("reduceOnly") is True,
+        cli_ord_id=order.get("cliOrdId") if isinstance(order.get("cliOrdId"), str) else None,
+        order_id=order.get("orderId") if isinstance(order.get("orderId"), str) else None,
+        filled=_decimal(order.get("filled")) or Decimal(0),
+    )
+
+
+def _decimal(value: object) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None

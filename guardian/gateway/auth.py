@@ -1,0 +1,92 @@
+"""Local keys: bots sign their requests to guardian exactly as they would sign them to Kraken, with the
+local secret of their `[[accounts.clients]]` entry. A key belongs to one account; its permissions are
+`read` and/or `trade`. A nonce, when sent, must not repeat or fall more than a few seconds (in the
+client's own unit) below the highest one that key sent, as at the exchange."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from guardian.config import AccountConfig, ClientConfig
+from guardian.gateway.refusal import Refusal
+from guardian.kraken.endpoints import Endpoint, Permission
+from guardian.kraken.nonces import NonceWindow, tolerance_for
+from guardian.kraken.signing import post_data_candidates, verify
+
+NONCE_TOLERANCE_S = 3.0
+MAX_NONCE_DIGITS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request: the bot and the account its key belongs to."""
+
+    account: str
+    client: ClientConfig
+
+    @property
+    def bot(self) -> str:
+        return self.client.name
+
+
+class LocalKeys:
+    """Every bot key of every account, and each key's nonce history."""
+
+    def __init__(
+        self, accounts: Iterable[AccountConfig], *, nonce_tolerance_s: float = NONCE_TOLERANCE_S
+    ) -> None:
+        self._keys: dict[str, Caller] = {}
+        for account in accounts:
+            for client in account.clients:
+                self._keys[client.api_key] = Caller(account.name, client)
+        self._nonces: dict[str, NonceWindow] = {}
+        self.nonce_tolerance_s = nonce_tolerance_s
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def authenticate(self, headers: Mapping[str, str], ep: Endpoint, query: str, body: str) -> Caller:
+        """The caller, or Refusal(`authenticationError` / a nonce code / `permissionDenied`)."""
+        api_key = headers.get("APIKey", "")
+        authent = headers.get("Authent", "")
+        if not api_key or not authent:
+            raise Refusal(
+                "authenticationError",
+                "this endpoint needs the APIKey and Authent headers: sign the request with your bot's local "
+                "key and secret exactly as for Kraken",
+            )
+        caller = self._keys.get(api_key)
+        nonce = headers.get("Nonce")
+        if nonce is not None and (not nonce.isdigit() or len(nonce) > MAX_NONCE_DIGITS):
+            raise Refusal(
+                "authenticationError",
+                f"the Nonce header must be a whole number of at most {MAX_NONCE_DIGITS} digits",
+            )
+        if caller is None or not verify(
+            caller.client.api_secret.key_bytes(), post_data_candidates(query, body), nonce, ep.path, authent
+        ):
+            # One answer for an unknown key and a wrong signature: the difference is not the caller's business.
+            raise Refusal(
+                "authenticationError",
+                "unknown APIKey or a signature that does not match: Authent = base64(HMAC-SHA512(base64decode("
+                "local secret), SHA256(postData + Nonce + path without /derivatives))), over the bytes sent",
+            )
+        if nonce is not None:
+            value = int(nonce)
+            problem = self._nonces.setdefault(api_key, NonceWindow()).check(
+                value, tolerance_for(value, self.nonce_tolerance_s)
+            )
+            if problem is not None:
+                raise Refusal(
+                    problem,
+                    "the Nonce must keep increasing for this key (a repeated or much older nonce is refused)",
+                )
+        needed = ep.permission
+        if needed in (Permission.READ, Permission.TRADE) and needed not in caller.client.permissions:
+            raise Refusal(
+                "permissionDenied",
+                f"{ep.name} needs the {needed.value!r} permission, which the key of bot {caller.bot!r} does not have "
+                "(accounts.clients.permissions)",
+            )
+        return caller

@@ -1,0 +1,492 @@
+"""The gateway against the simulator on loopback, through guardian's real HTTP server: bots sign with
+their local keys (guardian's own KrakenClient is the raw-HTTP bot here), guardian re-signs with the
+account key. Every refusal is checked twice: the answer, and that nothing reached the exchange."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+
+from guardian.config import ClientConfig, GuardConfig, SwitchConfig, SymbolLimits
+from guardian.errors import AuthenticationFailed, ExchangeError, ExchangeRejected
+from guardian.journal import read_journal
+from guardian.kraken.client import Credentials, KrakenClient
+from guardian.kraken.endpoints import Permission
+from guardian.kraken.signing import sign
+from guardian.secret import ApiSecret
+from guardian.service import Service
+from guardian.sim.app import Simulator
+from guardian.sim.faults import Fault
+from guardian.sim.market import Market
+from guardian.switch import SwitchState
+from tests.conftest import TRADE_KEY, sim_keys
+from tests.daemon import account_config, serving, wait_for
+
+BOT_KEY = "grid-bot-local-key-01"
+BOT_SECRET = base64.b64encode(b"grid bot local secret, 32 bytes!").decode()
+READER_KEY = "reader-bot-local-key-1"
+READER_SECRET = base64.b64encode(b"reader bot local secret 32 bytes").decode()
+ADMIN = "admin-token-for-the-gateway-tests"
+# A beat slow enough to leave the exchange's budget to the bots (a refresh costs 25 of 500 per 10 s).
+SWITCH = SwitchConfig(refresh_min_s=1.0, refresh_max_s=1.5, timeout_s=5, min_remaining_s=1.0)
+GUARD = GuardConfig(
+    symbols=("PF_XBTUSD", "PF_ETHUSD"),
+    max_order_size=5,
+    max_notional=250_000,
+    price_band_pct=5,
+    per_symbol={"PF_ETHUSD": SymbolLimits(max_order_size=50)},
+    mark_poll_s=0.1,
+    mark_max_age_s=2.0,
+    upstream_timeout_s=1.0,
+)
+CLIENTS = (
+    ClientConfig("grid-bot", BOT_KEY, ApiSecret(BOT_SECRET), frozenset({Permission.READ, Permission.TRADE})),
+    ClientConfig("reader", READER_KEY, ApiSecret(READER_SECRET), frozenset({Permission.READ})),
+)
+LMT = {"orderType": "lmt", "symbol": "PF_XBTUSD", "side": "buy", "size": 1, "limitPrice": 59000}
+
+
+@pytest.fixture
+async def exchange() -> AsyncIterator[Simulator]:
+    simulator = Simulator(sim_keys(), market=Market(seed=7), tick_s=None)
+    await simulator.start("127.0.0.1", 0)
+    try:
+        yield simulator
+    finally:
+        await simulator.close()
+
+
+@pytest.fixture
+async def guardian(exchange: Simulator, tmp_path: Path) -> AsyncIterator[Service]:
+    account = account_config(exchange.url, switch=SWITCH, guard=GUARD, clients=CLIENTS)
+    async with serving(account, journal=tmp_path / "journal.sqlite3", admin_token=ADMIN) as service:
+        await until_ready(service)
+        yield service
+
+
+async def until_ready(service: Service) -> None:
+    account = service.accounts[0]
+    await wait_for(
+        lambda: account.switch.state is SwitchState.ARMED and account.marks.mark("PF_XBTUSD") is not None,
+        what="switch armed and marks polled",
+    )
+
+
+@pytest.fixture
+async def bot(guardian: Service) -> AsyncIterator[KrakenClient]:
+    async with KrakenClient(guardian.url, Credentials(BOT_KEY, ApiSecret(BOT_SECRET)), timeout_s=5) as client:
+        yield client
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def reached(exchange: Simulator, endpoint: str) -> list[dict[str, Any]]:
+    return exchange.requests_for(endpoint)
+
+
+async def refused(call: Any, code: str) -> ExchangeError:
+    """Our KrakenClient as the bot: it classifies by status (503 as unavailable, 401/403 as
+    authentication) but always keeps the code, which is what matters here."""
+    with pytest.raises(ExchangeError) as caught:
+        await call
+    assert caught.value.code == code, caught.value
+    return caught.value
+
+
+async def raw_post(
+    http: aiohttp.ClientSession, url: str, body: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    sent = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
+    async with http.post(url, data=body.encode(), headers=sent) as response:
+        return response.status, await response.json(content_type=None)
+
+
+# ---- forwarding ---------------------------------------------------------------------------------------
+
+
+async def test_an_order_goes_out_signed_with_the_account_key_and_the_answer_comes_back(
+    exchange: Simulator, bot: KrakenClient
+) -> None:
+    answer = await bot.send_order(**LMT, cliOrdId="first-order")
+    assert answer["sendStatus"]["status"] == "placed"
+    [seen] = reached(exchange, "sendorder")
+    assert seen["api_key"] == TRADE_KEY  # re-signed: the bot's key never reaches the exchange
+    assert seen["fields"]["cliOrdId"] == "first-order"
+    [order] = exchange.exchange.accounts["main"].open_orders()
+    assert answer["sendStatus"]["order_id"] == order.order_id
+    assert {r["api_key"] for r in exchange.requests if r["api_key"]} == {TRADE_KEY}  # tickers: unsigned
+
+
+async def test_reads_and_public_endpoints_pass_through(exchange: Simulator, bot: KrakenClient) -> None:
+    await bot.send_order(**LMT)
+    assert len(await bot.open_orders()) == 1
+    assert isinstance(await bot.accounts(), dict)
+    tickers = await bot.tickers()
+    assert {t["symbol"] for t in tickers} >= {"PF_XBTUSD", "PF_ETHUSD"}
+    url = bot.base_url + "/derivatives/api/v3/tickers/PF_XBTUSD"
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        assert response.status == 200
+        assert (await response.json())["ticker"]["symbol"] == "PF_XBTUSD"
+
+
+# ---- authentication and permission -------------------------------------------------------------------
+
+
+async def test_a_wrong_secret_or_unknown_key_is_refused_and_never_forwarded(
+    exchange: Simulator, guardian: Service
+) -> None:
+    wrong = ApiSecret(base64.b64encode(b"not the grid bot's secret at all").decode())
+    for key in (BOT_KEY, "no-such-key-000000"):
+        async with KrakenClient(guardian.url, Credentials(key, wrong), timeout_s=5) as impostor:
+            with pytest.raises(AuthenticationFailed):
+                await impostor.send_order(**LMT)
+    async with KrakenClient(guardian.url, Credentials(TRADE_KEY, ApiSecret(BOT_SECRET)), timeout_s=5) as c:
+        with pytest.raises(AuthenticationFailed):
+            await c.open_orders()  # the exchange key itself is not a local key
+    assert reached(exchange, "sendorder") == []
+    assert reached(exchange, "openorders") == []
+
+
+async def test_unsigned_requests_get_krakens_envelope_with_a_message(
+    guardian: Service, http: aiohttp.ClientSession, exchange: Simulator
+) -> None:
+    status, doc = await raw_post(http, guardian.url + "/derivatives/api/v3/sendorder", "orderType=lmt")
+    assert status == 401
+    assert doc["result"] == "error" and doc["error"] == "authenticationError"
+    assert "APIKey" in doc["message"] and doc["serverTime"].endswith("Z")
+    assert reached(exchange, "sendorder") == []
+
+
+async def test_a_read_only_bot_cannot_trade(guardian: Service, exchange: Simulator) -> None:
+    async with KrakenClient(
+        guardian.url, Credentials(READER_KEY, ApiSecret(READER_SECRET)), timeout_s=5
+    ) as r:
+        assert await r.open_orders() == []
+        await refused(r.send_order(**LMT), "permissionDenied")
+        await refused(r.cancel_all_orders(), "permissionDenied")
+    assert reached(exchange, "sendorder") == [] and reached(exchange, "cancelallorders") == []
+
+
+async def test_a_repeated_nonce_is_refused(guardian: Service, http: aiohttp.ClientSession) -> None:
+    nonce = str(int(time.time() * 1000))
+    headers = {
+        "APIKey": BOT_KEY,
+        "Nonce": nonce,
+        "Authent": sign(ApiSecret(BOT_SECRET).key_bytes(), "", nonce, "/api/v3/openorders"),
+    }
+    url = guardian.url + "/derivatives/api/v3/openorders"
+    async with http.get(url, headers=headers) as first:
+        assert first.status == 200
+    async with http.get(url, headers=headers) as again:
+        assert again.status == 401
+        assert (await again.json())["error"] == "nonceDuplicate"
+
+
+async def test_funds_never_move(guardian: Service, bot: KrakenClient, exchange: Simulator) -> None:
+    for name in ("transfer", "withdrawal"):
+        await refused(
+            bot.request(name, {"amount": 1, "fromAccount": "a", "toAccount": "b", "unit": "usd"}),
+            "endpointNotAllowed",
+        )
+    assert not [r for r in exchange.requests if r["endpoint"] in ("transfer", "withdrawal")]
+
+
+async def test_unknown_paths_and_methods_are_refused(guardian: Service, http: aiohttp.ClientSession) -> None:
+    async with http.get(guardian.url + "/derivatives/api/v3/nosuchthing") as response:
+        assert response.status == 404
+        assert (await response.json())["error"] == "notFound"
+    async with http.get(guardian.url + "/derivatives/api/v3/sendorder") as response:
+        assert response.status == 404
+
+
+async def test_a_body_over_64_kib_is_refused_with_413(
+    guardian: Service, http: aiohttp.ClientSession, exchange: Simulator
+) -> None:
+    status, doc = await raw_post(http, guardian.url + "/derivatives/api/v3/sendorder", "x=" + "a" * 70_000)
+    assert (status, doc["error"]) == (413, "requestTooLarge")
+    assert reached(exchange, "sendorder") == []
+
+
+# ---- the switch is guardian's -------------------------------------------------------------------------
+
+
+async def test_a_bots_own_switch_call_is_answered_from_guardians_switch(
+    guardian: Service, bot: KrakenClient, exchange: Simulator
+) -> None:
+    before = len(reached(exchange, "cancelallordersafter"))
+    status = await bot.cancelallordersafter(60)
+    remaining = guardian.accounts[0].switch.remaining()
+    assert remaining is not None and status.deadline is not None
+    assert abs(status.timeout_granted_s - remaining) < 0.5
+    await refused(bot.cancelallordersafter(0), "endpointNotAllowed")
+    fields = [r["fields"]["timeout"] for r in reached(exchange, "cancelallordersafter")[before:]]
+    assert set(fields) <= {str(SWITCH.timeout_s)}  # only guardian's own refreshes reached the exchange
+
+
+async def test_no_new_risk_unless_armed_but_cancels_pass(
+    guardian: Service, bot: KrakenClient, exchange: Simulator
+) -> None:
+    placed = await bot.send_order(**LMT)
+    exchange.faults.add(Fault("cancelallordersafter", "status", status=503))
+    switch = guardian.accounts[0].switch
+    await wait_for(lambda: switch.state is SwitchState.DEGRADED, what="degraded")
+    sends = len(reached(exchange, "sendorder"))
+    await refused(bot.send_order(**LMT), "switchNotArmed")
+    await refused(
+        bot.edit_order(orderId=placed["sendStatus"]["order_id"], limitPrice=59500), "switchNotArmed"
+    )
+    assert len(reached(exchange, "sendorder")) == sends
+    assert reached(exchange, "editorder") == []
+    answer = await bot.cancel_order(order_id=placed["sendStatus"]["order_id"])
+    assert answer["cancelStatus"]["status"] == "cancelled"
+    await bot.cancel_all_orders()
+    exchange.faults.clear()
+    await wait_for(lambda: switch.state is SwitchState.ARMED, what="re-armed")
+    await bot.send_order(**LMT)
+
+
+# ---- validation and limits ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"symbol": "PF_SOLUSD", "limitPrice": 150}, "symbolNotAllowed"),
+        ({"size": 6}, "orderSizeTooLarge"),
+        ({"size": 5}, "notionalTooLarge"),  # 5 x 59000 > 250000
+        ({"limitPrice": 50000}, "priceOutsideBand"),
+        ({"limitPrice": 64000}, "priceOutsideBand"),
+        ({"size": 0}, "invalidArgument"),
+        ({"orderType": "market"}, "invalidArgument"),
+        ({"limitPrice": None}, "requiredArgumentMissing"),
+        ({"colour": "red"}, "invalidArgument"),
+    ],
+)
+async def test_each_rule_refuses_before_the_exchange(
+    bot: KrakenClient, exchange: Simulator, change: dict[str, Any], code: str
+) -> None:
+    order = {k: v for k, v in {**LMT, **change}.items() if v is not None}
+    error = await refused(bot.request("sendorder", order), code)
+    assert error.http_status in (400, 403)
+    assert reached(exchange, "sendorder") == []
+
+
+async def test_per_symbol_limits_apply(bot: KrakenClient) -> None:
+    await bot.send_order(orderType="lmt", symbol="PF_ETHUSD", side="buy", size=40, limitPrice=2990)
+
+
+async def test_a_stale_mark_fails_closed(guardian: Service, bot: KrakenClient, exchange: Simulator) -> None:
+    exchange.exchange.market.set_suspended("PF_XBTUSD", True)
+    marks = guardian.accounts[0].marks
+    await wait_for(lambda: marks.mark("PF_XBTUSD") is None, what="mark dropped")
+    await refused(bot.send_order(**LMT), "markPriceUnavailable")
+    assert reached(exchange, "sendorder") == []
+
+
+# ---- modes and the admin endpoints --------------------------------------------------------------------
+
+
+async def admin(
+    http: aiohttp.ClientSession, guardian: Service, path: str, doc: dict[str, Any], token: str = ADMIN
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.post(guardian.url + path, json=doc, headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def test_reduce_only_and_halted_modes(
+    guardian: Service, bot: KrakenClient, http: aiohttp.ClientSession, exchange: Simulator
+) -> None:
+    placed = await bot.send_order(**LMT)
+    assert await admin(http, guardian, "/guardian/mode", {"account": "main", "mode": "reduce_only"}) == (
+        200,
+        {"account": "main", "mode": "reduce_only", "previous": "active"},
+    )
+    await refused(bot.send_order(**LMT), "reduceOnlyMode")
+    await bot.send_order(**{**LMT, "side": "sell", "limitPrice": 60500, "reduceOnly": "true"})
+    assert (await admin(http, guardian, "/guardian/mode", {"account": "main", "mode": "halted"}))[0] == 200
+    await refused(bot.send_order(**{**LMT, "reduceOnly": "true"}), "tradingHalted")
+    sends = len(reached(exchange, "sendorder"))
+    await bot.cancel_order(order_id=placed["sendStatus"]["order_id"])
+    await bot.cancel_all_orders()
+    assert len(reached(exchange, "sendorder")) == sends
+    state = guardian.state_json()
+    assert state["accounts"][0]["mode"] == "halted"  # type: ignore[index]
+
+
+async def test_admin_needs_the_token(guardian: Service, http: aiohttp.ClientSession) -> None:
+    status, doc = await admin(
+        http, guardian, "/guardian/mode", {"account": "main", "mode": "active"}, token="wrong"
+    )
+    assert (status, doc["error"]) == (401, "authenticationError")
+    assert ADMIN not in json.dumps(doc)
+    status, doc = await admin(http, guardian, "/guardian/mode", {"account": "nope", "mode": "active"})
+    assert status == 400
+    status, doc = await admin(http, guardian, "/guardian/mode", {"account": "main", "mode": "yolo"})
+    assert status == 400
+
+
+async def test_kill_halts_and_cancels_everything_at_once(
+    guardian: Service, bot: KrakenClient, http: aiohttp.ClientSession, exchange: Simulator
+) -> None:
+    await bot.send_order(**LMT)
+    await bot.send_order(**{**LMT, "limitPrice": 58000})
+    status, doc = await admin(http, guardian, "/guardian/kill", {"account": "main"})
+    assert status == 200
+    assert doc["mode"] == "halted"
+    assert doc["exchange"]["cancelStatus"]["status"] == "cancelled"
+    assert exchange.exchange.accounts["main"].open_orders() == []
+    await refused(bot.send_order(**LMT), "tradingHalted")
+
+
+async def test_halted_survives_a_restart(exchange: Simulator, tmp_path: Path) -> None:
+    account = account_config(exchange.url, switch=SWITCH, guard=GUARD, clients=CLIENTS)
+    journal = tmp_path / "journal.sqlite3"
+    async with serving(account, journal=journal, admin_token=ADMIN) as first, aiohttp.ClientSession() as http:
+        assert (await admin(http, first, "/guardian/kill", {"account": "main"}))[0] == 200
+    async with serving(account, journal=journal, admin_token=ADMIN) as second:
+        await until_ready(second)
+        async with KrakenClient(second.url, Credentials(BOT_KEY, ApiSecret(BOT_SECRET)), timeout_s=5) as b:
+            await refused(b.send_order(**LMT), "tradingHalted")
+        assert second.accounts[0].mode.value == "halted"
+
+
+# ---- batches ------------------------------------------------------------------------------------------
+
+
+async def test_a_batch_with_one_bad_item_is_refused_whole_naming_it(
+    guardian: Service, bot: KrakenClient, exchange: Simulator, http: aiohttp.ClientSession
+) -> None:
+    items = [
+        {
+            "order": "send",
+            "order_tag": "a",
+            "orderType": "lmt",
+            "symbol": "PF_XBTUSD",
+            "side": "buy",
+            "size": 1,
+            "limitPrice": 59000,
+        },
+        {
+            "order": "send",
+            "order_tag": "b",
+            "orderType": "lmt",
+            "symbol": "PF_XBTUSD",
+            "side": "buy",
+            "size": 9,
+            "limitPrice": 59000,
+        },
+    ]
+    await refused(bot.batch_order(items), "orderSizeTooLarge")
+    body = "json=" + quote(json.dumps({"batchOrder": items}))
+    nonce = str(int(time.time() * 1000))
+    headers = {
+        "APIKey": BOT_KEY,
+        "Nonce": nonce,
+        "Authent": sign(ApiSecret(BOT_SECRET).key_bytes(), body, nonce, "/api/v3/batchorder"),
+    }
+    status, doc = await raw_post(http, guardian.url + "/derivatives/api/v3/batchorder", body, headers)
+    assert (status, doc["error"], doc["item"], doc["order_tag"]) == (403, "orderSizeTooLarge", 1, "b")
+    assert doc["message"].startswith("batchOrder[1] (order_tag 'b'): ")
+    assert reached(exchange, "batchorder") == []
+    answer = await bot.batch_order(items[:1])
+    assert answer["batchStatus"][0]["status"] == "placed"
+
+
+# ---- the rate budget -----------------------------------------------------------------------------------
+
+
+async def test_the_local_budget_refuses_before_the_exchange_would(
+    exchange: Simulator, tmp_path: Path
+) -> None:
+    # The switch keeps 275 (11 refreshes) and cancels 25: bots get 100 units, ten orders, per 10 s.
+    guard = GuardConfig(rate_budget=400, mark_poll_s=0.1)
+    account = account_config(exchange.url, switch=SWITCH, guard=guard, clients=CLIENTS)
+    async with serving(account, journal=tmp_path / "j.sqlite3") as service:
+        await until_ready(service)
+        async with KrakenClient(service.url, Credentials(BOT_KEY, ApiSecret(BOT_SECRET)), timeout_s=5) as b:
+            codes = []
+            for _ in range(20):
+                try:
+                    await b.send_order(**LMT)
+                    codes.append("ok")
+                except ExchangeRejected as exc:
+                    codes.append(str(exc.code))
+            assert "apiLimitExceeded" in codes
+            await b.cancel_all_orders()  # cancels keep a reserve of their own
+    assert [r for r in exchange.requests if r.get("error") == "apiLimitExceeded"] == []
+
+
+# ---- retries ------------------------------------------------------------------------------------------
+
+
+async def test_a_retried_cli_ord_id_gets_the_first_answer_not_a_second_order(
+    bot: KrakenClient, exchange: Simulator
+) -> None:
+    first = await bot.send_order(**LMT, cliOrdId="retry-me")
+    second = await bot.send_order(**LMT, cliOrdId="retry-me")
+    assert second == first
+    assert len(reached(exchange, "sendorder")) == 1
+
+
+async def test_concurrent_retries_wait_for_the_first(bot: KrakenClient, exchange: Simulator) -> None:
+    exchange.faults.add(Fault("sendorder", "latency", latency_s=0.3, times=1))
+    answers = await asyncio.gather(*(bot.send_order(**LMT, cliOrdId="burst") for _ in range(5)))
+    assert len({a["sendStatus"]["order_id"] for a in answers}) == 1
+    assert len(reached(exchange, "sendorder")) == 1
+
+
+async def test_an_unknown_outcome_is_settled_by_asking_the_exchange(
+    bot: KrakenClient, exchange: Simulator
+) -> None:
+    exchange.faults.add(
+        Fault("sendorder", "latency", latency_s=1.5, times=1)
+    )  # over the 1 s upstream timeout
+    with pytest.raises(Exception):  # noqa: B017,PT011 - guardian answers 504: outcome unknown
+        await bot.send_order(**LMT, cliOrdId="slow-one")
+    await asyncio.sleep(0.7)  # the exchange placed it after all
+    again = await bot.send_order(**LMT, cliOrdId="slow-one")
+    assert again["sendStatus"]["cliOrdId"] == "slow-one"
+    assert len(exchange.exchange.accounts["main"].open_orders()) == 1
+    assert len(reached(exchange, "sendorder")) == 1
+
+
+# ---- the journal and metrics --------------------------------------------------------------------------
+
+
+async def test_every_forwarded_order_is_journaled_under_concurrent_load(
+    guardian: Service, bot: KrakenClient, exchange: Simulator
+) -> None:
+    await asyncio.gather(*(bot.send_order(**{**LMT, "limitPrice": 58000 + i}) for i in range(15)))
+    await guardian.journal.flush()
+    rows = read_journal(guardian.config.journal.path, limit=1000)
+    sends = [r for r in rows if r.get("type") == "request" and r.get("endpoint") == "sendorder"]
+    assert len(sends) == 15 == len(reached(exchange, "sendorder"))
+    assert all(r["verdict"] == "forwarded" and r["outcome"] == "success" for r in sends)
+    assert BOT_SECRET not in json.dumps(rows)
+
+
+async def test_gateway_metrics(guardian: Service, bot: KrakenClient, http: aiohttp.ClientSession) -> None:
+    await bot.send_order(**LMT)
+    await refused(bot.send_order(**{**LMT, "size": 6}), "orderSizeTooLarge")
+    async with http.get(guardian.url + "/metrics") as response:
+        text = await response.text()
+    assert 'guardian_requests_total{account="main",endpoint="sendorder",outcome="success"} 1.0' in text
+    assert 'guardian_rejections_total{account="main",reason="orderSizeTooLarge"} 1.0' in text
+    assert 'guardian_mode{account="main",mode="active"} 1.0' in text
+    assert 'guardian_rate_budget_available{account="main"}' in text
+    assert "guardian_request_duration_seconds_bucket" in text
+    assert "guardian_upstream_request_duration_seconds_bucket" in text
