@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=None, help="seed for the price walk")
     sim.add_argument("--tick", type=float, default=1.0, help="seconds between price steps (0: frozen)")
     sim.add_argument("--control-token", default=None, help="require this bearer token on /_sim/")
+    sim.add_argument(
+        "--budget",
+        type=float,
+        default=500.0,
+        help="cost units per 10 s per account, as Kraken's (raise it for benchmarks)",
+    )
     sim.add_argument("--log-level", default="info", choices=logs.LEVELS)
     sim.add_argument("--log-format", default="auto", choices=logs.FORMATS)
 
@@ -204,8 +210,14 @@ async def _run_sim(args: argparse.Namespace) -> int:
     else:
         key = SimKey.generate(account=args.account)
     logs.REDACTOR.register([key.secret])
+    if args.budget <= 0:
+        raise ConfigError("--budget must be positive")
     sim = Simulator(
-        [key], market=Market(seed=args.seed), tick_s=args.tick or None, control_token=args.control_token
+        [key],
+        market=Market(seed=args.seed),
+        tick_s=args.tick or None,
+        control_token=args.control_token,
+        budget_capacity=args.budget,
     )
     host, port = args.listen
     stop = asyncio.Event()

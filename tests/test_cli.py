@@ -92,6 +92,7 @@ async def test_sim_control_api_is_reachable(proc: subprocess.Popen[str]) -> None
     [
         (["--key", "abc"], "--key and --secret go together"),
         (["--key", "abc", "--secret", "not base64!"], "--secret is not valid base64"),
+        (["--budget", "0"], "--budget must be positive"),
     ],
 )
 def test_bad_credentials_exit_78_with_a_message(args: list[str], message: str) -> None:
