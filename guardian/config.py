@@ -138,6 +138,7 @@ class ClientConfig:
     api_key: str = field(repr=False)
     api_secret: ApiSecret
     permissions: frozenset[Permission]
+    rate_budget: float | None = None  # this bot's own share: cost units per the account's rate_window_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +211,7 @@ class Config:
             lines += [
                 f"  client {client.name}: api_key {mask_key(client.api_key)}, api_secret {client.api_secret}, "
                 f"permissions {'+'.join(sorted(p.value for p in client.permissions))}"
+                + ("" if client.rate_budget is None else f", rate budget {client.rate_budget:g}")
                 for client in account.clients
             ] or ["  clients: none"]
         return "\n".join(lines)
@@ -324,7 +326,7 @@ _GUARD_SETTINGS = (
     "dedupe_window_s",
     "upstream_timeout_s",
 )
-_CLIENT_KEYS = ("name", *_secret_keys("api_key"), *_secret_keys("api_secret"), "permissions")
+_CLIENT_KEYS = ("name", *_secret_keys("api_key"), *_secret_keys("api_secret"), "permissions", "rate_budget")
 
 
 def _journal(table: _Table) -> JournalConfig:
@@ -464,7 +466,8 @@ def _client(table: _Table, found: _Secrets) -> ClientConfig:
             f"{table.key('permissions')} must be a non-empty list drawn from {allowed}: "
             '["read"] for a bot that only looks, ["read", "trade"] for one that trades'
         )
-    return ClientConfig(name, api_key, api_secret, frozenset(Permission(p) for p in raw))
+    rate_budget = table.optional_number("rate_budget", above=0)
+    return ClientConfig(name, api_key, api_secret, frozenset(Permission(p) for p in raw), rate_budget)
 
 
 def _check_unique(accounts: Sequence[AccountConfig]) -> None:

@@ -418,8 +418,13 @@ class Journal:
             except queue.Empty:
                 pass
             stop = next((job for job in batch if job.stop), None)
-            batch = retry + [job for job in batch if not job.stop]
-            retry = self._commit(conn, batch) if batch else []
+            batch = [job for job in batch if not job.stop]
+            # Outcomes from a failed transaction go in a transaction of their own: one that can never be
+            # written must not take every new record down with it (that would refuse all new risk forever).
+            if retry and (batch or time.monotonic() >= retry_at or stop is not None):
+                retry = self._commit(conn, retry)
+            if batch:
+                retry += self._commit(conn, batch)
             if len(retry) > MAX_RETRY:
                 log.error("journal_outcomes_dropped", path=str(self.path), count=len(retry) - MAX_RETRY)
                 retry = retry[-MAX_RETRY:]

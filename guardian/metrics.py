@@ -242,6 +242,15 @@ class Metrics:
         if accounts is not None:
             self.registry.register(AccountCollector(accounts))
 
+    def watch_journal(self, healthy: Callable[[], bool]) -> None:
+        """`guardian_journal_healthy`: 1 while journal writes succeed (read at scrape time)."""
+        gauge = Gauge(
+            "guardian_journal_healthy",
+            "1 while the audit journal can be written; 0 means no new risk goes out",
+            registry=self.registry,
+        )
+        gauge.set_function(lambda: 1.0 if healthy() else 0.0)
+
     def add_account(self, account: str) -> None:
         """Create every series of an account at 0, so rates and alerts see it before the first event."""
         for outcome in REFRESH_OUTCOMES:

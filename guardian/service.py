@@ -53,6 +53,7 @@ class Service:
         for account in self.accounts:
             self.metrics.add_account(account.name)
         self.journal = Journal(config.journal.path, retention_days=config.journal.retention_days)
+        self.metrics.watch_journal(lambda: self.journal.healthy)
         self.gateway = Gateway(self.accounts, LocalKeys(config.accounts), self.journal, observe=self._observe)
         self.url = ""
         self.started_at: float | None = None
@@ -168,7 +169,10 @@ class Service:
         )
         for account in self.accounts:
             await account.close()
-        await self.journal.close()
+        try:
+            await self.journal.close()
+        except JournalError as exc:  # the policies are done; what the journal lost is said, loudly
+            log.error("journal_close_failed", error=str(exc))
         self.notifier.close()
         log.info("guardian_stopped", policies_carried_out=all(results))
         return all(results)
@@ -193,6 +197,8 @@ class Service:
         if self.stopping:
             return ["guardian is shutting down"]
         problems = []
+        if not self.journal.healthy:
+            problems.append(f"journal: cannot write ({self.journal.last_error}); no new risk goes out")
         for account in self.accounts:
             switch = account.switch
             state = switch.state
@@ -207,6 +213,11 @@ class Service:
             "started_at": None if self.started_at is None else to_iso(self.started_at),
             "ready": not self.readiness_problems(),
             "stopping": self.stopping,
+            "journal": {
+                "path": str(self.config.journal.path),
+                "healthy": self.journal.healthy,
+                "last_error": self.journal.last_error,
+            },
             "accounts": [account.as_json() for account in self.accounts],
         }
 

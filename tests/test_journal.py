@@ -10,6 +10,7 @@ the disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import sys
 import time
@@ -286,11 +287,33 @@ async def test_a_failed_write_raises_marks_unhealthy_and_recovers(journal: Journ
         assert not any(secret in text for secret in NEVER_STORED)
         assert "x" * 100 not in text
     failures = [line for line in logged if line["event"] == "journal_write_failed"]
-    assert len(failures) == 1  # one line when it starts failing, not one per failed transaction
-    assert failures[0]["log_level"] == "error"
-    assert [line["failures"] for line in logged if line["event"] == "journal_write_recovered"] == [2]
+    # The kept outcome is retried in a transaction of its own, which fits: the journal recovers, then the
+    # large record fails again. One line each time it starts failing, not one per failed transaction.
+    assert len(failures) == 2
+    assert all(line["log_level"] == "error" for line in failures)
+    assert [line["failures"] for line in logged if line["event"] == "journal_write_recovered"] == [1, 1]
     rows = read_journal(path)
     assert [(row["id"], row["outcome"]) for row in rows] == [(pending, "success"), (request_id, "unknown")]
+
+
+async def test_an_outcome_that_can_never_be_written_does_not_take_new_records_down(path: Path) -> None:
+    journal = await reopen(path)
+    request_id = await journal.record(forwarded())
+    journal.finish(
+        request_id,
+        outcome="success",
+        http_status=object(),  # type: ignore[arg-type]  # a caller's bug: sqlite cannot bind it, ever
+        answer=None,
+        upstream_s=None,
+        total_s=None,
+    )
+    with contextlib.suppress(JournalError):  # a record sharing its transaction fails with it, once
+        await journal.record(forwarded())
+    for _ in range(3):  # then it is kept and retried in a transaction of its own
+        assert await journal.record(forwarded()) > request_id
+    assert journal.healthy
+    with pytest.raises(JournalError, match="1 outcome"):
+        await journal.close()
 
 
 async def test_close_says_how_many_outcomes_it_could_not_write(path: Path) -> None:

@@ -38,6 +38,7 @@ from guardian.kraken import endpoints as ep
 from guardian.kraken.client import RawAnswer
 from guardian.kraken.times import to_iso
 from guardian.kraken.wire import LIST_FIELDS, WireError, parse_batch, request_fields
+from guardian.ratelimit import CostBudget
 from guardian.switch import SwitchState
 
 log = structlog.get_logger("guardian.gateway")
@@ -72,6 +73,12 @@ class Gateway:
     ) -> None:
         self.accounts = {account.name: account for account in accounts}
         self._public = accounts[0]
+        self._bot_budgets = {
+            client.api_key: CostBudget(client.rate_budget, account.config.guard.rate_window_s)
+            for account in accounts
+            for client in account.config.clients
+            if client.rate_budget is not None
+        }
         self.keys = keys
         self.journal = journal
         self._observe = (
@@ -141,16 +148,8 @@ class Gateway:
             return await self._switch_answer(account, fields, trail)
 
         decision = await self._guard(account, caller, endpoint, fields, trail)
-        cost = endpoint.cost_for(fields, decision.items)
-        reserve = 0.0 if _only_cancels(decision) and decision.intents else account.bot_reserve
-        if not account.budget.try_spend(cost, reserve=account.switch_reserve + reserve):
-            wait = account.budget.seconds_until(cost, reserve=account.switch_reserve + reserve)
-            raise Refusal(
-                "apiLimitExceeded",
-                f"this request costs {cost:g} of the account's budget ({account.budget.capacity:g} per "
-                f"{account.budget.window_s:g} s, part of it kept for the switch); retry in {wait:.1f} s",
-            )
-        if decision.cli_ord_id is not None:
+        self._spend(account, caller, endpoint.cost_for(fields, decision.items), decision)
+        if decision.cli_ord_id is not None and account.config.guard.dedupe_window_s > 0:
             return await self._send_once(
                 account, endpoint, query, body, request.method, decision.cli_ord_id, trail
             )
@@ -158,6 +157,29 @@ class Gateway:
             account, endpoint, query, body, request.method, decision, trail
         )
         return _response(answer)
+
+    def _spend(self, account: Account, caller: Caller, cost: float, decision: Decision) -> None:
+        """The local rate budget: the bot's own share (if it has one), then the account's, which always
+        keeps the switch's share and, from everything but cancels, room for one more cancel-all."""
+        mine = self._bot_budgets.get(caller.client.api_key)
+        if mine is not None and mine.available() < cost:
+            raise Refusal(
+                "apiLimitExceeded",
+                f"bot {caller.bot!r} has used its own rate budget ({mine.capacity:g} per {mine.window_s:g} s, "
+                f"accounts.clients.rate_budget); retry in {mine.seconds_until(cost):.1f} s",
+            )
+        reserve = account.switch_reserve + (
+            0.0 if decision.intents and _only_cancels(decision) else account.bot_reserve
+        )
+        if not account.budget.try_spend(cost, reserve=reserve):
+            wait = account.budget.seconds_until(cost, reserve=reserve)
+            raise Refusal(
+                "apiLimitExceeded",
+                f"this request costs {cost:g} of the account's budget ({account.budget.capacity:g} per "
+                f"{account.budget.window_s:g} s, part of it kept for the switch); retry in {wait:.1f} s",
+            )
+        if mine is not None:
+            mine.spend(cost)
 
     # ---- the guard --------------------------------------------------------------------------------
     async def _guard(
