@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 
 from guardian.cli import EX_CONFIG, EX_FAILED
+from guardian.errors import ExchangeError
 from guardian.kraken.client import Credentials, KrakenClient
 from guardian.secret import ApiSecret
 from guardian.sim.app import SimKey, Simulator
@@ -294,6 +295,36 @@ async def test_a_second_signal_during_shutdown_is_ignored(
     ignored = daemon.event("signal_ignored")
     assert ignored is not None and ignored["signal"] == "SIGINT"
     assert guardian_calls(sim)[-1] == ("cancelallordersafter", "0")
+
+
+async def test_a_halted_account_is_still_halted_after_kill_9_and_a_restart(
+    sim: Simulator, orders: KrakenClient, daemons: list[Daemon], tmp_path: Path
+) -> None:
+    await orders.send_order(**ORDER)
+    daemon = await run_daemon(daemons, tmp_path, sim, "keep")
+    url = await daemon.url()
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with http.post(url + "/guardian/kill", json={"account": "main"}, headers=headers) as response:
+            assert response.status == 200
+            assert (await response.json())["mode"] == "halted"
+    assert await orders.open_orders() == []  # kill cancelled at the exchange at once
+    await daemon.signal_and_wait(signal.SIGKILL)
+
+    again = await run_daemon(daemons, tmp_path, sim, "keep")
+    restored = again.event("mode_restored")
+    assert restored is not None and restored["mode"] == "halted"
+    url = await again.url()
+    bot = Credentials(BOT_KEY, ApiSecret(BOT_SECRET))
+    async with KrakenClient(url, bot, timeout_s=5) as client, aiohttp.ClientSession() as http:
+        with pytest.raises(ExchangeError) as caught:
+            await client.send_order(**ORDER)
+        assert caught.value.code == "tradingHalted"
+        async with http.get(url + "/guardian/state") as response:
+            assert (await response.json())["accounts"][0]["mode"] == "halted"
+    assert sim.requests_for("sendorder")[-1]["api_key"] == ORDER_KEY  # guardian forwarded none
+    await again.signal_and_wait(signal.SIGTERM)
+    assert_no_secret(again.output() + daemon.output())
 
 
 # ---- what the process says ------------------------------------------------------------------------
