@@ -222,6 +222,21 @@ async def test_a_body_over_64_kib_is_refused_with_413(
     assert reached(exchange, "sendorder") == []
 
 
+async def test_a_bug_answers_500_in_krakens_shape_and_sends_nothing(
+    guardian: Service, bot: KrakenClient, exchange: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_args: object) -> None:
+        raise RuntimeError("a bug in the guard")
+
+    monkeypatch.setattr(guardian.gateway, "_guard", broken)
+    with pytest.raises(ExchangeError) as caught:
+        await bot.send_order(**LMT)
+    assert (caught.value.code, caught.value.http_status) == ("Server Error", 500)
+    assert reached(exchange, "sendorder") == []
+    monkeypatch.undo()
+    await bot.send_order(**LMT)  # the daemon goes on
+
+
 # ---- the switch is guardian's -------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ key over the same bytes, forwarded, and the exchange's answer goes back unchange
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -94,6 +95,8 @@ class Gateway:
         trail = Trail(received_at=time.time())
         try:
             response = await self._handle(request, trail)
+        except (asyncio.CancelledError, web.HTTPException):
+            raise
         except Refusal as refusal:
             trail.outcome = "refused"
             trail.reason = refusal.code
@@ -106,6 +109,15 @@ class Gateway:
                 endpoint=trail.endpoint,
                 code=refusal.code,
                 reason=refusal.message,
+            )
+        except Exception:  # a bug: say so in Kraken's shape rather than aiohttp's text page
+            log.exception(
+                "gateway_error", account=trail.account or None, bot=trail.bot, endpoint=trail.endpoint
+            )
+            trail.outcome = "error"
+            body = {"result": "error", "serverTime": to_iso(time.time()), "error": "Server Error"}
+            response = web.json_response(
+                {**body, "message": "guardian failed on this request; see its log"}, status=500
             )
         if self._observe is not None:
             self._observe(trail, time.perf_counter() - started)
