@@ -120,7 +120,7 @@ class Gateway:
                 {**body, "message": "guardian failed on this request; see its log"}, status=500
             )
         if self._observe is not None:
-            self._observe(trail, time.perf_counter() - started)
+            asyncio.get_running_loop().call_soon(self._observe, trail, time.perf_counter() - started)
         return response
 
     async def _handle(self, request: web.Request, trail: Trail) -> web.StreamResponse:
@@ -444,15 +444,23 @@ class Gateway:
             log.error("journal_write_failed", endpoint=endpoint.name, error=str(exc))
         answer = await self._forward(account, endpoint, query, body, method, trail)
         if request_id is not None:
+            # After the answer is on its way: the outcome's JSON and redaction are not the bot's wait.
+            total_s = time.time() - trail.received_at
+            asyncio.get_running_loop().call_soon(self._finish, request_id, trail, answer.status, total_s)
+        return answer
+
+    def _finish(self, request_id: int, trail: Trail, http_status: int, total_s: float) -> None:
+        try:
             self.journal.finish(
                 request_id,
                 outcome=trail.outcome,
-                http_status=answer.status,
-                answer=_answer_doc(answer),
+                http_status=http_status,
+                answer=trail.answer,
                 upstream_s=trail.upstream_s,
-                total_s=time.time() - trail.received_at,
+                total_s=total_s,
             )
-        return answer
+        except JournalError as exc:
+            log.error("journal_write_failed", endpoint=trail.endpoint, error=str(exc))
 
     async def _forward(
         self,
@@ -479,7 +487,7 @@ class Gateway:
             trail.outcome = "unavailable"
             return _local_error(502, "Unavailable", f"the exchange could not be reached ({exc})")
         trail.upstream_s = time.perf_counter() - started
-        trail.outcome = _outcome(answer)
+        trail.outcome, trail.answer = _read_answer(answer)
         return answer
 
     # ---- answers ----------------------------------------------------------------------------------
@@ -516,6 +524,7 @@ class Trail:
     outcome: str = "unknown"
     reason: str | None = None
     upstream_s: float | None = None
+    answer: dict[str, Any] | None = None  # the exchange's answer, parsed, for the journal
 
 
 def _response(answer: RawAnswer) -> web.Response:
@@ -527,25 +536,20 @@ def _local_error(status: int, code: str, message: str) -> RawAnswer:
     return RawAnswer(status, json.dumps(body).encode(), "application/json")
 
 
-def _answer_doc(answer: RawAnswer) -> dict[str, Any] | None:
+def _read_answer(answer: RawAnswer) -> tuple[str, dict[str, Any]]:
+    """The outcome (`success`, `error:<code>` or `http_<status>`, for metrics and the journal) and the
+    answer as the journal keeps it, from one parse of the exchange's body."""
     try:
         doc = json.loads(answer.body)
     except ValueError:
-        return {"http_status": answer.status, "body": "(not JSON)"}
-    return doc if isinstance(doc, dict) else {"answer": doc}
-
-
-def _outcome(answer: RawAnswer) -> str:
-    """`success`, `error:<code>` or `http_<status>` from an exchange answer (for metrics and journal)."""
-    try:
-        doc = json.loads(answer.body)
-    except ValueError:
-        return f"http_{answer.status}"
-    if isinstance(doc, dict) and doc.get("result") == "success" and answer.status < 400:
-        return "success"
-    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
-        return f"error:{doc['error']}"
-    return f"http_{answer.status}"
+        return f"http_{answer.status}", {"http_status": answer.status, "body": "(not JSON)"}
+    if not isinstance(doc, dict):
+        return f"http_{answer.status}", {"answer": doc}
+    if doc.get("result") == "success" and answer.status < 400:
+        return "success", doc
+    if isinstance(doc.get("error"), str):
+        return f"error:{doc['error']}", doc
+    return f"http_{answer.status}", doc
 
 
 def _wire_code(exc: WireError) -> str:
