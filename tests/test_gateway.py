@@ -261,7 +261,7 @@ async def test_no_new_risk_unless_armed_but_cancels_pass(
     switch = guardian.accounts[0].switch
     await wait_for(lambda: switch.state is SwitchState.DEGRADED, what="degraded")
     sends = len(reached(exchange, "sendorder"))
-    await refused(bot.send_order(**LMT), "switchNotArmed")
+    assert (await refused(bot.send_order(**LMT), "switchNotArmed")).http_status == 409
     await refused(
         bot.edit_order(orderId=placed["sendStatus"]["order_id"], limitPrice=59500), "switchNotArmed"
     )
@@ -309,7 +309,7 @@ async def test_a_stale_mark_fails_closed(guardian: Service, bot: KrakenClient, e
     exchange.exchange.market.set_suspended("PF_XBTUSD", True)
     marks = guardian.accounts[0].marks
     await wait_for(lambda: marks.mark("PF_XBTUSD") is None, what="mark dropped")
-    await refused(bot.send_order(**LMT), "markPriceUnavailable")
+    assert (await refused(bot.send_order(**LMT), "markPriceUnavailable")).http_status == 503
     assert reached(exchange, "sendorder") == []
 
 
@@ -332,10 +332,12 @@ async def test_reduce_only_and_halted_modes(
         200,
         {"account": "main", "mode": "reduce_only", "previous": "active"},
     )
-    await refused(bot.send_order(**LMT), "reduceOnlyMode")
+    assert (await refused(bot.send_order(**LMT), "reduceOnlyMode")).http_status == 403
     await bot.send_order(**{**LMT, "side": "sell", "limitPrice": 60500, "reduceOnly": "true"})
     assert (await admin(http, guardian, "/guardian/mode", {"account": "main", "mode": "halted"}))[0] == 200
-    await refused(bot.send_order(**{**LMT, "reduceOnly": "true"}), "tradingHalted")
+    assert (
+        await refused(bot.send_order(**{**LMT, "reduceOnly": "true"}), "tradingHalted")
+    ).http_status == 403
     sends = len(reached(exchange, "sendorder"))
     await bot.cancel_order(order_id=placed["sendStatus"]["order_id"])
     await bot.cancel_all_orders()
