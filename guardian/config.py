@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from guardian import logs
 from guardian.errors import ConfigError
-from guardian.kraken.endpoints import Permission
+from guardian.kraken.endpoints import Permission, endpoint
 from guardian.kraken.signing import NONCE_UNITS
 from guardian.secret import ApiSecret, Secret
 
@@ -561,6 +561,16 @@ def _limits_text(limits: SymbolLimits) -> str:
 
 def _account_warnings(where: str, account: AccountConfig) -> Iterator[str]:
     guard, label = account.guard, f"account {account.name}"
+    refresh_cost, cancel_all_cost = endpoint("cancelallordersafter").cost, endpoint("cancelallorders").cost
+    refreshes = math.ceil(guard.rate_window_s / account.switch.refresh_min_s) + 1
+    kept = refresh_cost * refreshes + cancel_all_cost
+    if kept >= guard.rate_budget:
+        yield (
+            f"{label}: the switch may refresh {refreshes} times per {guard.rate_window_s:g} s "
+            f"({refresh_cost * refreshes:g} cost units) and a cancel-all is kept ({cancel_all_cost:g}), which "
+            f"is all of {where}.guard.rate_budget ({guard.rate_budget:g}): bots can only cancel; raise "
+            "switch.refresh_min_s or the rate budget"
+        )
     if guard.symbols is None:
         yield f"{label}: {where}.guard.symbols is not set: bots may trade any symbol"
     for limit, effect in (

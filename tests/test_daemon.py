@@ -327,6 +327,43 @@ async def test_a_halted_account_is_still_halted_after_kill_9_and_a_restart(
     assert_no_secret(again.output() + daemon.output())
 
 
+async def test_stopped_past_the_timeout_it_says_expired_refuses_new_risk_then_rearms(
+    sim: Simulator, orders: KrakenClient, daemons: list[Daemon], tmp_path: Path
+) -> None:
+    await orders.send_order(**ORDER)
+    daemon = await run_daemon(daemons, tmp_path, sim, "keep")
+    url = await daemon.url()
+    daemon.proc.send_signal(signal.SIGSTOP)
+    await asyncio.sleep(3.5)  # past the 3 s timer: the exchange cancels everything
+    assert sim.switch_remaining("main") is None
+    assert await orders.open_orders() == []
+    sim.faults.add(Fault("cancelallordersafter", "status", status=503, times=3))  # re-arming takes a while
+    daemon.proc.send_signal(signal.SIGCONT)
+    bot = Credentials(BOT_KEY, ApiSecret(BOT_SECRET))
+    async with KrakenClient(url, bot, timeout_s=5) as client, aiohttp.ClientSession() as http:
+        async with http.get(url + "/guardian/state") as response:
+            switch = (await response.json())["accounts"][0]["switch"]
+        assert switch["state"] == "expired"
+        with pytest.raises(ExchangeError) as caught:
+            await client.send_order(**ORDER)
+        assert caught.value.code == "switchNotArmed"
+        assert await client.cancel_all_orders()  # cancels pass meanwhile
+        await wait_for(lambda: sim.switch_remaining("main") is not None, timeout_s=10, what="re-armed")
+
+        async def rearmed() -> dict[str, Any]:
+            async with http.get(url + "/guardian/state") as response:
+                return dict((await response.json())["accounts"][0]["switch"])
+
+        state = await rearmed()
+        while state["state"] != "armed":
+            await asyncio.sleep(0.05)
+            state = await rearmed()
+        assert state["rearms_after_expiry"] == 1
+    assert daemon.event("switch_expired") is not None
+    assert daemon.event("switch_rearmed_after_expiry") is not None
+    await daemon.signal_and_wait(signal.SIGTERM)
+
+
 # ---- what the process says ------------------------------------------------------------------------
 
 

@@ -180,9 +180,11 @@ class Gateway:
                 f"bot {caller.bot!r} has used its own rate budget ({mine.capacity:g} per {mine.window_s:g} s, "
                 f"accounts.clients.rate_budget); retry in {mine.seconds_until(cost):.1f} s",
             )
-        reserve = account.switch_reserve + (
-            0.0 if decision.intents and _only_cancels(decision) else account.bot_reserve
-        )
+        if decision.intents and _only_cancels(decision):
+            # Cancels take risk away: they may use the switch's share too, all but its next refresh.
+            reserve = min(account.switch_reserve, float(ep.endpoint("cancelallordersafter").cost))
+        else:
+            reserve = account.switch_reserve + account.bot_reserve
         if not account.budget.try_spend(cost, reserve=reserve):
             wait = account.budget.seconds_until(cost, reserve=reserve)
             raise Refusal(
