@@ -200,4 +200,12 @@ class Account:
         return self.budget.available()
 
     def as_json(self) -> dict[str, object]:
-        return {"name": self.name, "mode": self.mode.value, "switch": self.switch.snapshot().as_json()}
+        return {
+            "name": self.name,
+            "mode": self.mode.value,
+            "switch": self.switch.snapshot().as_json(),
+            "rate_budget_available": round(self.budget.available(), 1),
+            "rate_budget_kept_for_switch": round(self.switch_reserve, 1),
+            "marks": self.marks.snapshot(),
+            "marks_last_error": self.marks.last_error,
+        }

@@ -610,6 +610,19 @@ async def test_every_forwarded_order_is_journaled_under_concurrent_load(
     assert BOT_SECRET not in json.dumps(rows)
 
 
+async def test_state_shows_the_marks_and_the_budget(
+    guardian: Service, exchange: Simulator, http: aiohttp.ClientSession
+) -> None:
+    _, state = await get_json(http, guardian.url + "/guardian/state")
+    account = state["accounts"][0]
+    assert account["marks"]["PF_XBTUSD"]["price"] == "60000"
+    assert account["marks"]["PF_XBTUSD"]["fresh"] is True
+    assert 0 <= account["marks"]["PF_XBTUSD"]["age_s"] < GUARD.mark_max_age_s
+    assert 0 < account["rate_budget_available"] <= GUARD.rate_budget
+    assert account["rate_budget_kept_for_switch"] > 0
+    assert account["marks_last_error"] is None
+
+
 async def test_gateway_metrics(guardian: Service, bot: KrakenClient, http: aiohttp.ClientSession) -> None:
     await bot.send_order(**LMT)
     await refused(bot.send_order(**{**LMT, "size": 6}), "orderSizeTooLarge")

@@ -452,6 +452,16 @@ class Gateway:
         return answer
 
     def _finish(self, request_id: int, trail: Trail, http_status: int, total_s: float) -> None:
+        log.debug(
+            "request_forwarded",
+            account=trail.account,
+            bot=trail.bot,
+            endpoint=trail.endpoint,
+            outcome=trail.outcome,
+            http_status=http_status,
+            upstream_ms=None if trail.upstream_s is None else round(trail.upstream_s * 1000, 3),
+            total_ms=round(total_s * 1000, 3),
+        )
         try:
             self.journal.finish(
                 request_id,

@@ -49,6 +49,14 @@ class Marks:
         price, at = found
         return price if self._clock() - at <= self.max_age_s else None
 
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        """Every mark held, with its age and whether it is still fresh enough to use."""
+        now = self._clock()
+        return {
+            symbol: {"price": str(price), "age_s": round(now - at, 3), "fresh": now - at <= self.max_age_s}
+            for symbol, (price, at) in sorted(self._marks.items())
+        }
+
     def age(self, symbol: str) -> float | None:
         found = self._marks.get(symbol)
         return None if found is None else self._clock() - found[1]
