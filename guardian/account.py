@@ -26,6 +26,7 @@ log = structlog.get_logger("guardian.account")
 SWITCH_POOL_SIZE = 2
 SWITCH_CLIENT_TIMEOUT_S = 10.0
 GATEWAY_POOL_SIZE = 32
+RATE_WINDOW_MARGIN_S = 1.0
 
 
 class Mode(enum.StrEnum):
@@ -63,7 +64,10 @@ class Account:
         )
         self.marks = Marks(self.gateway_client, interval_s=guard.mark_poll_s, max_age_s=guard.mark_max_age_s)
         self.marks_task: asyncio.Task[None] | None = None
-        self.budget = CostBudget(guard.rate_budget, guard.rate_window_s)
+        # A spend counts here from when guardian decides to send; at the exchange, from when the request
+        # arrives, which can be later (a queue for a connection, the network). Counting each spend for a
+        # little longer than the exchange does keeps the model on the safe side of that difference.
+        self.budget = CostBudget(guard.rate_budget, guard.rate_window_s + RATE_WINDOW_MARGIN_S)
         self.recent = RecentOrders(guard.dedupe_window_s)
         refresh = endpoint("cancelallordersafter").cost
         # What the switch may spend in any one window: every refresh that fits, plus one retry. Its spends

@@ -542,19 +542,6 @@ async def test_an_unwritable_journal_stops_new_risk_but_not_cancels(
             await b.send_order(**LMT)
 
 
-async def test_cancels_pass_even_when_the_switch_leaves_bots_no_budget(
-    exchange: Simulator, tmp_path: Path
-) -> None:
-    fast = SwitchConfig(refresh_min_s=0.3, refresh_max_s=0.5, timeout_s=3, min_remaining_s=1.0)
-    account = account_config(exchange.url, switch=fast, guard=GuardConfig(mark_poll_s=0.1), clients=CLIENTS)
-    async with serving(account, journal=tmp_path / "j.sqlite3") as service:
-        await until_ready(service)
-        async with KrakenClient(service.url, Credentials(BOT_KEY, ApiSecret(BOT_SECRET)), timeout_s=5) as b:
-            await refused(b.send_order(**LMT), "apiLimitExceeded")  # 35 refreshes x 25 > 500
-            answer = await b.cancel_all_orders()
-            assert answer["cancelStatus"]["status"] == "noOrdersToCancel"
-
-
 # ---- retries ------------------------------------------------------------------------------------------
 
 

@@ -180,11 +180,11 @@ class Gateway:
                 f"bot {caller.bot!r} has used its own rate budget ({mine.capacity:g} per {mine.window_s:g} s, "
                 f"accounts.clients.rate_budget); retry in {mine.seconds_until(cost):.1f} s",
             )
-        if decision.intents and _only_cancels(decision):
-            # Cancels take risk away: they may use the switch's share too, all but its next refresh.
-            reserve = min(account.switch_reserve, float(ep.endpoint("cancelallordersafter").cost))
-        else:
-            reserve = account.switch_reserve + account.bot_reserve
+        # The switch's share is never lent, not even to cancels: a loop of cancels must not starve the
+        # refreshes (tests/test_load.py caught exactly that). Cancels may use the room kept for a cancel-all.
+        reserve = account.switch_reserve
+        if not (decision.intents and _only_cancels(decision)):
+            reserve += account.bot_reserve
         if not account.budget.try_spend(cost, reserve=reserve):
             wait = account.budget.seconds_until(cost, reserve=reserve)
             raise Refusal(
