@@ -568,7 +568,7 @@ def _account_warnings(where: str, account: AccountConfig) -> Iterator[str]:
         yield (
             f"{label}: the switch may refresh {refreshes} times per {guard.rate_window_s:g} s "
             f"({refresh_cost * refreshes:g} cost units) and a cancel-all is kept ({cancel_all_cost:g}), which "
-            f"is all of {where}.guard.rate_budget ({guard.rate_budget:g}): bots can only cancel; raise "
+            f"is all of {where}.guard.rate_budget ({guard.rate_budget:g}): no new order can pass, and cancels only while the switch leaves room; raise "
             "switch.refresh_min_s or the rate budget"
         )
     if guard.symbols is None:

@@ -585,7 +585,7 @@ def test_a_switch_that_needs_the_whole_rate_budget_is_warned_about() -> None:
     config = parse(doc(switch="refresh_min_s = 0.5\nrefresh_max_s = 0.5\ntimeout_s = 3\nmin_remaining_s = 1"))
     [warning] = [w for w in config.warnings() if "rate budget" in w]
     assert warning.startswith("account main: the switch may refresh 21 times per 10 s (525 cost units)")
-    assert "bots can only cancel" in warning
+    assert "no new order can pass" in warning
     assert not [w for w in parse(doc()).warnings() if "rate budget" in w]
 
 
