@@ -19,12 +19,17 @@ run: $(BIN)/.installed
 	$(BIN)/guardian run --sim --listen $(LISTEN)
 
 # A real Prometheus scrapes the daemon in the tests; Debian's package brings prometheus and promtool.
+# The deployment tests run systemd-analyze (verify, security) on the unit: Debian's systemd package. It
+# installs and works without systemd running as PID 1 (a container).
 tools:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	@missing=""; \
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || missing=" prometheus"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
-	    echo "the tests need prometheus and promtool: sudo apt-get install prometheus" >&2; exit 1; \
+	    echo "the tests need:$$missing (sudo apt-get install$$missing)" >&2; exit 1; \
 	  fi; }
 
 lint: $(BIN)/.installed

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import shutil
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +45,15 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def prometheus(tmp_path: Path, target: str) -> AsyncIterator[str]:
-    """A Prometheus server on loopback scraping `target` (host:port) every 200 ms; yields its URL."""
+async def prometheus(tmp_path: Path, target: str, rules: Sequence[Path] = ()) -> AsyncIterator[str]:
+    """A Prometheus server on loopback scraping `target` (host:port) every 200 ms, evaluating the rule
+    files `rules` as often; yields its URL."""
     config = tmp_path / "prometheus.yml"
+    rule_files = "".join(f"  - '{path}'\n" for path in rules)
     config.write_text(
-        "global:\n  scrape_interval: 200ms\n  scrape_timeout: 150ms\n"
-        f"scrape_configs:\n  - job_name: guardian\n    static_configs:\n      - targets: ['{target}']\n"
+        "global:\n  scrape_interval: 200ms\n  scrape_timeout: 150ms\n  evaluation_interval: 200ms\n"
+        + (f"rule_files:\n{rule_files}" if rules else "")
+        + f"scrape_configs:\n  - job_name: guardian\n    static_configs:\n      - targets: ['{target}']\n"
     )
     port = free_port()
     proc = await asyncio.create_subprocess_exec(

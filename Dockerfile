@@ -1,0 +1,44 @@
+# guardian's container image. Build: docker build -t guardian .   Run it with deploy/compose/compose.yaml
+# (config, secrets and the journal's volume are mounted there; none of them is ever in the image).
+#
+# The build context is only pyproject.toml, README.md and guardian/ (.dockerignore allows nothing else),
+# so no secret, journal or virtualenv of the checkout can end up in a layer.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/guardian
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY guardian ./guardian
+RUN /opt/guardian/bin/pip install .
+
+FROM ${PYTHON_IMAGE}
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/guardian/bin:$PATH
+# A fixed, unprivileged uid: compose file secrets are bind mounts, readable only if the host file is
+# (chown 10001 on the host, see README.md).
+RUN groupadd --system --gid 10001 guardian \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /var/lib/guardian \
+      --shell /usr/sbin/nologin guardian \
+ && install -d -m 0700 -o 10001 -g 10001 /var/lib/guardian \
+ && install -d -m 0755 /etc/guardian
+COPY --from=build /opt/guardian /opt/guardian
+USER 10001:10001
+WORKDIR /var/lib/guardian
+# The journal (journal.path = "/var/lib/guardian/journal.sqlite3"): keep it on a volume.
+VOLUME ["/var/lib/guardian"]
+# server.listen must be "0.0.0.0:8787" in a container; publish the port on the host's loopback only.
+EXPOSE 8787
+# guardian stops in order on SIGTERM and bounds the whole stop at 9 s, inside `docker stop`'s default
+# 10 s (compose.yaml gives it 15 s).
+STOPSIGNAL SIGTERM
+# Liveness: /healthz answers 200 while the event loop runs and every switch task lives. The slim image
+# has no curl: Python's standard library does the request (an HTTP error or no answer exits non-zero).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8787/healthz', timeout=4).status != 200)"]
+ENTRYPOINT ["/opt/guardian/bin/guardian"]
+CMD ["run", "--config", "/etc/guardian/config.toml"]
