@@ -200,6 +200,10 @@ class Account:
     def mode_value(self) -> str:
         return self.mode.value
 
+    @property
+    def budget_capacity(self) -> float:
+        return self.budget.capacity
+
     def budget_available(self) -> float:
         return self.budget.available()
 

@@ -38,6 +38,8 @@ class AccountView(Protocol):
     def name(self) -> str: ...
     @property
     def mode_value(self) -> str: ...
+    @property
+    def budget_capacity(self) -> float: ...
     def budget_available(self) -> float: ...
 
 
@@ -63,7 +65,9 @@ class SwitchCollector(Collector):
         return iter(self._families())
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        armed, state, remaining, last_success, trigger, skew, failures, rearms = self._families()
+        armed, state, remaining, last_success, trigger, skew, failures, rearms, timeout, floor = (
+            self._families()
+        )
         for switch in self._switches():
             name = switch.account
             current = switch.state
@@ -81,7 +85,9 @@ class SwitchCollector(Collector):
                 skew.add_metric([name], clock_skew)
             failures.add_metric([name], switch.consecutive_failures)
             rearms.add_metric([name], switch.rearms_after_expiry)
-        yield from (armed, state, remaining, last_success, trigger, skew, failures, rearms)
+            timeout.add_metric([name], switch.settings.timeout_s)
+            floor.add_metric([name], switch.settings.min_remaining_s)
+        yield from (armed, state, remaining, last_success, trigger, skew, failures, rearms, timeout, floor)
 
     @staticmethod
     def _families() -> tuple[
@@ -93,6 +99,8 @@ class SwitchCollector(Collector):
         GaugeMetricFamily,
         GaugeMetricFamily,
         CounterMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
     ]:
         armed = GaugeMetricFamily(
             "guardian_switch_armed",
@@ -134,7 +142,17 @@ class SwitchCollector(Collector):
             "Times the switch was armed again after guardian had counted it expired",
             labels=["account"],
         )
-        return armed, state, remaining, last_success, trigger, skew, failures, rearms
+        timeout = GaugeMetricFamily(
+            "guardian_switch_timeout_seconds",
+            "The timer armed on the exchange at each refresh (accounts.switch.timeout_s)",
+            labels=["account"],
+        )
+        floor = GaugeMetricFamily(
+            "guardian_switch_min_remaining_seconds",
+            "Below this much time left no new risk goes out (accounts.switch.min_remaining_s)",
+            labels=["account"],
+        )
+        return armed, state, remaining, last_success, trigger, skew, failures, rearms, timeout, floor
 
 
 # A local request takes well under a millisecond when refused, a few when forwarded.
@@ -151,16 +169,17 @@ class AccountCollector(Collector):
         return iter(self._families())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        mode, budget = self._families()
+        mode, budget, capacity = self._families()
         for account in self._accounts():
             current = account.mode_value
             for each in MODES:
                 mode.add_metric([account.name, each], 1.0 if each == current else 0.0)
             budget.add_metric([account.name], account.budget_available())
-        yield from (mode, budget)
+            capacity.add_metric([account.name], account.budget_capacity)
+        yield from (mode, budget, capacity)
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         mode = GaugeMetricFamily(
             "guardian_mode", "1 for the account's trading mode, 0 for the others", labels=["account", "mode"]
         )
@@ -169,7 +188,12 @@ class AccountCollector(Collector):
             "Cost units of the local model of the exchange's rate budget available now (switch reserve included)",
             labels=["account"],
         )
-        return mode, budget
+        capacity = GaugeMetricFamily(
+            "guardian_rate_budget_capacity",
+            "The local rate budget's capacity: cost units per rate_window_s (accounts.guard.rate_budget)",
+            labels=["account"],
+        )
+        return mode, budget, capacity
 
 
 class Metrics:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import structlog
 from aiohttp import web
@@ -221,34 +221,37 @@ class Service:
             "accounts": [account.as_json() for account in self.accounts],
         }
 
-    def status_line(self) -> str:
-        """One line for systemd's STATUS=: each account's switch state."""
-        parts = []
-        for account in self.accounts:
-            state = account.switch.state
-            parts.append(f"{account.name} {state.value}")
-        return "switch: " + ", ".join(parts)
+    def status_line(self, states: Mapping[str, SwitchState] | None = None) -> str:
+        """One line for systemd's STATUS=: each account's switch state (as observed, or now)."""
+        seen = states if states is not None else {a.name: a.switch.state for a in self.accounts}
+        return "switch: " + ", ".join(f"{name} {state.value}" for name, state in seen.items())
 
     async def _report(self) -> None:
-        """Log every switch state change, keep STATUS= current, send READY=1 once all are armed."""
+        """Log every switch state change, keep STATUS= current, send READY=1 once all are armed.
+
+        Each pass works from one look at every switch, taken before anything is awaited, so the line
+        sent to systemd is the states that were seen, in order, even if a switch moves on meanwhile."""
         while True:
-            changed = False
-            for account in self.accounts:
-                state = account.switch.state
-                previous = self._last_states.get(account.name)
-                if state is not previous:
-                    changed = True
-                    self._last_states[account.name] = state
+            observed = {account.name: account.switch.state for account in self.accounts}
+            changes = [
+                (account, self._last_states.get(account.name), observed[account.name])
+                for account in self.accounts
+                if observed[account.name] is not self._last_states.get(account.name)
+            ]
+            if changes:
+                self._last_states.update(observed)
+                for account, previous, state in changes:
                     self._log_change(account, previous, state)
-                    await self._journal_switch(account, previous, state)
-            if changed:
-                line = self.status_line()
-                if not self.ready_sent and not self.readiness_problems():
+                line = self.status_line(observed)
+                armed = all(state is SwitchState.ARMED for state in observed.values())
+                if not self.ready_sent and armed and self.journal.healthy and not self.stopping:
                     self.ready_sent = True
                     self.notifier.ready(line)
                     log.info("guardian_ready", url=self.url, status=line)
                 else:
                     self.notifier.status(line)
+                for account, previous, state in changes:
+                    await self._journal_switch(account, previous, state)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), REPORT_INTERVAL_S)
             self._wake.clear()
