@@ -29,6 +29,16 @@ from guardian import __version__
 from guardian.switch import Switch, SwitchState
 
 MODES = ("active", "reduce_only", "halted")
+# Error codes the exchange documents: an `error:<code>` outcome outside these is counted as `error:other`,
+# so an exchange inventing codes cannot grow the number of series without bound (the journal keeps it).
+KNOWN_ERROR_CODES = frozenset(
+    {
+        "accountInactive", "apiLimitExceeded", "authenticationError", "insufficientFunds", "invalidAccount",
+        "invalidAmount", "invalidArgument", "invalidUnit", "Json Parse Error", "marketUnavailable",
+        "nonceBelowThreshold", "nonceDuplicate", "notFound", "requiredArgumentMissing", "Server Error",
+        "Unavailable", "unknownError",
+    }
+)  # fmt: skip
 
 
 class AccountView(Protocol):
@@ -300,6 +310,8 @@ class Metrics:
         upstream_s: float | None,
     ) -> None:
         """The gateway's callback after every local request."""
+        if outcome.startswith("error:") and outcome[6:] not in KNOWN_ERROR_CODES:
+            outcome = "error:other"
         self.requests.labels(account or "-", endpoint, outcome).inc()
         if reason is not None:
             self.rejections.labels(account or "-", reason).inc()

@@ -223,3 +223,21 @@ def test_api_secret_must_be_base64_and_says_so_without_echoing_it() -> None:
         ApiSecret("")
     assert ApiSecret("AAEC").key_bytes() == b"\x00\x01\x02"
     assert "AAEC" not in repr(ApiSecret("AAEC"))
+
+
+# ---- metrics ---------------------------------------------------------------------------------------
+
+
+def test_request_outcomes_from_unknown_exchange_codes_share_one_series() -> None:
+    from guardian.metrics import Metrics
+
+    metrics = Metrics(list, process=False)
+    metrics.on_request("main", "sendorder", "error:someNewCode", None, 0.001, 0.001)
+    metrics.on_request("main", "sendorder", "error:anotherNewCode", None, 0.001, 0.001)
+    metrics.on_request("main", "sendorder", "error:apiLimitExceeded", None, 0.001, 0.001)
+    metrics.on_request("main", "sendorder", "refused", "priceOutsideBand", 0.001, None)
+    text = metrics.render().decode()
+    assert 'outcome="error:other"} 2.0' in text
+    assert 'outcome="error:apiLimitExceeded"} 1.0' in text
+    assert "someNewCode" not in text
+    assert 'guardian_rejections_total{account="main",reason="priceOutsideBand"} 1.0' in text
