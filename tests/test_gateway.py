@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import sqlite3
 import time
@@ -67,11 +68,33 @@ async def exchange() -> AsyncIterator[Simulator]:
         await simulator.close()
 
 
+@contextlib.asynccontextmanager
+async def gateway(
+    exchange: Simulator,
+    tmp_path: Path,
+    guard: GuardConfig = GUARD,
+    clients: tuple[ClientConfig, ...] = CLIENTS,
+    *,
+    admin_token: str | None = None,
+) -> AsyncIterator[Service]:
+    """guardian in front of `exchange`, its journal in `tmp_path` (the same file on every call), ready:
+    the switch armed and the marks read."""
+    account = account_config(exchange.url, switch=SWITCH, guard=guard, clients=clients)
+    async with serving(account, journal=tmp_path / "journal.sqlite3", admin_token=admin_token) as service:
+        await until_ready(service)
+        yield service
+
+
+def bot_client(service: Service, *, timeout_s: float = 5, pool_size: int = 16) -> KrakenClient:
+    """The grid bot's client: guardian's own KrakenClient, signing with the bot's local key."""
+    return KrakenClient(
+        service.url, Credentials(BOT_KEY, ApiSecret(BOT_SECRET)), timeout_s=timeout_s, pool_size=pool_size
+    )
+
+
 @pytest.fixture
 async def guardian(exchange: Simulator, tmp_path: Path) -> AsyncIterator[Service]:
-    account = account_config(exchange.url, switch=SWITCH, guard=GUARD, clients=CLIENTS)
-    async with serving(account, journal=tmp_path / "journal.sqlite3", admin_token=ADMIN) as service:
-        await until_ready(service)
+    async with gateway(exchange, tmp_path, admin_token=ADMIN) as service:
         yield service
 
 
@@ -85,7 +108,7 @@ async def until_ready(service: Service) -> None:
 
 @pytest.fixture
 async def bot(guardian: Service) -> AsyncIterator[KrakenClient]:
-    async with KrakenClient(guardian.url, Credentials(BOT_KEY, ApiSecret(BOT_SECRET)), timeout_s=5) as client:
+    async with bot_client(guardian) as client:
         yield client
 
 
@@ -372,13 +395,10 @@ async def test_kill_halts_and_cancels_everything_at_once(
 
 
 async def test_halted_survives_a_restart(exchange: Simulator, tmp_path: Path) -> None:
-    account = account_config(exchange.url, switch=SWITCH, guard=GUARD, clients=CLIENTS)
-    journal = tmp_path / "journal.sqlite3"
-    async with serving(account, journal=journal, admin_token=ADMIN) as first, aiohttp.ClientSession() as http:
+    async with gateway(exchange, tmp_path, admin_token=ADMIN) as first, aiohttp.ClientSession() as http:
         assert (await admin(http, first, "/guardian/kill", {"account": "main"}))[0] == 200
-    async with serving(account, journal=journal, admin_token=ADMIN) as second:
-        await until_ready(second)
-        async with KrakenClient(second.url, Credentials(BOT_KEY, ApiSecret(BOT_SECRET)), timeout_s=5) as b:
+    async with gateway(exchange, tmp_path, admin_token=ADMIN) as second:  # the same journal
+        async with bot_client(second) as b:
             await refused(b.send_order(**LMT), "tradingHalted")
         assert second.accounts[0].mode.value == "halted"
 
@@ -432,20 +452,19 @@ async def test_the_local_budget_refuses_before_the_exchange_would(
     exchange: Simulator, tmp_path: Path
 ) -> None:
     # The switch keeps 275 (11 refreshes) and cancels 25: bots get 100 units, ten orders, per 10 s.
-    guard = GuardConfig(rate_budget=400, mark_poll_s=0.1)
-    account = account_config(exchange.url, switch=SWITCH, guard=guard, clients=CLIENTS)
-    async with serving(account, journal=tmp_path / "j.sqlite3") as service:
-        await until_ready(service)
-        async with KrakenClient(service.url, Credentials(BOT_KEY, ApiSecret(BOT_SECRET)), timeout_s=5) as b:
-            codes = []
-            for _ in range(20):
-                try:
-                    await b.send_order(**LMT)
-                    codes.append("ok")
-                except ExchangeRejected as exc:
-                    codes.append(str(exc.code))
-            assert "apiLimitExceeded" in codes
-            await b.cancel_all_orders()  # cancels keep a reserve of their own
+    async with (
+        gateway(exchange, tmp_path, GuardConfig(rate_budget=400, mark_poll_s=0.1)) as service,
+        bot_client(service) as b,
+    ):
+        codes = []
+        for _ in range(20):
+            try:
+                await b.send_order(**LMT)
+                codes.append("ok")
+            except ExchangeRejected as exc:
+                codes.append(str(exc.code))
+        assert "apiLimitExceeded" in codes
+        await b.cancel_all_orders()  # cancels keep a reserve of their own
     assert [r for r in exchange.requests if r.get("error") == "apiLimitExceeded"] == []
 
 
@@ -459,13 +478,11 @@ async def test_a_bot_with_its_own_share_is_held_to_it_while_others_trade(
         frozenset({Permission.TRADE}),
         rate_budget=30,
     )
-    account = account_config(exchange.url, switch=SWITCH, guard=GUARD, clients=(*CLIENTS, small))
-    async with serving(account, journal=tmp_path / "j.sqlite3") as service:
-        await until_ready(service)
+    async with gateway(exchange, tmp_path, GUARD, (*CLIENTS, small)) as service:
         creds = Credentials("small-bot-local-key-1", ApiSecret(BOT_SECRET))
         async with (
             KrakenClient(service.url, creds, timeout_s=5) as s,
-            KrakenClient(service.url, Credentials(BOT_KEY, ApiSecret(BOT_SECRET)), timeout_s=5) as other,
+            bot_client(service) as other,
         ):
             for _ in range(3):
                 await s.send_order(**LMT)
@@ -478,13 +495,12 @@ async def test_a_bot_with_its_own_share_is_held_to_it_while_others_trade(
 async def test_with_dedupe_off_a_repeated_cli_ord_id_goes_to_the_exchange(
     exchange: Simulator, tmp_path: Path
 ) -> None:
-    guard = GuardConfig(mark_poll_s=0.1, dedupe_window_s=0)
-    account = account_config(exchange.url, switch=SWITCH, guard=guard, clients=CLIENTS)
-    async with serving(account, journal=tmp_path / "j.sqlite3") as service:
-        await until_ready(service)
-        async with KrakenClient(service.url, Credentials(BOT_KEY, ApiSecret(BOT_SECRET)), timeout_s=5) as b:
-            await b.send_order(**LMT, cliOrdId="twice")
-            second = await b.send_order(**LMT, cliOrdId="twice")
+    async with (
+        gateway(exchange, tmp_path, GuardConfig(mark_poll_s=0.1, dedupe_window_s=0)) as service,
+        bot_client(service) as b,
+    ):
+        await b.send_order(**LMT, cliOrdId="twice")
+        second = await b.send_order(**LMT, cliOrdId="twice")
     assert second["sendStatus"]["status"] == "clientOrderIdAlreadyExist"  # the exchange's own answer
     assert len(reached(exchange, "sendorder")) == 2
 
@@ -503,43 +519,42 @@ def disk_freed(conn: sqlite3.Connection) -> None:
 async def test_an_unwritable_journal_stops_new_risk_but_not_cancels(
     exchange: Simulator, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    guard = GuardConfig(mark_poll_s=0.1, rate_budget=20_000)
-    account = account_config(exchange.url, switch=SWITCH, guard=guard, clients=CLIENTS)
-    async with serving(account, journal=tmp_path / "j.sqlite3") as service:
-        await until_ready(service)
-        async with KrakenClient(service.url, Credentials(BOT_KEY, ApiSecret(BOT_SECRET)), timeout_s=5) as b:
-            placed = await b.send_order(**LMT)
-            await service.journal._call_in_writer(disk_full)
-            accepted = 1
-            failure: ExchangeError | None = None
-            for i in range(200):
-                try:
-                    await b.send_order(**{**LMT, "cliOrdId": f"filling-the-disk-{i:03d}-" + "x" * 70})
-                except ExchangeError as exc:
-                    failure = exc
-                    break
-                accepted += 1
-            assert failure is not None, "the journal never filled up"
-            assert (failure.code, failure.http_status) == ("journalUnavailable", 503)
-            assert len(reached(exchange, "sendorder")) == accepted  # the refused one never left
-            assert not service.journal.healthy
-            status, doc = await get_json(http, service.url + "/readyz")
-            assert status == 503 and doc["reasons"][0].startswith("journal: cannot write")
-            assert service.state_json()["journal"]["healthy"] is False  # type: ignore[index]
-            async with http.get(service.url + "/metrics") as response:
-                assert "guardian_journal_healthy 0.0" in await response.text()
-            cancelled = await b.cancel_order(order_id=placed["sendStatus"]["order_id"])
-            assert cancelled["cancelStatus"]["status"] == "cancelled"  # cancels pass without a journal
-            # The hook rides in the next transaction; if an outcome queued with it needs a new page, that
-            # transaction fails before the hook runs, and the outcome is retried on its own: ask again.
-            for _ in range(5):
-                try:
-                    await service.journal._call_in_writer(disk_freed)
-                    break
-                except JournalError:
-                    continue
-            await wait_for(lambda: service.journal.healthy, what="the journal writing again")
-            await b.send_order(**LMT)
+    async with (
+        gateway(exchange, tmp_path, GuardConfig(mark_poll_s=0.1, rate_budget=20_000)) as service,
+        bot_client(service) as b,
+    ):
+        placed = await b.send_order(**LMT)
+        await service.journal._call_in_writer(disk_full)
+        accepted = 1
+        failure: ExchangeError | None = None
+        for i in range(200):
+            try:
+                await b.send_order(**{**LMT, "cliOrdId": f"filling-the-disk-{i:03d}-" + "x" * 70})
+            except ExchangeError as exc:
+                failure = exc
+                break
+            accepted += 1
+        assert failure is not None, "the journal never filled up"
+        assert (failure.code, failure.http_status) == ("journalUnavailable", 503)
+        assert len(reached(exchange, "sendorder")) == accepted  # the refused one never left
+        assert not service.journal.healthy
+        status, doc = await get_json(http, service.url + "/readyz")
+        assert status == 503 and doc["reasons"][0].startswith("journal: cannot write")
+        assert service.state_json()["journal"]["healthy"] is False  # type: ignore[index]
+        async with http.get(service.url + "/metrics") as response:
+            assert "guardian_journal_healthy 0.0" in await response.text()
+        cancelled = await b.cancel_order(order_id=placed["sendStatus"]["order_id"])
+        assert cancelled["cancelStatus"]["status"] == "cancelled"  # cancels pass without a journal
+        # The hook rides in the next transaction; if an outcome queued with it needs a new page, that
+        # transaction fails before the hook runs, and the outcome is retried on its own: ask again.
+        for _ in range(5):
+            try:
+                await service.journal._call_in_writer(disk_freed)
+                break
+            except JournalError:
+                continue
+        await wait_for(lambda: service.journal.healthy, what="the journal writing again")
+        await b.send_order(**LMT)
 
 
 # ---- retries ------------------------------------------------------------------------------------------
@@ -582,12 +597,8 @@ async def test_an_unknown_outcome_is_settled_by_asking_the_exchange(
 async def test_every_forwarded_order_is_journaled_under_concurrent_load(
     exchange: Simulator, tmp_path: Path
 ) -> None:
-    guard = GuardConfig(mark_poll_s=0.1, rate_budget=20_000)
-    account = account_config(exchange.url, switch=SWITCH, guard=guard, clients=CLIENTS)
-    async with serving(account, journal=tmp_path / "j.sqlite3") as guardian:
-        await until_ready(guardian)
-        creds = Credentials(BOT_KEY, ApiSecret(BOT_SECRET))
-        async with KrakenClient(guardian.url, creds, timeout_s=10, pool_size=64) as bot:
+    async with gateway(exchange, tmp_path, GuardConfig(mark_poll_s=0.1, rate_budget=20_000)) as guardian:
+        async with bot_client(guardian, timeout_s=10, pool_size=64) as bot:
             await asyncio.gather(*(bot.send_order(**{**LMT, "limitPrice": 58000 + i}) for i in range(200)))
         await guardian.journal.flush()
         rows = read_journal(guardian.config.journal.path, limit=10_000)
