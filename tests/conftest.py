@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -26,15 +28,23 @@ def sim_keys() -> list[SimKey]:
     ]
 
 
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    """A simulator with frozen prices (no random walk): tests move marks through the control API."""
-    simulator = Simulator(sim_keys(), market=Market(seed=7), tick_s=None)
+@contextlib.asynccontextmanager
+async def running_sim(*, seed: int = 7, **settings: Any) -> AsyncIterator[Simulator]:
+    """A simulator with this module's keys and frozen prices (no random walk) on a free loopback port;
+    `settings` go to Simulator (e.g. budget_capacity)."""
+    simulator = Simulator(sim_keys(), market=Market(seed=seed), tick_s=None, **settings)
     await simulator.start("127.0.0.1", 0)
     try:
         yield simulator
     finally:
         await simulator.close()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    """A simulator with frozen prices: tests move marks through the control API."""
+    async with running_sim() as simulator:
+        yield simulator
 
 
 @pytest.fixture

@@ -28,9 +28,8 @@ from guardian.secret import ApiSecret
 from guardian.service import Service
 from guardian.sim.app import Simulator
 from guardian.sim.faults import Fault
-from guardian.sim.market import Market
 from guardian.switch import SwitchState
-from tests.conftest import TRADE_KEY, sim_keys
+from tests.conftest import TRADE_KEY, running_sim
 from tests.daemon import account_config, get_json, serving, wait_for
 
 BOT_KEY = "grid-bot-local-key-01"
@@ -60,12 +59,8 @@ LMT = {"orderType": "lmt", "symbol": "PF_XBTUSD", "side": "buy", "size": 1, "lim
 @pytest.fixture
 async def exchange() -> AsyncIterator[Simulator]:
     # A budget larger than Kraken's, so that tests raising guardian's own see guardian refuse first.
-    simulator = Simulator(sim_keys(), market=Market(seed=7), tick_s=None, budget_capacity=20_000)
-    await simulator.start("127.0.0.1", 0)
-    try:
+    async with running_sim(budget_capacity=20_000) as simulator:
         yield simulator
-    finally:
-        await simulator.close()
 
 
 @contextlib.asynccontextmanager

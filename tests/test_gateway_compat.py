@@ -21,9 +21,8 @@ from guardian.kraken.endpoints import Permission
 from guardian.secret import ApiSecret
 from guardian.service import Service
 from guardian.sim.app import Simulator
-from guardian.sim.market import Market
 from guardian.switch import SwitchState
-from tests.conftest import TRADE_KEY, sim_keys
+from tests.conftest import TRADE_KEY
 from tests.daemon import account_config, serving, wait_for
 
 pytestmark = pytest.mark.compat
@@ -39,13 +38,9 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-async def exchange() -> AsyncIterator[Simulator]:
-    simulator = Simulator(sim_keys(), market=Market(seed=7), tick_s=None)
-    await simulator.start("127.0.0.1", 0)
-    try:
-        yield simulator
-    finally:
-        await simulator.close()
+def exchange(sim: Simulator) -> Simulator:
+    """The simulator guardian stands in front of (tests/conftest.py's)."""
+    return sim
 
 
 @pytest.fixture

@@ -22,10 +22,8 @@ from guardian.kraken.client import Credentials, KrakenClient
 from guardian.kraken.endpoints import Permission
 from guardian.kraken.times import parse_iso
 from guardian.secret import ApiSecret
-from guardian.sim.app import Simulator
-from guardian.sim.market import Market
 from guardian.switch import SwitchState
-from tests.conftest import TRADE_KEY, sim_keys
+from tests.conftest import TRADE_KEY, running_sim
 from tests.daemon import account_config, serving, wait_for
 
 pytestmark = pytest.mark.slow
@@ -81,9 +79,7 @@ async def trade(client: KrakenClient, rng: random.Random, until: float, tally: C
 
 
 async def test_many_bots_at_once(tmp_path: Path) -> None:
-    simulator = Simulator(sim_keys(), market=Market(seed=11), tick_s=None)  # Kraken's 500 per 10 s
-    await simulator.start("127.0.0.1", 0)
-    try:
+    async with running_sim(seed=11) as simulator:  # Kraken's own budget: 500 per 10 s
         bots = tuple(bot_config(i) for i in range(BOTS))
         account = account_config(simulator.url, switch=SWITCH, guard=GUARD, clients=bots)
         async with serving(account, journal=tmp_path / "journal.sqlite3") as service:
@@ -109,8 +105,6 @@ async def test_many_bots_at_once(tmp_path: Path) -> None:
             assert main.switch.state is SwitchState.ARMED
             await service.journal.flush()
             rows = read_journal(service.config.journal.path, limit=1_000_000)
-    finally:
-        await simulator.close()
 
     assert tally["answered"] > 40, tally  # about 325 units per 10 s are left to the bots
     # The exchange never had to refuse guardian for its rate: guardian's own budget refused first.
