@@ -577,13 +577,32 @@ async def test_an_unknown_outcome_is_settled_by_asking_the_exchange(
     exchange.faults.add(
         Fault("sendorder", "latency", latency_s=1.5, times=1)
     )  # over the 1 s upstream timeout
-    with pytest.raises(Exception):  # noqa: B017,PT011 - guardian answers 504: outcome unknown
+    with pytest.raises(ExchangeError) as caught:
         await bot.send_order(**LMT, cliOrdId="slow-one")
+    assert (caught.value.code, caught.value.http_status) == ("Unavailable", 504)  # outcome unknown
     await asyncio.sleep(0.7)  # the exchange placed it after all
     again = await bot.send_order(**LMT, cliOrdId="slow-one")
     assert again["sendStatus"]["cliOrdId"] == "slow-one"
     assert len(exchange.exchange.accounts["main"].open_orders()) == 1
     assert len(reached(exchange, "sendorder")) == 1
+
+
+async def test_a_dropped_connection_is_unavailable_and_a_retry_is_sent_once_more(
+    guardian: Service, bot: KrakenClient, exchange: Simulator
+) -> None:
+    exchange.faults.add(Fault("sendorder", "drop", times=1))  # the exchange never acted on it
+    with pytest.raises(ExchangeError) as caught:
+        await bot.send_order(**LMT, cliOrdId="dropped")
+    assert (caught.value.code, caught.value.http_status) == ("Unavailable", 502)
+    again = await bot.send_order(**LMT, cliOrdId="dropped")  # orders/status: not there, so sent again
+    assert again["sendStatus"]["status"] == "placed"
+    assert len(exchange.exchange.accounts["main"].open_orders()) == 1
+    assert len(reached(exchange, "sendorder")) == 2
+    assert [r["endpoint"] for r in exchange.requests if r["endpoint"] == "orders/status"] == ["orders/status"]
+    await guardian.journal.flush()
+    rows = read_journal(guardian.config.journal.path)
+    outcomes = [r["outcome"] for r in rows if r.get("type") == "request" and r["endpoint"] == "sendorder"]
+    assert outcomes == ["unavailable", "success"]
 
 
 # ---- the journal and metrics --------------------------------------------------------------------------
