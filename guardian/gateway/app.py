@@ -51,6 +51,18 @@ ORDER_ENDPOINTS = frozenset({"sendorder", "editorder", "cancelorder", "cancelall
 GuardedIntent = OrderIntent | CancelIntent | CancelAllIntent
 
 
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """One request as it will leave for the exchange: the exact bytes the bot sent, its method and path."""
+
+    account: Account
+    endpoint: ep.Endpoint
+    query: str
+    body: str
+    method: str
+    path: str | None = None  # the real path of a templated public endpoint
+
+
 @dataclass
 class Decision:
     """What the guard made of a request that may go out."""
@@ -142,7 +154,7 @@ class Gateway:
         if endpoint.permission is ep.Permission.PUBLIC:
             trail.outcome = "public"
             answer = await self._forward(
-                self._public, endpoint, query, body, request.method, trail, path=request.path
+                Outbound(self._public, endpoint, query, body, request.method, request.path), trail
             )
             return _response(answer)
 
@@ -161,14 +173,10 @@ class Gateway:
 
         decision = await self._guard(account, caller, endpoint, fields, trail)
         self._spend(account, caller, endpoint.cost_for(fields, decision.items), decision)
+        out = Outbound(account, endpoint, query, body, request.method)
         if decision.cli_ord_id is not None and account.config.guard.dedupe_window_s > 0:
-            return await self._send_once(
-                account, endpoint, query, body, request.method, decision.cli_ord_id, trail
-            )
-        answer = await self._forward_journaled(
-            account, endpoint, query, body, request.method, decision, trail
-        )
-        return _response(answer)
+            return await self._send_once(out, decision, decision.cli_ord_id, trail)
+        return _response(await self._forward_journaled(out, decision, trail))
 
     def _spend(self, account: Account, caller: Caller, cost: float, decision: Decision) -> None:
         """The local rate budget: the bot's own share (if it has one), then the account's, which always
@@ -341,16 +349,10 @@ class Gateway:
 
     # ---- forwarding -------------------------------------------------------------------------------
     async def _send_once(
-        self,
-        account: Account,
-        endpoint: ep.Endpoint,
-        query: str,
-        body: str,
-        method: str,
-        cli_ord_id: str,
-        trail: Trail,
+        self, out: Outbound, decision: Decision, cli_ord_id: str, trail: Trail
     ) -> web.StreamResponse:
         """A sendorder with a cliOrdId: a retry gets the first attempt's answer, never a second order."""
+        account = out.account
         earlier = account.recent.claim(cli_ord_id)
         if earlier is not None:
             if earlier.outcome is Outcome.PENDING:
@@ -370,9 +372,9 @@ class Gateway:
                 return response
             account.recent.forget(cli_ord_id)
             if account.recent.claim(cli_ord_id) is not None:  # another retry got there first
-                return await self._send_once(account, endpoint, query, body, method, cli_ord_id, trail)
+                return await self._send_once(out, decision, cli_ord_id, trail)
         try:
-            answer = await self._forward_journaled(account, endpoint, query, body, method, Decision(), trail)
+            answer = await self._forward_journaled(out, decision, trail)
         except Refusal:
             account.recent.forget(cli_ord_id)
             raise
@@ -413,23 +415,15 @@ class Gateway:
                 }
         return None
 
-    async def _forward_journaled(
-        self,
-        account: Account,
-        endpoint: ep.Endpoint,
-        query: str,
-        body: str,
-        method: str,
-        decision: Decision,
-        trail: Trail,
-    ) -> RawAnswer:
+    async def _forward_journaled(self, out: Outbound, decision: Decision, trail: Trail) -> RawAnswer:
         """Journal the intent (committed), forward, journal the outcome."""
+        endpoint = out.endpoint
         risky = decision.new_risk or endpoint.name in ("sendorder", "editorder", "batchorder")
         request_id: int | None = None
         try:
             request_id = await self.journal.record(
                 Intent(
-                    account=account.name,
+                    account=out.account.name,
                     bot=trail.bot,
                     endpoint=endpoint.name,
                     params=trail.params,
@@ -444,7 +438,7 @@ class Gateway:
                     "guardian cannot write its audit journal, so it lets no new risk out (cancels still pass)",
                 ) from exc
             log.error("journal_write_failed", endpoint=endpoint.name, error=str(exc))
-        answer = await self._forward(account, endpoint, query, body, method, trail)
+        answer = await self._forward(out, trail)
         if request_id is not None:
             # After the answer is on its way: the outcome's JSON and redaction are not the bot's wait.
             total_s = time.time() - trail.received_at
@@ -474,20 +468,12 @@ class Gateway:
         except JournalError as exc:
             log.error("journal_write_failed", endpoint=trail.endpoint, error=str(exc))
 
-    async def _forward(
-        self,
-        account: Account,
-        endpoint: ep.Endpoint,
-        query: str,
-        body: str,
-        method: str,
-        trail: Trail,
-        *,
-        path: str | None = None,
-    ) -> RawAnswer:
+    async def _forward(self, out: Outbound, trail: Trail) -> RawAnswer:
         started = time.perf_counter()
         try:
-            answer = await account.gateway_client.send(endpoint, query, body, method=method, path=path)
+            answer = await out.account.gateway_client.send(
+                out.endpoint, out.query, out.body, method=out.method, path=out.path
+            )
         except ExchangeTimeout as exc:
             trail.upstream_s = time.perf_counter() - started
             trail.outcome = "timeout"
