@@ -519,8 +519,9 @@ async def test_an_unwritable_journal_stops_new_risk_but_not_cancels(
         bot_client(service) as b,
     ):
         placed = await b.send_order(**LMT)
+        batched = await b.send_order(**{**LMT, "limitPrice": 58800})
         await service.journal._call_in_writer(disk_full)
-        accepted = 1
+        accepted = 2
         failure: ExchangeError | None = None
         for i in range(200):
             try:
@@ -540,6 +541,8 @@ async def test_an_unwritable_journal_stops_new_risk_but_not_cancels(
             assert "guardian_journal_healthy 0.0" in await response.text()
         cancelled = await b.cancel_order(order_id=placed["sendStatus"]["order_id"])
         assert cancelled["cancelStatus"]["status"] == "cancelled"  # cancels pass without a journal
+        batch = await b.batch_order([{"order": "cancel", "order_id": batched["sendStatus"]["order_id"]}])
+        assert batch["batchStatus"][0]["status"] == "cancelled"  # a batch of cancels too
         # The hook rides in the next transaction; if an outcome queued with it needs a new page, that
         # transaction fails before the hook runs, and the outcome is retried on its own: ask again.
         for _ in range(5):

@@ -418,7 +418,6 @@ class Gateway:
     async def _forward_journaled(self, out: Outbound, decision: Decision, trail: Trail) -> RawAnswer:
         """Journal the intent (committed), forward, journal the outcome."""
         endpoint = out.endpoint
-        risky = decision.new_risk or endpoint.name in ("sendorder", "editorder", "batchorder")
         request_id: int | None = None
         try:
             request_id = await self.journal.record(
@@ -432,7 +431,7 @@ class Gateway:
                 )
             )
         except JournalError as exc:
-            if risky:
+            if decision.new_risk:  # a cancel (a batch of cancels too) still goes out, unjournaled
                 raise Refusal(
                     "journalUnavailable",
                     "guardian cannot write its audit journal, so it lets no new risk out (cancels still pass)",
