@@ -15,28 +15,18 @@ import argparse
 import asyncio
 import base64
 import os
-import socket
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import free_port, quantile
+
 from guardian.kraken.client import Credentials, KrakenClient
 from guardian.secret import ApiSecret
 
 ORDER = {"orderType": "ioc", "symbol": "PF_XBTUSD", "side": "buy", "size": 0.01, "limitPrice": 59000}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def wait_http(url: str, timeout_s: float = 30.0) -> None:

@@ -21,7 +21,6 @@ import base64
 import itertools
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -31,18 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _common import free_port, quantile
 
 # Each refresh costs 25 of the exchange's 500 per 10 s: a 0.5-1 s beat uses about 330 of them.
 REFRESH_MIN_S, REFRESH_MAX_S, TIMEOUT_S = 0.5, 1.0, 5
 LOCAL_WORKERS = 16
 EXCHANGE_WORKERS = 4
 LOCAL_PATHS = ("/guardian/state", "/metrics", "/readyz")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Beats:
@@ -84,11 +78,6 @@ async def hammer(
             await response.read()
         count[0] += 1
         i += 1
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def report(name: str, beats: Beats, requests: int, seconds: float) -> None:
