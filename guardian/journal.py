@@ -422,7 +422,7 @@ class Journal:
             # Outcomes from a failed transaction go in a transaction of their own: one that can never be
             # written must not take every new record down with it (that would refuse all new risk forever).
             if retry and (batch or time.monotonic() >= retry_at or stop is not None):
-                retry = self._commit(conn, retry)
+                retry = self._commit(conn, retry, retrying=True)
             if batch:
                 retry += self._commit(conn, batch)
             if len(retry) > MAX_RETRY:
@@ -461,8 +461,12 @@ class Journal:
         finally:
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Job]) -> list[_Job]:
-        """Write `batch` in one transaction and settle its futures; returns the jobs to try again."""
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Job], *, retrying: bool = False) -> list[_Job]:
+        """Write `batch` in one transaction and settle its futures; returns the jobs to try again.
+
+        Only a batch of new work makes the journal healthy again: a small retried outcome that happens
+        to fit says nothing about whether the next order's intent will, and `healthy` is what the
+        gateway and /readyz go by."""
         results: list[Any] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -480,6 +484,8 @@ class Journal:
             )
             return [job for job in batch if job.keep]
         self.commits += 1
+        if retrying:
+            return []
         if not self.healthy:
             log.info("journal_write_recovered", path=str(self.path), failures=self._failures)
         self.healthy = True

@@ -504,7 +504,28 @@ async def test_with_dedupe_off_a_repeated_cli_ord_id_goes_to_the_exchange(
 
 
 def disk_full(conn: sqlite3.Connection) -> None:
+    """The database may not grow, and the room left in its pages is filled too: no row fits any more,
+    however small (otherwise a short refusal row may still fit where an order's intent does not).
+    SQLITE_FULL undoes a whole transaction, so each filler row is a transaction of its own; the writer's
+    transaction is closed first and a fresh one handed back for it to commit."""
+    conn.execute("COMMIT")
     conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
+    fillers = (  # every table and index a new row goes into; outcome NULL fills the unfinished index
+        "INSERT INTO requests (received_at, account, endpoint, params, verdict) VALUES (0, '', 'filler', ?, '')",
+        "INSERT INTO events (at, kind, detail) VALUES (0, 'filler', ?)",
+    )
+    for insert in fillers:
+        for size in (1000, 100, 10, 1):
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.execute(insert, ("x" * size,))
+                    conn.execute("COMMIT")
+                except sqlite3.OperationalError:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    break
+    conn.execute("BEGIN IMMEDIATE")
 
 
 def disk_freed(conn: sqlite3.Connection) -> None:
