@@ -58,6 +58,10 @@ PRUNE_CHUNK: Final = 5000  # rows deleted per transaction, so a long prune never
 MAX_BATCH: Final = 1000  # jobs per transaction
 RETRY_S: Final = 2.0  # after a failed commit, outcomes not yet written are tried again this often
 MAX_RETRY: Final = 100_000  # outcomes kept for another try; beyond that the oldest are dropped
+# Outcomes wait this long for the next committed write to ride along with, so an order costs the writer
+# thread one wake-up, not two (each wake-up is a thread switch and a GIL hand-over the next order pays
+# for). A crash in that window leaves those orders' outcome "unknown", which the journal then says.
+OUTCOME_DELAY_S: Final = 0.02
 FAILURE_LOG_S: Final = 60.0  # while writes keep failing, one error line per this many seconds
 BUSY_TIMEOUT_MS: Final = 5000
 CHECKPOINT_EVERY_S: Final = 0.5  # the checkpointer copies the WAL into the database this often, when written
@@ -155,6 +159,7 @@ class _Job:
     future: asyncio.Future[Any] | None = None
     keep: bool = False  # written again after a failed commit (finish(): nobody awaits it)
     stop: bool = False
+    rows: int = 1  # outcomes it carries, for what is reported lost
 
 
 class Journal:
@@ -178,6 +183,8 @@ class Journal:
         self._modes: dict[str, str] = {}
         self._failures = 0  # failed transactions since the last success
         self._failure_logged_at = -math.inf
+        self._outcomes: list[Write] = []  # finish() writes not yet handed to the writer
+        self._outcomes_due: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r}, healthy={self.healthy})"
@@ -255,7 +262,8 @@ class Journal:
         total_s: float | None,
     ) -> None:
         """Record a forwarded request's outcome ("success", "error:<code>", "unavailable", "timeout").
-        Returns at once; the writer commits it shortly after, in order after its `record()`."""
+        Returns at once; the writer commits it with the next committed write or within OUTCOME_DELAY_S,
+        in order after its `record()`. Call it from the event loop's thread."""
         self._check_open()
         row = (
             _text(outcome),
@@ -266,7 +274,29 @@ class Journal:
             time.time(),
             request_id,
         )
-        self._queue.put(_Job(lambda conn: _insert(conn, _FINISH_REQUEST, row), keep=True))
+        self._outcomes.append(lambda conn: _insert(conn, _FINISH_REQUEST, row))
+        if self._outcomes_due is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop to wait on (a synchronous caller): hand it over now
+                self._hand_over_outcomes()
+                return
+            self._outcomes_due = loop.call_later(OUTCOME_DELAY_S, self._hand_over_outcomes)
+
+    def _hand_over_outcomes(self) -> None:
+        """Queue the waiting outcomes as one job, ahead of whatever is queued next."""
+        if self._outcomes_due is not None:
+            self._outcomes_due.cancel()
+            self._outcomes_due = None
+        if not self._outcomes:
+            return
+        writes, self._outcomes = self._outcomes, []
+
+        def write_all(conn: sqlite3.Connection) -> None:
+            for write in writes:
+                write(conn)
+
+        self._queue.put(_Job(write_all, keep=True, rows=len(writes)))
 
     async def event(self, kind: str, account: str | None, detail: Mapping[str, Any]) -> None:
         """Journal an event ("switch_expired", "mode_changed", "admin_kill", ...); committed on return."""
@@ -301,6 +331,7 @@ class Journal:
         closing) if the last writes could not be committed."""
         if not self._open or self._thread is None:
             return
+        self._hand_over_outcomes()
         self._open = False
         stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put(_Job(None, stopped, stop=True))
@@ -325,6 +356,8 @@ class Journal:
 
     async def _submit(self, write: Write | None) -> Any:
         self._check_open()
+        if self._outcomes:
+            self._hand_over_outcomes()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put(_Job(write, future))
         return await future
@@ -425,12 +458,17 @@ class Journal:
                 retry = self._commit(conn, retry, retrying=True)
             if batch:
                 retry += self._commit(conn, batch)
-            if len(retry) > MAX_RETRY:
-                log.error("journal_outcomes_dropped", path=str(self.path), count=len(retry) - MAX_RETRY)
-                retry = retry[-MAX_RETRY:]
+            waiting = sum(job.rows for job in retry)
+            if waiting > MAX_RETRY:
+                first = dropped = 0
+                while waiting - dropped > MAX_RETRY:
+                    dropped += retry[first].rows
+                    first += 1
+                retry = retry[first:]
+                log.error("journal_outcomes_dropped", path=str(self.path), count=dropped)
             retry_at = time.monotonic() + RETRY_S if retry else math.inf
             if stop is not None:
-                return stop, len(retry)
+                return stop, sum(job.rows for job in retry)
             if time.monotonic() >= next_prune:
                 try:
                     more = self._prune(conn)

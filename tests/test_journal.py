@@ -245,6 +245,49 @@ async def test_flush_returns_once_every_outcome_is_committed(journal: Journal, p
     assert {row["outcome"] for row in read_journal(path)} == {"error:invalidSize"}
 
 
+async def test_an_outcome_rides_with_the_next_write_or_is_committed_alone_soon_after(
+    journal: Journal, path: Path
+) -> None:
+    first = await journal.record(forwarded())
+    journal.finish(first, outcome="success", http_status=200, answer=ANSWER, upstream_s=None, total_s=None)
+    commits = journal.commits
+    second = await journal.record(forwarded())
+    # One transaction for the outcome and the next intent: one wake-up of the writer for the order.
+    assert journal.commits == commits + 1
+    assert [row["outcome"] for row in read_journal(path)] == ["success", "unknown"]
+    journal.finish(second, outcome="error:x", http_status=200, answer=None, upstream_s=None, total_s=None)
+    deadline = time.monotonic() + 2
+    while read_journal(path)[-1]["outcome"] != "error:x":  # no further write comes: it goes by itself
+        assert time.monotonic() < deadline, "the outcome was never committed"
+        await asyncio.sleep(0.005)
+
+
+async def test_outcomes_past_the_retry_limit_are_dropped_and_counted(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("guardian.journal.MAX_RETRY", 3)
+    journal = await reopen(path)
+    ids = [await journal.record(forwarded()) for _ in range(5)]
+    await journal._call_in_writer(disk_full)
+    with capture_logs() as logged:
+        for request_id in ids:  # five outcomes, no room for any of them
+            journal.finish(
+                request_id,
+                outcome="success",
+                http_status=200,
+                answer={"echo": "x" * 20000},
+                upstream_s=None,
+                total_s=None,
+            )
+            journal._hand_over_outcomes()  # one job each, as when they come further apart than the delay
+        with contextlib.suppress(JournalError):
+            await journal.flush()
+    dropped = [line["count"] for line in logged if line["event"] == "journal_outcomes_dropped"]
+    assert sum(dropped) == 2
+    with pytest.raises(JournalError, match=r"3 outcome\(s\) could not be written"):
+        await journal.close()
+
+
 # --- failures --------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,237 @@
+"""How much of what guardian adds to an order is the price of any proxy built like it.
+
+Four paths to the same `guardian sim`, interleaved request by request in one run, each on its own
+keep-alive connection, concurrency 1:
+
+- `direct`: the client signs with the exchange key and talks to the simulator;
+- `bare`: the same signed request through a pass-through proxy made of the same parts as guardian (an
+  aiohttp server, an aiohttp client session) and nothing else: no authentication, no checks, no journal;
+- `bare+journal`: that proxy, but it first commits an intent row with guardian's own `Journal` (the
+  writer thread, WAL) and hands it the outcome afterwards, as the gateway does;
+- `guardian`: `guardian run` with every limit on, the journal on, a local bot key.
+
+The proxies run as their own processes, like guardian. `bare` minus `direct` is the floor set by two
+more HTTP hops through aiohttp; `bare+journal` minus `bare` is the price of an intent committed before
+the order leaves; `guardian` minus `bare+journal` is guardian's own work (authentication, parsing,
+limits, budget, metrics).
+
+Every path added to a run makes each of the others colder between its turns (more processes on the two
+cores), so compare figures of one run only; `--paths direct,bare` measures one pair the way
+bench/gateway_latency.py measures guardian.
+
+Usage: .venv/bin/python bench/proxy_floor.py [--orders 2000] [--paths direct,bare,bare+journal,guardian]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from _common import (
+    Key,
+    bots_toml,
+    free_port,
+    guardian_env,
+    machine,
+    markdown_table,
+    quantile,
+    secrets_env,
+    start_daemon,
+    start_sim,
+    stop,
+    wait_http,
+)
+from aiohttp import web
+from yarl import URL
+
+from guardian.journal import Intent, Journal
+from guardian.kraken.client import Credentials, KrakenClient
+from guardian.secret import ApiSecret
+
+ORDER = {"orderType": "ioc", "symbol": "PF_XBTUSD", "side": "buy", "size": 0.01, "limitPrice": 59000}
+PATHS = ("direct", "bare", "bare+journal", "guardian")
+PASSED_HEADERS = ("APIKey", "Authent", "Nonce", "Content-Type")
+
+
+async def serve_proxy(port: int, upstream: str, journal_path: str | None) -> None:
+    """The bare proxy: forward every request's bytes and signature headers, answer what came back."""
+    journal = Journal(Path(journal_path)) if journal_path else None
+    if journal is not None:
+        await journal.open()
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32))
+    timeout = aiohttp.ClientTimeout(total=10)
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        row = None
+        if journal is not None:
+            row = await journal.record(
+                Intent(
+                    account="bench",
+                    bot="bench",
+                    endpoint=request.match_info["name"],
+                    params={"body": body.decode()},
+                    verdict="forwarded",
+                    received_at=time.time(),
+                )
+            )
+        headers = {h: request.headers[h] for h in PASSED_HEADERS if h in request.headers}
+        url = URL(upstream + request.path_qs, encoded=True)
+        async with session.request(
+            request.method, url, data=body or None, headers=headers, timeout=timeout, allow_redirects=False
+        ) as answer:
+            payload = await answer.read()
+            status, content_type = answer.status, answer.content_type
+        if journal is not None and row is not None:
+            journal.finish(
+                row, outcome="success", http_status=status, answer=None, upstream_s=None, total_s=None
+            )
+        return web.Response(status=status, body=payload, content_type=content_type)
+
+    app = web.Application()
+    app.router.add_route("*", "/derivatives/api/v3/{name:.+}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await session.close()
+        if journal is not None:
+            await journal.close()
+
+
+async def main(count: int, paths: list[str]) -> int:
+    exchange, bot = Key.make("exchange", 64), Key.make("bot")
+    sim, sim_url = await start_sim(exchange, budget=1e9)
+    ports = {"bare": free_port(), "bare+journal": free_port(), "guardian": free_port()}
+    procs: list[asyncio.subprocess.Process] = [sim]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("bare", "bare+journal"):
+            extra = ["--journal", str(Path(tmp) / "bare.sqlite3")] if name == "bare+journal" else []
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    __file__,
+                    "--serve-proxy",
+                    str(ports[name]),
+                    "--upstream",
+                    sim_url,
+                    *extra,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                    env=guardian_env(),
+                )
+            )
+        config = Path(tmp) / "bench.toml"
+        config.write_text(
+            f"""[server]
+listen = "127.0.0.1:{ports["guardian"]}"
+[journal]
+path = "{Path(tmp) / "journal.sqlite3"}"
+[log]
+level = "warning"
+format = "json"
+[[accounts]]
+name = "bench"
+base_url = "{sim_url}"
+api_key = "{exchange.api_key}"
+api_secret_env = "{exchange.env}"
+[accounts.guard]
+symbols = ["PF_XBTUSD", "PF_ETHUSD"]
+max_order_size = 1
+max_notional = 100000
+price_band_pct = 5
+rate_budget = 1000000000
+dedupe_window_s = 0
+"""
+            + bots_toml([bot])
+        )
+        procs.append(await start_daemon(config, guardian_env(**secrets_env([exchange, bot]))))
+        try:
+            await wait_http(f"http://127.0.0.1:{ports['guardian']}/readyz")
+            await asyncio.sleep(2.5)  # the first marks
+            exchange_credentials = Credentials(exchange.api_key, ApiSecret(exchange.secret))
+            clients = {
+                "direct": KrakenClient(sim_url, exchange_credentials, use_nonce=False, pool_size=1),
+                "bare": KrakenClient(
+                    f"http://127.0.0.1:{ports['bare']}", exchange_credentials, use_nonce=False, pool_size=1
+                ),
+                "bare+journal": KrakenClient(
+                    f"http://127.0.0.1:{ports['bare+journal']}",
+                    exchange_credentials,
+                    use_nonce=False,
+                    pool_size=1,
+                ),
+                "guardian": KrakenClient(
+                    f"http://127.0.0.1:{ports['guardian']}",
+                    Credentials(bot.api_key, ApiSecret(bot.secret)),
+                    pool_size=1,
+                ),
+            }
+            for client in clients.values():
+                await client.start()
+            try:
+                for name in set(clients) - set(paths):
+                    await clients.pop(name).close()
+                for client in clients.values():  # warm up the connections and the code paths
+                    for _ in range(50):
+                        await client.send_order(**ORDER)
+                times: dict[str, list[float]] = {name: [] for name in clients}
+                for _ in range(count):
+                    for name, client in clients.items():
+                        started = time.perf_counter()
+                        answer = await client.send_order(**ORDER)
+                        times[name].append((time.perf_counter() - started) * 1000)
+                        assert answer["sendStatus"]["status"] == "iocWouldNotExecute", answer
+            finally:
+                for client in clients.values():
+                    await client.close()
+        finally:
+            for proc in reversed(procs):
+                await stop(proc)
+    p50 = {name: statistics.median(values) for name, values in times.items()}
+    p99 = {name: quantile(values, 0.99) for name, values in times.items()}
+    print(f"{count} sendorder per path, interleaved, concurrency 1, keep-alive; {machine()}\n")
+    rows = [
+        [
+            name,
+            f"{p50[name]:.3f}",
+            f"{p99[name]:.3f}",
+            f"{p50[name] - p50['direct']:+.3f}",
+            f"{p99[name] - p99['direct']:+.3f}",
+        ]
+        for name in times
+    ]
+    print(markdown_table(["path", "p50 ms", "p99 ms", "p50 added", "p99 added"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--orders", type=int, default=2000, help="orders sent on each path")
+    parser.add_argument(
+        "--paths",
+        default=",".join(PATHS),
+        help="the paths to compare, comma-separated (direct is always one)",
+    )
+    parser.add_argument("--serve-proxy", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--upstream", help=argparse.SUPPRESS)
+    parser.add_argument("--journal", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_proxy:
+        asyncio.run(serve_proxy(args.serve_proxy, args.upstream, args.journal))
+        sys.exit(0)
+    chosen = ["direct"] + [p for p in args.paths.split(",") if p != "direct"]
+    unknown = set(chosen) - set(PATHS)
+    if unknown:
+        parser.error(f"unknown paths: {', '.join(sorted(unknown))} (choose from {', '.join(PATHS)})")
+    sys.exit(asyncio.run(main(args.orders, chosen)))
