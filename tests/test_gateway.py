@@ -611,6 +611,32 @@ async def test_an_unknown_outcome_is_settled_by_asking_the_exchange(
     assert len(reached(exchange, "sendorder")) == 1
 
 
+async def test_a_replayed_answer_costs_no_budget_but_asking_about_an_unknown_outcome_does(
+    exchange: Simulator, tmp_path: Path
+) -> None:
+    # As in the budget test above: the bots get room for ten orders per 10 s.
+    guard = GuardConfig(rate_budget=400, mark_poll_s=0.1, upstream_timeout_s=0.5)
+    async with gateway(exchange, tmp_path, guard) as service, bot_client(service) as b:
+        first = await b.send_order(**LMT, cliOrdId="placed-once")
+        for _ in range(30):  # three times what the budget would let out: none of them goes out
+            assert await b.send_order(**LMT, cliOrdId="placed-once") == first
+        exchange.faults.add(Fault("sendorder", "latency", latency_s=1.0, times=1))  # over the timeout
+        with pytest.raises(ExchangeError):
+            await b.send_order(**LMT, cliOrdId="unknown-one")
+        codes = []
+        for i in range(12):  # the rest of the window's budget
+            try:
+                await b.send_order(**{**LMT, "limitPrice": 58000 + i})
+                codes.append("ok")
+            except ExchangeRejected as exc:
+                codes.append(str(exc.code))
+        assert codes[-1] == "apiLimitExceeded", codes
+        # Settling the unknown outcome needs an orders/status, and there is no budget for it.
+        await refused(b.send_order(**LMT, cliOrdId="unknown-one"), "apiLimitExceeded")
+        assert reached(exchange, "orders/status") == []
+    assert len([r for r in reached(exchange, "sendorder") if "placed-once" in str(r)]) == 1
+
+
 async def test_a_dropped_connection_is_unavailable_and_a_retry_is_sent_once_more(
     guardian: Service, bot: KrakenClient, exchange: Simulator
 ) -> None:

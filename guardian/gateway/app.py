@@ -172,10 +172,11 @@ class Gateway:
             return await self._switch_answer(account, fields, trail)
 
         decision = await self._guard(account, caller, endpoint, fields, trail)
-        self._spend(account, caller, endpoint.cost_for(fields, decision.items), decision)
         out = Outbound(account, endpoint, query, body, request.method)
+        cost = endpoint.cost_for(fields, decision.items)
         if decision.cli_ord_id is not None and account.config.guard.dedupe_window_s > 0:
-            return await self._send_once(out, decision, decision.cli_ord_id, trail)
+            return await self._send_once(out, decision, decision.cli_ord_id, trail, caller, cost)
+        self._spend(account, caller, cost, decision)
         return _response(await self._forward_journaled(out, decision, trail))
 
     def _spend(self, account: Account, caller: Caller, cost: float, decision: Decision) -> None:
@@ -296,7 +297,7 @@ class Gateway:
         if not params:
             return {}
         lookup = ep.endpoint("orders/status")
-        if not account.budget.try_spend(lookup.cost, reserve=account.switch_reserve):
+        if not account.budget.try_spend(lookup.cost, reserve=account.switch_reserve + account.bot_reserve):
             raise Refusal(
                 "apiLimitExceeded", "no budget left to look up the order being edited; retry shortly"
             )
@@ -349,9 +350,11 @@ class Gateway:
 
     # ---- forwarding -------------------------------------------------------------------------------
     async def _send_once(
-        self, out: Outbound, decision: Decision, cli_ord_id: str, trail: Trail
+        self, out: Outbound, decision: Decision, cli_ord_id: str, trail: Trail, caller: Caller, cost: float
     ) -> web.StreamResponse:
-        """A sendorder with a cliOrdId: a retry gets the first attempt's answer, never a second order."""
+        """A sendorder with a cliOrdId: a retry gets the first attempt's answer, never a second order.
+        Only what reaches the exchange spends the budget: a replayed answer costs nothing, asking the
+        exchange about an unknown outcome costs an `orders/status`."""
         account = out.account
         earlier = account.recent.claim(cli_ord_id)
         if earlier is not None:
@@ -372,8 +375,9 @@ class Gateway:
                 return response
             account.recent.forget(cli_ord_id)
             if account.recent.claim(cli_ord_id) is not None:  # another retry got there first
-                return await self._send_once(out, decision, cli_ord_id, trail)
+                return await self._send_once(out, decision, cli_ord_id, trail, caller, cost)
         try:
+            self._spend(account, caller, cost, decision)
             answer = await self._forward_journaled(out, decision, trail)
         except Refusal:
             account.recent.forget(cli_ord_id)
@@ -390,6 +394,13 @@ class Gateway:
     async def _known_order(self, account: Account, cli_ord_id: str) -> dict[str, Any] | None:
         """After an attempt whose outcome is unknown: does the exchange have the order? If so, answer the
         retry in sendorder's shape from what the exchange says."""
+        lookup = ep.endpoint("orders/status")
+        if not account.budget.try_spend(lookup.cost, reserve=account.switch_reserve + account.bot_reserve):
+            raise Refusal(
+                "apiLimitExceeded",
+                f"an earlier attempt with cliOrdId {cli_ord_id!r} has an unknown outcome and there is no budget "
+                "left to ask the exchange about it; retry shortly",
+            )
         try:
             rows = await account.gateway_client.order_status(cli_ord_ids=[cli_ord_id])
         except ExchangeError as exc:
