@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
@@ -45,6 +46,7 @@ import structlog
 
 from guardian.errors import GuardianError
 from guardian.kraken.times import to_iso
+from guardian.kraken.wire import JsonNumber
 from guardian.logs import MASK, REDACTOR, SENSITIVE_NAME
 from guardian.secret import Secret
 
@@ -641,7 +643,9 @@ def _redacted(value: Any, depth: int = 0) -> Any:
     values masked inside every string (logs.REDACTOR), anything nested deeper than MAX_DEPTH masked whole."""
     if isinstance(value, str):
         return REDACTOR.scrub(value)
-    if value is None or isinstance(value, int | float):  # bool is an int
+    if isinstance(value, float):
+        return _number(value)
+    if value is None or isinstance(value, int):  # bool is an int
         return value
     if isinstance(value, Secret) or depth >= MAX_DEPTH:
         return MASK
@@ -653,6 +657,19 @@ def _redacted(value: Any, depth: int = 0) -> Any:
     if isinstance(value, list | tuple):
         return [_redacted(item, depth + 1) for item in value]
     return REDACTOR.scrub(str(value))
+
+
+def _number(value: float) -> float | str:
+    """A float as JSON: itself when its digits say exactly what was sent; otherwise the text that was sent
+    (a batch's `10.0000000000000001`, which a double would store as 10.0) or, for what JSON cannot hold
+    (`1e400` read as infinity), its text."""
+    if isinstance(value, JsonNumber):
+        try:
+            same = math.isfinite(value) and Decimal(repr(float(value))) == Decimal(value.text)
+        except InvalidOperation:
+            same = False
+        return float(value) if same else value.text
+    return value if math.isfinite(value) else repr(value)
 
 
 # ---- reading -----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import sys
 import time
@@ -22,6 +23,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from guardian.journal import Intent, Journal, JournalError, read_journal
+from guardian.kraken.wire import loads_strict
 from guardian.logs import REDACTOR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -462,6 +464,21 @@ def assert_nothing_secret_in_files(path: Path) -> None:
     assert b"PF_XBTUSD" in stored
     for secret in NEVER_STORED:
         assert secret.encode() not in stored
+
+
+async def test_batch_numbers_are_stored_as_sent_and_always_as_valid_json(
+    journal: Journal, path: Path
+) -> None:
+    items = loads_strict(
+        '[{"size": 10.0000000000000001, "limitPrice": 59000.5, "n": 1e400}]', exact_numbers=True
+    )
+    await journal.record(forwarded(endpoint="batchorder", params={"batchOrder": items, "x": float("nan")}))
+    await journal.flush()
+    raw = sqlite3.connect(path).execute("SELECT params FROM requests").fetchone()[0]
+    assert json.loads(raw, parse_constant=lambda c: pytest.fail(f"{c} is not JSON")) == {
+        "batchOrder": [{"size": "10.0000000000000001", "limitPrice": 59000.5, "n": "1e400"}],
+        "x": "nan",
+    }
 
 
 async def test_parameters_nested_deeper_than_anyone_sends_are_not_stored(

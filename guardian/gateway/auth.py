@@ -58,10 +58,11 @@ class LocalKeys:
             )
         caller = self._keys.get(api_key)
         nonce = headers.get("Nonce")
-        if nonce is not None and (not nonce.isdigit() or len(nonce) > MAX_NONCE_DIGITS):
+        # isdigit alone also accepts `¹` (which int() refuses) and non-ASCII digits such as `١٢`.
+        if nonce is not None and not (nonce.isascii() and nonce.isdigit() and len(nonce) <= MAX_NONCE_DIGITS):
             raise Refusal(
                 "authenticationError",
-                f"the Nonce header must be a whole number of at most {MAX_NONCE_DIGITS} digits",
+                f"the Nonce header must be a whole number of at most {MAX_NONCE_DIGITS} digits 0-9",
             )
         if caller is None or not verify(
             caller.client.api_secret.key_bytes(), post_data_candidates(query, body), nonce, ep.path, authent

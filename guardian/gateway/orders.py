@@ -3,7 +3,8 @@
 Fields arrive as form strings (ccxt sends `true`, python-kraken-sdk `True` and `str(float)`, e.g.
 `1e-05`) or, inside a batch, as JSON numbers, strings and booleans. They leave as an `OrderIntent`,
 `CancelIntent` or `CancelAllIntent` with Decimal numbers and checked enums, for the guard's rules
-(`guardian.gateway.rules`) to judge. Nothing here does I/O.
+(`guardian.gateway.rules`) to judge. A JSON number is read from the digits sent (`wire.JsonNumber`), never
+from the nearest double: the exchange reads the digits. Nothing here does I/O.
 
 Fail closed: a field guardian does not check could change what an order does, so a field outside the
 endpoint's allow-list is refused (`invalidArgument`, listing the allowed ones). Each allow-list is
@@ -46,11 +47,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Literal, TypeVar
 
 from guardian.gateway.refusal import Refusal
 from guardian.kraken.times import parse_iso
+from guardian.kraken.wire import JsonNumber
 
 ORDER_TYPES: Final = ("lmt", "post", "ioc", "mkt", "stp", "take_profit", "trailing_stop", "fok")
 LIMIT_PRICED: Final = ("lmt", "post", "ioc", "fok")
@@ -104,6 +106,8 @@ BATCH_DOCUMENT_FIELDS: Final = frozenset({"batchOrder", "processBefore", "Proces
 _NUMBER = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _SYMBOL = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_SYMBOL_CHARS}}}")
 _PRINTABLE = re.compile(rf"[\x20-\x7e]{{1,{MAX_ID_CHARS}}}")
+# Python 3.11's datetime.fromisoformat accepts one trailing NUL (`2026-01-31T12:00:00\x00`): printable only.
+_TIME_TEXT = re.compile(rf"[\x20-\x7e]{{1,{MAX_TIME_CHARS}}}")
 
 T = TypeVar("T")
 
@@ -178,7 +182,9 @@ def _invalid(name: str, value: Any, expected: str) -> Refusal:
 def _number_text(name: str, raw: Any, expected: str) -> str:
     if isinstance(raw, bool):  # JSON true is not 1
         raise _invalid(name, raw, expected)
-    if isinstance(raw, int | float):
+    if isinstance(raw, JsonNumber):
+        text = raw.text  # the digits the exchange will read, not the nearest double
+    elif isinstance(raw, int | float):
         text = repr(raw)  # JSON numbers; float repr of nan/inf fails the pattern below
     elif isinstance(raw, str):
         text = raw
@@ -198,8 +204,11 @@ def parse_decimal(name: str, raw: Any, *, signed: bool = False) -> Decimal:
     text = _number_text(name, raw, expected)
     if not _NUMBER.fullmatch(text):  # no NaN, Infinity, spaces, `+`, `_` or non-ASCII digits
         raise _invalid(name, raw, expected)
-    value = Decimal(text)
-    if value != 0 and abs(value.adjusted()) > MAX_EXPONENT:
+    try:
+        value: Decimal | None = Decimal(text)
+    except InvalidOperation:  # an exponent beyond what Decimal holds: `1e999999999999999999999`
+        value = None
+    if value is None or (value != 0 and abs(value.adjusted()) > MAX_EXPONENT):
         raise Refusal("invalidArgument", f"{name} {_shown(raw)} is out of range: expected {expected}")
     if not signed and value <= 0:
         raise Refusal("invalidArgument", f"{name} {_shown(raw)} must be above 0")
@@ -257,7 +266,7 @@ def parse_time(name: str, raw: Any) -> str:
     """An ISO 8601 time (kept as sent: the exchange reads it)."""
     expected = "an ISO 8601 time such as 2026-01-31T12:00:00.000Z"
     value = _text(name, raw, expected)
-    if len(value) > MAX_TIME_CHARS:
+    if not _TIME_TEXT.fullmatch(value):
         raise _invalid(name, raw, expected)
     try:
         parse_iso(value)

@@ -3,6 +3,7 @@ tolerance below the highest seen (the exchange tolerates brief reordering of con
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ RECENT_KEPT = 4096
 class NonceWindow:
     """One key's nonce history."""
 
-    highest: int = 0
+    highest: int = -1  # nothing seen yet: a first nonce of 0 is new, not stale
     recent: set[int] = field(default_factory=set)
     order: deque[int] = field(default_factory=deque)
 
@@ -40,5 +41,6 @@ def tolerance_for(nonce: int, seconds: float, now: float | None = None) -> int:
     ratio = nonce / wall
     if ratio < 100:  # a counter, or seconds: not enough resolution to tolerate anything
         return 0
-    unit = 10 ** round(len(str(int(ratio))) - 1)
+    # Closest, not floor: a nonce signed a moment before `now` gives 999.99..., which is milliseconds.
+    unit = 10 ** round(math.log10(ratio))
     return int(seconds * unit)

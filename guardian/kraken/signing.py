@@ -51,9 +51,11 @@ def verify(
     """True when `authent` is the signature of one of the `candidates` for postData.
 
     The comparison is constant-time for each candidate; every candidate is computed, so the time taken
-    does not reveal which one (if any) matched.
+    does not reveal which one (if any) matched. An `authent` that is not ASCII cannot be a signature (base64
+    is ASCII) and is refused here: the server decodes undecodable header bytes to lone surrogates, which
+    `str.encode` would raise on.
     """
-    if not authent or len(authent) != SIGNATURE_LENGTH:
+    if not authent or len(authent) != SIGNATURE_LENGTH or not authent.isascii():
         return False
     presented = authent.encode()
     matched = False

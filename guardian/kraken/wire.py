@@ -23,13 +23,50 @@ class WireError(ValueError):
 BATCH_FIELD = "json"
 
 
+# A batch document is three containers deep ({"batchOrder": [{...}]}), four with a list in an item.
+MAX_BATCH_DEPTH = 8
+
+
+class JsonNumber(float):
+    """A JSON number with a fraction or an exponent: a float to whoever computes with it, and `text`, the
+    digits as sent. The exchange reads the digits, so the guard judges them (`10.0000000000000001` is above
+    10) rather than the nearest double (which is 10)."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> JsonNumber:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def loads_strict(text: str | bytes) -> Any:
-    """json.loads that refuses NaN and Infinity, which are not JSON and not prices."""
-    return json.loads(text, parse_constant=_reject_constant)
+def loads_strict(text: str | bytes, *, exact_numbers: bool = False) -> Any:
+    """json.loads that refuses NaN and Infinity, which are not JSON and not prices, and fails with
+    ValueError (never RecursionError) on a document nested deeper than Python can follow. With
+    `exact_numbers`, numbers with a fraction or exponent come back as `JsonNumber`."""
+    try:
+        return json.loads(
+            text, parse_constant=_reject_constant, parse_float=JsonNumber if exact_numbers else None
+        )
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+
+
+def _nested_deeper_than(doc: Any, limit: int) -> bool:
+    """Whether `doc` has containers more than `limit` deep. A loop, not recursion: its point is to stop a
+    document that would exhaust the recursion limit of whatever reads it next (repr, ==, json.dumps)."""
+    level = [doc] if isinstance(doc, dict | list) else []
+    for _ in range(limit):
+        children = (c for node in level for c in (node.values() if isinstance(node, dict) else node))
+        level = [c for c in children if isinstance(c, dict | list)]
+        if not level:
+            return False
+    return True
 
 
 def parse_form(text: str) -> list[tuple[str, str]]:
@@ -90,13 +127,15 @@ def parse_batch(fields: dict[str, str]) -> tuple[list[dict[str, Any]], dict[str,
     if raw is None:
         raise WireError("requiredArgumentMissing", "batchorder needs the form field 'json'")
     try:
-        doc = loads_strict(raw)
+        doc = loads_strict(raw, exact_numbers=True)
     except ValueError:
         # Some clients double-encode; accept one more round of percent-decoding, nothing looser.
         try:
-            doc = loads_strict(unquote_to_bytes(raw))
+            doc = loads_strict(unquote_to_bytes(raw), exact_numbers=True)
         except ValueError:
             raise WireError("Json Parse Error", "the 'json' field is not valid JSON") from None
+    if _nested_deeper_than(doc, MAX_BATCH_DEPTH):
+        raise WireError("invalidArgument", f"the 'json' field is nested more than {MAX_BATCH_DEPTH} deep")
     if not isinstance(doc, dict) or not isinstance(doc.get("batchOrder"), list):
         raise WireError("invalidArgument", "the 'json' field must be an object with a 'batchOrder' list")
     items: list[dict[str, Any]] = doc["batchOrder"]

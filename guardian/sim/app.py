@@ -313,7 +313,7 @@ class Simulator:
         ):
             raise SimError("authenticationError")
         if nonce is not None:
-            if not nonce.isdigit() or len(nonce) > 20:
+            if not (nonce.isascii() and nonce.isdigit()) or len(nonce) > 20:
                 raise SimError("invalidArgument", "the nonce is not a number")
             problem = self._nonces.setdefault(key.api_key, NonceWindow()).check(
                 int(nonce), self.nonce_tolerance
