@@ -248,6 +248,23 @@ def test_an_order_without_a_limit_price_is_valued_at_the_mark(make: Any) -> None
     assert missing.http_status == 503 and "max_notional" in missing.message
 
 
+def test_a_stop_without_a_limit_price_is_valued_at_the_larger_of_its_stop_price_and_the_mark() -> None:
+    config = guard(max_notional=190000.0)
+    buy = {"side": "buy", "size": "1.9", "limitPrice": None}
+    check_limits(order(orderType="stp", stopPrice="100000", **buy), config, MARK)  # 1.9 x 100000
+    error = refused(
+        "notionalTooLarge", check_limits, order(orderType="stp", stopPrice="100001", **buy), config, MARK
+    )
+    assert "x stopPrice 100001" in error.message
+    refused(
+        "notionalTooLarge",
+        check_limits,
+        order(orderType="stp", stopPrice="1", **buy),
+        config,
+        Decimal(100001),
+    )
+
+
 def test_a_stop_with_a_limit_price_is_valued_at_it_without_the_mark() -> None:
     config = guard(max_notional=500000.0)
     check_limits(stop(size="10", limitPrice="50000"), config, None)
@@ -354,7 +371,7 @@ def oracle(
     s, p, m = Fraction(size), Fraction(price), Fraction(mark)
     if s > Fraction(cap_size):
         return "orderSizeTooLarge"
-    valued_at = m if order_type == "stp" else p  # the stop here has no limit price
+    valued_at = max(m, p) if order_type == "stp" else p  # the stop has no limit price: mark or stop
     if s * valued_at > Fraction(cap_notional):
         return "notionalTooLarge"
     width = m * Fraction(band) / 100

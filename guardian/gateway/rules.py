@@ -3,8 +3,8 @@
 - Mode: `active` lets anything through; `reduce_only` only reduce-only orders (and edits of reduce-only
   orders) and cancels; `halted` only cancels. Cancels always pass: they can only take risk away.
 - Limits (`GuardConfig`, per symbol via `limits_for`): the symbols allow-list, `max_order_size` (the
-  order's size in contracts), `max_notional` (size times the limit price, or times the mark for an order
-  that has none) and `price_band_pct` (every limit and stop price within that percentage of the mark,
+  order's size in contracts), `max_notional` (size times the limit price; for an order that has none,
+  times the mark or its stop price, whichever is higher) and `price_band_pct` (every limit and stop price within that percentage of the mark,
   either side). A limit that is off (None) is never checked and never needs the mark; one that needs the
   mark when there is none refuses (`markPriceUnavailable`): guardian does not guess a price.
 
@@ -210,6 +210,10 @@ def _check_notional(intent: OrderIntent, limits: SymbolLimits, symbol: str, mark
         if mark is None:
             raise _no_mark(symbol, "max_notional", f"a {intent.order_type} order without a limit price")
         prices.append((mark, "the mark"))
+        if intent.stop_price is not None and intent.limit_offset is None:
+            # Triggered, it trades at about its stop price: a buy stop far above the mark is worth more
+            # than the mark says (the band, if on, bounds that distance; without it nothing else does).
+            prices.append((intent.stop_price, "stopPrice"))
     price, basis = max(prices, key=lambda pair: pair[0])
     notional = intent.size * price
     cap = _limit(limits.max_notional)
