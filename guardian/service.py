@@ -62,6 +62,7 @@ class Service:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_states: dict[str, SwitchState] = {}
+        self._rearms_seen: dict[str, int] = {}  # rearms_after_expiry at the reporter's last look
         self.app = self._build_app()
 
     def _on_refresh(self, switch: Switch, outcome: str, duration_s: float) -> None:
@@ -232,7 +233,7 @@ class Service:
         Each pass works from one look at every switch, taken before anything is awaited, so the line
         sent to systemd is the states that were seen, in order, even if a switch moves on meanwhile."""
         while True:
-            observed = {account.name: account.switch.state for account in self.accounts}
+            observed = {account.name: self._observe_switch(account) for account in self.accounts}
             changes = [
                 (account, self._last_states.get(account.name), observed[account.name])
                 for account in self.accounts
@@ -256,6 +257,21 @@ class Service:
                 await asyncio.wait_for(self._wake.wait(), REPORT_INTERVAL_S)
             self._wake.clear()
 
+    def _observe_switch(self, account: Account) -> SwitchState:
+        """The switch's state now, except when it expired and was re-armed since the last look: then
+        `expired`, and (the reporter looks again at once) the present state on the next pass. An expiry
+        is when the operator must assume every order was cancelled: however short, it is reported."""
+        switch = account.switch
+        seen = self._rearms_seen.get(account.name, 0)
+        self._rearms_seen[account.name] = switch.rearms_after_expiry
+        if (
+            switch.rearms_after_expiry > seen
+            and self._last_states.get(account.name) is not SwitchState.EXPIRED
+        ):
+            self._wake.set()
+            return SwitchState.EXPIRED
+        return switch.state
+
     async def _journal_switch(
         self, account: Account, previous: SwitchState | None, state: SwitchState
     ) -> None:
@@ -263,7 +279,7 @@ class Service:
         detail = {
             "state": state.value,
             "previous": None if previous is None else previous.value,
-            "remaining_s": switch.remaining(),
+            "remaining_s": 0.0 if state is SwitchState.EXPIRED else switch.remaining(),
             "last_error": switch.last_error,
         }
         try:
@@ -279,7 +295,7 @@ class Service:
             if state in (SwitchState.ARMED, SwitchState.STARTING, SwitchState.DISARMED)
             else log.warning
         )
-        remaining = switch.remaining()
+        remaining = 0.0 if state is SwitchState.EXPIRED else switch.remaining()
         level(
             "switch_state_changed",
             account=account.name,

@@ -93,3 +93,27 @@ async def wait_for(predicate: Callable[[], Any], timeout_s: float = 5.0, what: s
 async def get_json(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
     async with http.get(url) as response:
         return response.status, await response.json()
+
+
+# ---- appended for the fault-injection suite (tests/test_faults_*.py) ------------------------------------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(http: aiohttp.ClientSession, url: str) -> Samples:
+    """Every sample of `url`/metrics by (name, labels), read with Prometheus' own text parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with http.get(url + "/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(found: Samples, name: str, **labels: str) -> float:
+    """One sample's value; a KeyError names the series that is missing."""
+    return found[(name, frozenset(labels.items()))]

@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from guardian.account import Account
+from guardian.account import Account, Mode
 from guardian.errors import ExchangeError, ExchangeTimeout
 from guardian.gateway import orders, rules
 from guardian.gateway.auth import Caller, LocalKeys
@@ -217,9 +217,7 @@ class Gateway:
             decision.intents = [send]
             decision.cli_ord_id = send.cli_ord_id
         elif name == "editorder":
-            edit = orders.parse_edit(fields)
-            original = await self._original(account, edit)
-            decision.intents = [rules.merge_edit(original, edit) if original is not None else edit]
+            decision.intents = [orders.parse_edit(fields)]
         elif name == "cancelorder":
             decision.intents = [orders.parse_cancel(fields)]
         elif name == "cancelallorders":
@@ -234,6 +232,17 @@ class Gateway:
             decision.intents = list(orders.parse_batch(items))
             decision.items = len(items)
         decision.new_risk = any(isinstance(i, OrderIntent) for i in decision.intents)
+        if any(isinstance(i, OrderIntent) and i.kind == "edit" for i in decision.intents):
+            # Edits are judged as they will be once merged with the open order, which takes an exchange
+            # call. What needs no merge to be refused is refused first, without that call: a halted
+            # account, and the switch gate (checked again after the lookup, which may take a while).
+            self._halted(account, decision)
+            self._gate(account, decision)
+        if name == "editorder":
+            [edit] = decision.intents
+            assert isinstance(edit, OrderIntent)
+            original = await self._original(account, edit)
+            decision.intents = [rules.merge_edit(original, edit) if original is not None else edit]
         if name == "batchorder":
             originals = await self._batch_originals(account, decision.intents)
             marks = {s: account.marks.mark(s) for s in _symbols(decision.intents, originals)}
@@ -252,6 +261,17 @@ class Gateway:
             symbol = intent.symbol or ""
             rules.check_limits(intent, account.config.guard, account.marks.mark(symbol))
         return decision
+
+    @staticmethod
+    def _halted(account: Account, decision: Decision) -> None:
+        if account.mode is not Mode.HALTED:
+            return
+        for index, intent in enumerate(decision.intents):
+            if isinstance(intent, OrderIntent):
+                try:
+                    rules.check_mode(account.mode, intent)
+                except Refusal as refusal:
+                    raise (refusal.for_item(index, intent.order_tag) if decision.items else refusal) from None
 
     @staticmethod
     def _gate(account: Account, decision: Decision) -> None:
