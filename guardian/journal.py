@@ -524,7 +524,10 @@ class Journal:
             )
             return [job for job in batch if job.keep]
         self.commits += 1
-        if retrying:
+        if retrying or (not self.healthy and all(job.write is None for job in batch)):
+            # Neither a retried outcome nor an empty transaction (a flush) says the next write will fit.
+            if not retrying:
+                _deliver_soon([(job.future, None, None) for job in batch if job.future])
             return []
         if not self.healthy:
             log.info("journal_write_recovered", path=str(self.path), failures=self._failures)

@@ -34,6 +34,7 @@ log = structlog.get_logger("guardian.service")
 SHUTDOWN_GRACE_S = 3.0  # in-flight local requests get this long to finish
 SHUTDOWN_ACTION_S = 4.0  # each account's on_shutdown calls together (accounts run in parallel)
 REPORT_INTERVAL_S = 0.25  # how often state changes are looked for (logs, STATUS=, READY=)
+JOURNAL_PROBE_S = 5.0  # while the journal cannot be written, how often a small write tries it again
 
 SERVICE_KEY: web.AppKey[Service] = web.AppKey("service")
 
@@ -62,6 +63,7 @@ class Service:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_states: dict[str, SwitchState] = {}
+        self._probe_at = 0.0  # monotonic time of the next journal probe, while it cannot be written
         self._rearms_seen: dict[str, int] = {}  # rearms_after_expiry at the reporter's last look
         self.app = self._build_app()
 
@@ -243,19 +245,34 @@ class Service:
                 self._last_states.update(observed)
                 for account, previous, state in changes:
                     self._log_change(account, previous, state)
-                line = self.status_line(observed)
-                armed = all(state is SwitchState.ARMED for state in observed.values())
-                if not self.ready_sent and armed and self.journal.healthy and not self.stopping:
-                    self.ready_sent = True
-                    self.notifier.ready(line)
-                    log.info("guardian_ready", url=self.url, status=line)
-                else:
-                    self.notifier.status(line)
+            line = self.status_line(observed)
+            armed = all(state is SwitchState.ARMED for state in observed.values())
+            # Ready may come with a change, or later with none (a journal that could not be written at
+            # first and now can).
+            if not self.ready_sent and armed and self.journal.healthy and not self.stopping:
+                self.ready_sent = True
+                self.notifier.ready(line)
+                log.info("guardian_ready", url=self.url, status=line)
+            elif changes:
+                self.notifier.status(line)
+            if changes:
                 for account, previous, state in changes:
                     await self._journal_switch(account, previous, state)
+            await self._probe_journal()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), REPORT_INTERVAL_S)
             self._wake.clear()
+
+    async def _probe_journal(self) -> None:
+        """While the journal cannot be written, try a small write now and then: it is healthy again (and
+        /readyz, the metric and the alert say so) as soon as one commits, not only when a bot next sends
+        an order. The one row that commits marks the moment it came back."""
+        now = time.monotonic()
+        if self.journal.healthy or now < self._probe_at:
+            return
+        self._probe_at = now + JOURNAL_PROBE_S
+        with contextlib.suppress(JournalError):  # still failing: already logged by the journal
+            await self.journal.event("journal_writable", None, {"after": self.journal.last_error})
 
     def _observe_switch(self, account: Account) -> SwitchState:
         """The switch's state now, except when it expired and was re-armed since the last look: then

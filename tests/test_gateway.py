@@ -533,8 +533,9 @@ def disk_freed(conn: sqlite3.Connection) -> None:
 
 
 async def test_an_unwritable_journal_stops_new_risk_but_not_cancels(
-    exchange: Simulator, tmp_path: Path, http: aiohttp.ClientSession
+    exchange: Simulator, tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("guardian.service.JOURNAL_PROBE_S", 0.2)
     async with (
         gateway(exchange, tmp_path, GuardConfig(mark_poll_s=0.1, rate_budget=20_000)) as service,
         bot_client(service) as b,
@@ -564,16 +565,29 @@ async def test_an_unwritable_journal_stops_new_risk_but_not_cancels(
         assert cancelled["cancelStatus"]["status"] == "cancelled"  # cancels pass without a journal
         batch = await b.batch_order([{"order": "cancel", "order_id": batched["sendStatus"]["order_id"]}])
         assert batch["batchStatus"][0]["status"] == "cancelled"  # a batch of cancels too
-        # The hook rides in the next transaction; if an outcome queued with it needs a new page, that
-        # transaction fails before the hook runs, and the outcome is retried on its own: ask again.
-        for _ in range(5):
-            try:
-                await service.journal._call_in_writer(disk_freed)
-                break
-            except JournalError:
-                continue
+        # Space comes back, quietly: the hook frees it and then fails its own transaction, so nothing
+        # committed says so. (It rides in the next transaction; if an outcome queued with it needs a new
+        # page, that transaction fails before the hook runs, and the outcome is retried on its own.)
+        with contextlib.suppress(JournalError):  # the cancels' outcomes fail now and wait for a retry
+            await service.journal.flush()
+        freed: list[bool] = []
+
+        def disk_freed_quietly(conn: sqlite3.Connection) -> None:
+            disk_freed(conn)
+            freed.append(True)
+            raise sqlite3.OperationalError("not this time")
+
+        while not freed:
+            with contextlib.suppress(JournalError):
+                await service.journal._call_in_writer(disk_freed_quietly)
+        assert not service.journal.healthy
+        # No order needed to find out: guardian tries a small write now and then by itself.
         await wait_for(lambda: service.journal.healthy, what="the journal writing again")
+        status, _ = await get_json(http, service.url + "/readyz")
+        assert status == 200
         await b.send_order(**LMT)
+    events = [r["kind"] for r in read_journal(tmp_path / "journal.sqlite3") if r.get("type") == "event"]
+    assert "journal_writable" in events
 
 
 # ---- retries ------------------------------------------------------------------------------------------

@@ -319,10 +319,11 @@ async def test_a_failed_write_raises_marks_unhealthy_and_recovers(journal: Journ
         assert not journal.healthy
         with pytest.raises(JournalError):  # later calls keep trying, and keep failing while the disk is full
             await journal.record(large)
-        await journal.flush()  # a transaction needing no new page commits: the outcome kept is written now
-        assert journal.healthy
+        await journal.flush()  # the outcome kept is retried on its own, needs no new page, and is written
         assert read_journal(path)[0]["outcome"] == "success"
-        await journal._call_in_writer(disk_freed)
+        assert not journal.healthy  # but neither it nor an empty transaction says the next record fits
+        await journal._call_in_writer(disk_freed)  # new work that commits: that does
+        assert journal.healthy
         request_id = await journal.record(large)
     message = str(caught.value)
     assert message == f"journal {path}: write failed: database or disk is full"
@@ -334,7 +335,7 @@ async def test_a_failed_write_raises_marks_unhealthy_and_recovers(journal: Journ
     failures = [line for line in logged if line["event"] == "journal_write_failed"]
     # The kept outcome is retried in a transaction of its own and fits, but that alone does not make the
     # journal healthy: the large record still fails. One line when it starts failing, not one per failed
-    # transaction; healthy again only when new work (the flush) commits.
+    # transaction; healthy again only when new work (the hook) commits.
     assert len(failures) == 1
     assert failures[0]["log_level"] == "error"
     assert [line["failures"] for line in logged if line["event"] == "journal_write_recovered"] == [2]
