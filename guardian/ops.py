@@ -1,11 +1,12 @@
 """Operations endpoints on the local server (contract paths): `/healthz`, `/readyz`, `/guardian/state`,
-`/metrics`. Read-only, no secrets in any of them, so no authentication: the server listens on loopback.
+`/metrics`, `/openapi.json` (guardian.openapi). Read-only, no secrets in any of them, so no authentication: the server listens on loopback.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from guardian import openapi
 from guardian.metrics import CONTENT_TYPE
 from guardian.service import SERVICE_KEY
 
@@ -43,4 +44,5 @@ def routes() -> list[web.RouteDef]:
         web.get("/readyz", readyz, allow_head=True),
         web.get("/guardian/state", state),
         web.get("/metrics", metrics),
+        web.get(openapi.PATH, openapi.serve),
     ]

@@ -566,6 +566,20 @@ def test_the_first_failing_item_refuses_the_batch_with_its_index_and_tag() -> No
     assert error.envelope("now")["item"] == 3
 
 
+@pytest.mark.parametrize("shared", [{}, {"cliOrdId": "same"}], ids=["order_tag", "cliOrdId"])
+def test_two_sends_sharing_a_name_refuse_the_batch(shared: dict[str, str]) -> None:
+    # An edit of "dup" could be judged against the second send and applied to the first.
+    second_tag = "dup" if not shared else "other"
+    intents = batch(
+        send_item("dup", **shared),
+        send_item(second_tag, symbol="PF_ETHUSD", limitPrice="3100", **shared),
+        {"order": "edit", "order_id": "dup", "size": "1"},
+    )
+    error = refused("invalidArgument", check_batch, intents, Mode.ACTIVE, LIMITED, MARKS, {})
+    assert error.item == 1 and "share" in error.message
+    check_batch(batch(send_item("dup"), send_item("other")), Mode.ACTIVE, LIMITED, MARKS, {})
+
+
 def test_a_halted_account_lets_a_batch_of_cancels_through_and_nothing_else() -> None:
     cancels = batch({"order": "cancel", "order_id": "x"}, {"order": "cancel", "cliOrdId": "y"})
     check_batch(cancels, Mode.HALTED, LIMITED, MARKS, {})

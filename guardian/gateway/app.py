@@ -343,7 +343,7 @@ class Gateway:
     # ---- answering from guardian's own switch -----------------------------------------------------
     async def _switch_answer(self, account: Account, fields: Mapping[str, str], trail: Trail) -> web.Response:
         raw = fields.get("timeout")
-        if raw is None or not raw.isdigit() or len(raw) > 10:
+        if raw is None or not (raw.isascii() and raw.isdigit()) or len(raw) > 10:
             raise Refusal("invalidArgument", "timeout must be whole seconds")
         if int(raw) == 0:
             raise Refusal(

@@ -283,6 +283,7 @@ def check_batch(
     for symbol, mark in marks.items():
         if mark is not None or symbol.upper() not in by_symbol:
             by_symbol[symbol.upper()] = mark
+    _refuse_shared_names(intents)
     orders: dict[tuple[str, str], OrderIntent] = {("id", key): order for key, order in originals.items()}
     for order in originals.values():
         if order.cli_ord_id is not None:
@@ -293,6 +294,26 @@ def check_batch(
             _check_item(intent, mode, guard, by_symbol, orders)
         except Refusal as exc:
             raise exc.for_item(index, tag) from None
+
+
+def _refuse_shared_names(intents: Sequence[Intent]) -> None:
+    """Two send items of one batch with the same order_tag or cliOrdId: an edit naming it could be judged
+    against one and applied by the exchange to the other (if the exchange rejects the one judged). No
+    client needs it, so the batch is refused, naming the second item."""
+    seen: set[tuple[str, str]] = set()
+    for index, intent in enumerate(intents):
+        if not isinstance(intent, OrderIntent) or intent.kind != "send":
+            continue
+        names = [("order_tag", intent.order_tag), ("cliOrdId", intent.cli_ord_id)]
+        for field_name, value in names:
+            if value is None:
+                continue
+            if (field_name, value) in seen:
+                raise Refusal(
+                    "invalidArgument",
+                    f"two send items share {field_name} {value!r}: give each order of a batch its own",
+                ).for_item(index, intent.order_tag)
+            seen.add((field_name, value))
 
 
 def _check_item(
