@@ -31,6 +31,9 @@ from guardian.kraken.times import to_iso
 log = structlog.get_logger("guardian.switch")
 
 RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)
+# After `apiLimitExceeded` the exchange is up and counting: quick retries would only spend more of the
+# budget it says is gone (and may count refused calls too). Wait at least this long, or for the next beat.
+RATE_LIMITED_BACKOFF_S = 5.0
 
 
 class SwitchSettings(Protocol):
@@ -122,6 +125,7 @@ class Switch:
         self.last_success_wall: float | None = None
         self.consecutive_failures = 0
         self.last_error: str | None = None
+        self.last_failure_kind: str | None = None  # failure_kind() of the last attempt, if it failed
         self.refreshes = 0
         self.rearms_after_expiry = 0
         self._expired_logged = False
@@ -214,6 +218,7 @@ class Switch:
         self._expired_logged = False
         self.consecutive_failures = 0
         self.last_error = None
+        self.last_failure_kind = None
         self.refreshes += 1
         self.last_success_wall = time.time()
         if was_expired:
@@ -246,7 +251,7 @@ class Switch:
     def _failed(self, exc: ExchangeError, duration: float) -> bool:
         self._last_attempt_failed = True
         self.consecutive_failures += 1
-        kind = failure_kind(exc)
+        kind = self.last_failure_kind = failure_kind(exc)
         self.last_error = f"{kind}: {exc}"
         level = log.error if isinstance(exc, AuthenticationFailed) else log.warning
         level(
@@ -279,6 +284,8 @@ class Switch:
                 attempt = 0
                 while not ok and loop.time() < next_beat:
                     backoff = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                    if self.last_failure_kind == "rate_limited":
+                        backoff = max(backoff, RATE_LIMITED_BACKOFF_S)
                     attempt += 1
                     await asyncio.sleep(min(backoff, max(0.0, next_beat - loop.time())))
                     if loop.time() >= next_beat:

@@ -207,3 +207,28 @@ async def test_starting_until_the_first_success(sim: Simulator) -> None:
         sim.faults.clear()
         await wait_for(lambda: switch.state is SwitchState.ARMED, within=4)
         assert switch.rearms_after_expiry == 0
+
+
+@pytest.mark.parametrize(
+    ("fault", "quick_retries"),
+    [
+        (Fault("cancelallordersafter", "error", code="apiLimitExceeded", status=429), False),
+        (Fault("cancelallordersafter", "status", status=503), True),
+    ],
+    ids=["apiLimitExceeded", "503"],
+)
+async def test_rate_limited_refreshes_wait_for_the_next_beat_outages_retry_at_once(
+    sim: Simulator, fault: Fault, quick_retries: bool
+) -> None:
+    # A 2.5-3 s beat: an outage is retried 0.5 and 1.5 s into it; a rate limit waits for the next beat
+    # (at least 5 s), rather than spend more of a budget the exchange says is gone.
+    slow = Settings(refresh_min_s=2.5, refresh_max_s=3.0, timeout_s=10)
+    async with running(sim, slow) as (switch, beats):
+        await wait_for(lambda: switch.state is SwitchState.ARMED)
+        sim.faults.add(fault)
+        first = await wait_for(lambda: any(b.outcome != "success" for b in beats), within=4)
+        await asyncio.sleep(2.2)  # the rest of that beat, less a little
+        failed = [b for b in beats if b.outcome != "success" and b.at >= first - 0.1]
+        assert (len(failed) > 1) is quick_retries, failed
+        if not quick_retries:
+            assert failed[0].outcome == "rate_limited"
