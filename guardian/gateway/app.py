@@ -378,8 +378,7 @@ class Gateway:
         account = out.account
         earlier = account.recent.claim(cli_ord_id)
         if earlier is not None:
-            if earlier.outcome is Outcome.PENDING:
-                await earlier.done.wait()
+            await earlier.wait()
             if earlier.outcome is Outcome.ANSWERED and earlier.answer is not None:
                 trail.outcome = "replayed"
                 await self._journal_local(trail, "answered", "replayed", earlier.answer.status)

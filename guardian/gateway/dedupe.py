@@ -17,7 +17,7 @@ import enum
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from guardian.kraken.client import RawAnswer
 
@@ -33,7 +33,23 @@ class Attempt:
     at: float
     outcome: Outcome = Outcome.PENDING
     answer: RawAnswer | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    # Made only when a retry has to wait for the attempt in flight, and dropped once it is settled: most
+    # attempts are never waited on, and an Event is half of what each remembered order would cost.
+    _settled: asyncio.Event | None = None
+
+    async def wait(self) -> None:
+        """Until the attempt is answered, found unknown or forgotten (at once if it already is)."""
+        if self.outcome is Outcome.PENDING:
+            if self._settled is None:
+                self._settled = asyncio.Event()
+            await self._settled.wait()
+
+    def settle(self, outcome: Outcome, answer: RawAnswer | None = None) -> None:
+        self.outcome = outcome
+        self.answer = answer
+        if self._settled is not None:
+            self._settled.set()
+            self._settled = None
 
 
 class RecentOrders:
@@ -76,20 +92,16 @@ class RecentOrders:
     def answered(self, cli_ord_id: str, answer: RawAnswer) -> None:
         attempt = self._attempts.get(cli_ord_id)
         if attempt is not None:
-            attempt.outcome = Outcome.ANSWERED
-            attempt.answer = answer
-            attempt.done.set()
+            attempt.settle(Outcome.ANSWERED, answer)
 
     def unknown(self, cli_ord_id: str) -> None:
         attempt = self._attempts.get(cli_ord_id)
         if attempt is not None:
-            attempt.outcome = Outcome.UNKNOWN
-            attempt.done.set()
+            attempt.settle(Outcome.UNKNOWN)
 
     def forget(self, cli_ord_id: str) -> None:
         """The attempt never reached the exchange (refused locally, or the exchange says it has no such
         order): a retry is a first attempt again."""
         attempt = self._attempts.pop(cli_ord_id, None)
         if attempt is not None:
-            attempt.outcome = Outcome.UNKNOWN
-            attempt.done.set()
+            attempt.settle(Outcome.UNKNOWN)
