@@ -169,6 +169,42 @@ permissions = ["read", "trade"]
     )
 
 
+def daemon_toml(
+    port: int,
+    journal: Path,
+    sim_url: str,
+    exchange: Key,
+    bots: list[Key],
+    *,
+    account: str = "bench",
+    log_level: str = "warning",
+    symbols: Sequence[str] = ("PF_XBTUSD",),
+    guard: str = "",
+) -> str:
+    """A configuration for `guardian run` on `port` in front of the simulator at `sim_url`: one account with
+    every guard limit on and its local rate budget out of the way (benchmarks raise the simulator's too),
+    `guard` appended to `[accounts.guard]`, then `bots`. Secrets come from the environment (secrets_env)."""
+    return f"""[server]
+listen = "127.0.0.1:{port}"
+[journal]
+path = "{journal}"
+[log]
+level = "{log_level}"
+format = "json"
+[[accounts]]
+name = "{account}"
+base_url = "{sim_url}"
+api_key = "{exchange.api_key}"
+api_secret_env = "{exchange.env}"
+[accounts.guard]
+symbols = {json.dumps(list(symbols))}
+max_order_size = 1
+max_notional = 100000
+price_band_pct = 5
+rate_budget = 1000000000
+{guard}""" + bots_toml(bots)
+
+
 def secrets_env(keys: list[Key]) -> dict[str, str]:
     return {key.env: key.secret for key in keys}
 

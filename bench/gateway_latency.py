@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import statistics
 import sys
@@ -21,7 +20,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import free_port, quantile
+from _common import (
+    Key,
+    daemon_toml,
+    free_port,
+    guardian_env,
+    quantile,
+    secrets_env,
+    start_daemon,
+    start_sim,
+    stop,
+    wait_http,
+)
 
 from guardian.kraken.client import Credentials, KrakenClient
 from guardian.secret import ApiSecret
@@ -29,77 +39,28 @@ from guardian.secret import ApiSecret
 ORDER = {"orderType": "ioc", "symbol": "PF_XBTUSD", "side": "buy", "size": 0.01, "limitPrice": 59000}
 
 
-async def wait_http(url: str, timeout_s: float = 30.0) -> None:
-    import aiohttp
-
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as http:
-        while True:
-            try:
-                async with http.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{url} did not become ready")
-            await asyncio.sleep(0.1)
-
-
 async def main(count: int) -> int:
-    exchange_secret = base64.b64encode(os.urandom(64)).decode()
-    exchange_key = "bench-exchange-" + os.urandom(4).hex()
-    bot_secret = base64.b64encode(os.urandom(32)).decode()
-    bot_key = "bench-bot-" + os.urandom(4).hex()
-    sim_port, guardian_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "BENCH_EXCHANGE_SECRET": exchange_secret,
-        "BENCH_BOT_SECRET": bot_secret,
-    }
-    sim = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "guardian", "sim", "--listen", f"127.0.0.1:{sim_port}", "--key", exchange_key,
-        "--secret", exchange_secret, "--tick", "0", "--budget", "1000000000", "--log-level", "warning",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=env,
-    )  # fmt: skip
-    sim_url = f"http://127.0.0.1:{sim_port}"
+    exchange, bot = Key.make("exchange", 64), Key.make("bot")
+    sim, sim_url = await start_sim(exchange, budget=1e9)
+    guardian_port = free_port()
     guardian_url = f"http://127.0.0.1:{guardian_port}"
+    exchange_key, exchange_secret = exchange.api_key, exchange.secret
+    bot_key, bot_secret = bot.api_key, bot.secret
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.toml"
         config.write_text(
-            f"""[server]
-listen = "127.0.0.1:{guardian_port}"
-[journal]
-path = "{Path(tmp) / "journal.sqlite3"}"
-[log]
-level = "warning"
-format = "json"
-[[accounts]]
-name = "bench"
-base_url = "{sim_url}"
-api_key = "{exchange_key}"
-api_secret_env = "BENCH_EXCHANGE_SECRET"
-[accounts.guard]
-symbols = ["PF_XBTUSD", "PF_ETHUSD"]
-max_order_size = 1
-max_notional = 100000
-price_band_pct = 5
-rate_budget = 1000000000
-dedupe_window_s = 0
-[[accounts.clients]]
-name = "bench-bot"
-api_key = "{bot_key}"
-api_secret_env = "BENCH_BOT_SECRET"
-permissions = ["read", "trade"]
-"""
+            daemon_toml(
+                guardian_port,
+                Path(tmp) / "journal.sqlite3",
+                sim_url,
+                exchange,
+                [bot],
+                symbols=["PF_XBTUSD", "PF_ETHUSD"],
+                guard="dedupe_window_s = 0\n",
+            )
         )
-        daemon = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "guardian", "run", "--config", str(config),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=env, cwd=tmp,
-        )  # fmt: skip
+        daemon = await start_daemon(config, guardian_env(**secrets_env([exchange, bot])))
         try:
-            await wait_http(sim_url + "/derivatives/api/v3/instruments")
             await wait_http(guardian_url + "/readyz")
             await asyncio.sleep(2.5)  # the first marks
             direct = KrakenClient(
@@ -132,8 +93,7 @@ permissions = ["read", "trade"]
             )
         finally:
             for proc in (daemon, sim):
-                proc.terminate()
-                await proc.wait()
+                await stop(proc)
     return 0
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import aiohttp
 from _common import (
     Key,
-    bots_toml,
+    daemon_toml,
     free_port,
     guardian_env,
     machine,
@@ -131,27 +131,15 @@ async def main(count: int, paths: list[str]) -> int:
             )
         config = Path(tmp) / "bench.toml"
         config.write_text(
-            f"""[server]
-listen = "127.0.0.1:{ports["guardian"]}"
-[journal]
-path = "{Path(tmp) / "journal.sqlite3"}"
-[log]
-level = "warning"
-format = "json"
-[[accounts]]
-name = "bench"
-base_url = "{sim_url}"
-api_key = "{exchange.api_key}"
-api_secret_env = "{exchange.env}"
-[accounts.guard]
-symbols = ["PF_XBTUSD", "PF_ETHUSD"]
-max_order_size = 1
-max_notional = 100000
-price_band_pct = 5
-rate_budget = 1000000000
-dedupe_window_s = 0
-"""
-            + bots_toml([bot])
+            daemon_toml(
+                ports["guardian"],
+                Path(tmp) / "journal.sqlite3",
+                sim_url,
+                exchange,
+                [bot],
+                symbols=["PF_XBTUSD", "PF_ETHUSD"],
+                guard="dedupe_window_s = 0\n",
+            )
         )
         procs.append(await start_daemon(config, guardian_env(**secrets_env([exchange, bot]))))
         try:

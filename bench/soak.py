@@ -43,9 +43,9 @@ from pathlib import Path
 from _common import (
     CpuMeter,
     Key,
-    bots_toml,
     call,
     cpu_seconds,
+    daemon_toml,
     free_port,
     guardian_env,
     judge,
@@ -221,26 +221,9 @@ async def main(args: argparse.Namespace) -> int:
         journal = Path(tmp) / "journal.sqlite3"
         config = Path(tmp) / "soak.toml"
         config.write_text(
-            f"""[server]
-listen = "127.0.0.1:{port}"
-[journal]
-path = "{journal}"
-[log]
-level = "info"
-format = "json"
-[[accounts]]
-name = "soak"
-base_url = "{sim_url}"
-api_key = "{exchange.api_key}"
-api_secret_env = "{exchange.env}"
-[accounts.guard]
-symbols = ["{SYMBOL}"]
-max_order_size = 1
-max_notional = 100000
-price_band_pct = 5
-rate_budget = 1000000000
-"""
-            + bots_toml(bots)
+            daemon_toml(
+                port, journal, sim_url, exchange, bots, account="soak", log_level="info", symbols=[SYMBOL]
+            )
         )
         log = Path(tmp) / "daemon.log"
         daemon = await start_daemon(config, guardian_env(**secrets_env([exchange, *bots])), log=log)

@@ -34,8 +34,8 @@ from _common import (
     CpuMeter,
     Key,
     MachineMeter,
-    bots_toml,
     call,
+    daemon_toml,
     free_port,
     guardian_env,
     judge,
@@ -131,26 +131,7 @@ async def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="guardian-throughput-") as tmp:
         config = Path(tmp) / "throughput.toml"
         config.write_text(
-            f"""[server]
-listen = "127.0.0.1:{port}"
-[journal]
-path = "{Path(tmp) / "journal.sqlite3"}"
-[log]
-level = "warning"
-format = "json"
-[[accounts]]
-name = "bench"
-base_url = "{sim_url}"
-api_key = "{exchange.api_key}"
-api_secret_env = "{exchange.env}"
-[accounts.guard]
-symbols = ["{SYMBOL}"]
-max_order_size = 1
-max_notional = 100000
-price_band_pct = 5
-rate_budget = 1000000000
-"""
-            + bots_toml(bots)
+            daemon_toml(port, Path(tmp) / "journal.sqlite3", sim_url, exchange, bots, symbols=[SYMBOL])
         )
         daemon = await start_daemon(config, guardian_env(**secrets_env([exchange, *bots])))
         clients = [
