@@ -34,9 +34,16 @@ from _common import (
 )
 
 from guardian.kraken.client import Credentials, KrakenClient
+from guardian.kraken.signing import ParamValue
 from guardian.secret import ApiSecret
 
-ORDER = {"orderType": "ioc", "symbol": "PF_XBTUSD", "side": "buy", "size": 0.01, "limitPrice": 59000}
+ORDER: dict[str, ParamValue] = {
+    "orderType": "ioc",
+    "symbol": "PF_XBTUSD",
+    "side": "buy",
+    "size": 0.01,
+    "limitPrice": 59000,
+}
 
 
 async def main(count: int) -> int:

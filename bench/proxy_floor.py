@@ -52,9 +52,16 @@ from yarl import URL
 
 from guardian.journal import Intent, Journal
 from guardian.kraken.client import Credentials, KrakenClient
+from guardian.kraken.signing import ParamValue
 from guardian.secret import ApiSecret
 
-ORDER = {"orderType": "ioc", "symbol": "PF_XBTUSD", "side": "buy", "size": 0.01, "limitPrice": 59000}
+ORDER: dict[str, ParamValue] = {
+    "orderType": "ioc",
+    "symbol": "PF_XBTUSD",
+    "side": "buy",
+    "size": 0.01,
+    "limitPrice": 59000,
+}
 PATHS = ("direct", "bare", "bare+journal", "guardian")
 PASSED_HEADERS = ("APIKey", "Authent", "Nonce", "Content-Type")
 
