@@ -17,6 +17,9 @@ own connection, which writes no rows, so no commit waits for them; only when wri
 keeps up (thousands per second, for seconds) does the writer checkpoint by itself, past
 WRITER_CHECKPOINT_PAGES. `bench/journal_bench.py` measures all of this.
 
+Outcomes (`finish()`) wait up to OUTCOME_DELAY_S (20 ms) to share the next write's transaction; a crash in
+that window leaves those rows "unknown", like any outcome the process did not live to write.
+
 A forwarded request found without an outcome when the file is opened was in flight when an earlier run
 died: it is counted (`unfinished_at_open`), logged, and its outcome set to "unknown".
 
@@ -524,15 +527,12 @@ class Journal:
             )
             return [job for job in batch if job.keep]
         self.commits += 1
-        if retrying or (not self.healthy and all(job.write is None for job in batch)):
-            # Neither a retried outcome nor an empty transaction (a flush) says the next write will fit.
-            if not retrying:
-                _deliver_soon([(job.future, None, None) for job in batch if job.future])
-            return []
-        if not self.healthy:
-            log.info("journal_write_recovered", path=str(self.path), failures=self._failures)
-        self.healthy = True
-        self._failures = 0
+        # Neither a retried outcome nor an empty transaction (a flush) says the next write will fit.
+        if not retrying and any(job.write is not None for job in batch):
+            if not self.healthy:
+                log.info("journal_write_recovered", path=str(self.path), failures=self._failures)
+            self.healthy = True
+            self._failures = 0
         _deliver_soon(
             [(job.future, result, None) for job, result in zip(batch, results, strict=True) if job.future]
         )

@@ -307,6 +307,15 @@ class Gateway:
         found = await self._lookup(account, edits) if edits else {}
         return {**found, **{tag: intent for tag, intent in tags.items() if tag is not None}}
 
+    @staticmethod
+    def _afford_lookup(account: Account, refused: str) -> None:
+        """Spend an `orders/status` from the account's budget, keeping the switch's share and a cancel-all's
+        room as every non-cancel does; Refusal(apiLimitExceeded, `refused`) if it does not fit."""
+        if not account.budget.try_spend(
+            ep.endpoint("orders/status").cost, reserve=account.switch_reserve + account.bot_reserve
+        ):
+            raise Refusal("apiLimitExceeded", refused)
+
     async def _lookup(self, account: Account, edits: Sequence[OrderIntent]) -> dict[str, OrderIntent]:
         params: list[tuple[str, str]] = []
         for edit in edits:
@@ -316,11 +325,7 @@ class Gateway:
                 params.append(("cliOrdIds", edit.cli_ord_id))
         if not params:
             return {}
-        lookup = ep.endpoint("orders/status")
-        if not account.budget.try_spend(lookup.cost, reserve=account.switch_reserve + account.bot_reserve):
-            raise Refusal(
-                "apiLimitExceeded", "no budget left to look up the order being edited; retry shortly"
-            )
+        self._afford_lookup(account, "no budget left to look up the order being edited; retry shortly")
         try:
             rows = await account.gateway_client.order_status(
                 [v for k, v in params if k == "orderIds"], [v for k, v in params if k == "cliOrdIds"]
@@ -413,13 +418,11 @@ class Gateway:
     async def _known_order(self, account: Account, cli_ord_id: str) -> dict[str, Any] | None:
         """After an attempt whose outcome is unknown: does the exchange have the order? If so, answer the
         retry in sendorder's shape from what the exchange says."""
-        lookup = ep.endpoint("orders/status")
-        if not account.budget.try_spend(lookup.cost, reserve=account.switch_reserve + account.bot_reserve):
-            raise Refusal(
-                "apiLimitExceeded",
-                f"an earlier attempt with cliOrdId {cli_ord_id!r} has an unknown outcome and there is no budget "
-                "left to ask the exchange about it; retry shortly",
-            )
+        self._afford_lookup(
+            account,
+            f"an earlier attempt with cliOrdId {cli_ord_id!r} has an unknown outcome and there is no budget "
+            "left to ask the exchange about it; retry shortly",
+        )
         try:
             rows = await account.gateway_client.order_status(cli_ord_ids=[cli_ord_id])
         except ExchangeError as exc:

@@ -4,8 +4,8 @@
   orders) and cancels; `halted` only cancels. Cancels always pass: they can only take risk away.
 - Limits (`GuardConfig`, per symbol via `limits_for`): the symbols allow-list, `max_order_size` (the
   order's size in contracts), `max_notional` (size times the limit price; for an order that has none,
-  times the mark or its stop price, whichever is higher) and `price_band_pct` (every limit and stop price within that percentage of the mark,
-  either side). A limit that is off (None) is never checked and never needs the mark; one that needs the
+  times the mark or its stop price, whichever is higher) and `price_band_pct` (every limit and stop
+  price within that percentage of the mark, either side). A limit that is off (None) is never checked and never needs the mark; one that needs the
   mark when there is none refuses (`markPriceUnavailable`): guardian does not guess a price.
 
 Arithmetic is Decimal throughout with enough precision to be exact for any number `orders` accepts; the
