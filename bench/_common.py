@@ -276,6 +276,17 @@ async def wait_http(url: str, timeout_s: float = 60.0, every_s: float = 0.1) -> 
             await asyncio.sleep(every_s)
 
 
+# An `ioc` buy below the simulator's ask: checked against every limit, answered `iocWouldNotExecute`,
+# nothing accumulates, so every one costs the exchange the same (the latency scripts send it).
+IOC_ORDER: dict[str, ParamValue] = {
+    "orderType": "ioc",
+    "symbol": "PF_XBTUSD",
+    "side": "buy",
+    "size": 0.01,
+    "limitPrice": 59000,
+}
+
+
 # ---- answers -------------------------------------------------------------------------------------------
 
 # What each endpoint answers when it did what a bot asked, in the nested status Kraken puts the outcome in.

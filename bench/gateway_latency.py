@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from _common import (
+    IOC_ORDER,
     Key,
     daemon_toml,
     free_port,
@@ -34,16 +35,7 @@ from _common import (
 )
 
 from guardian.kraken.client import Credentials, KrakenClient
-from guardian.kraken.signing import ParamValue
 from guardian.secret import ApiSecret
-
-ORDER: dict[str, ParamValue] = {
-    "orderType": "ioc",
-    "symbol": "PF_XBTUSD",
-    "side": "buy",
-    "size": 0.01,
-    "limitPrice": 59000,
-}
 
 
 async def main(count: int) -> int:
@@ -77,12 +69,12 @@ async def main(count: int) -> int:
             async with direct, via:
                 for client in (direct, via):  # warm up the connections and the code paths
                     for _ in range(50):
-                        await client.send_order(**ORDER)
+                        await client.send_order(**IOC_ORDER)
                 times: dict[str, list[float]] = {"direct": [], "guardian": []}
                 for i in range(count * 2):
                     name, client = ("direct", direct) if i % 2 == 0 else ("guardian", via)
                     started = time.perf_counter()
-                    answer = await client.send_order(**ORDER)
+                    answer = await client.send_order(**IOC_ORDER)
                     times[name].append((time.perf_counter() - started) * 1000)
                     assert answer["sendStatus"]["status"] == "iocWouldNotExecute", answer
             p50 = {k: statistics.median(v) for k, v in times.items()}

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import aiohttp
 from _common import (
+    IOC_ORDER,
     Key,
     daemon_toml,
     free_port,
@@ -52,16 +53,8 @@ from yarl import URL
 
 from guardian.journal import Intent, Journal
 from guardian.kraken.client import Credentials, KrakenClient
-from guardian.kraken.signing import ParamValue
 from guardian.secret import ApiSecret
 
-ORDER: dict[str, ParamValue] = {
-    "orderType": "ioc",
-    "symbol": "PF_XBTUSD",
-    "side": "buy",
-    "size": 0.01,
-    "limitPrice": 59000,
-}
 PATHS = ("direct", "bare", "bare+journal", "guardian")
 PASSED_HEADERS = ("APIKey", "Authent", "Nonce", "Content-Type")
 
@@ -177,12 +170,12 @@ async def main(count: int, paths: list[str]) -> int:
                     await clients.pop(name).close()
                 for client in clients.values():  # warm up the connections and the code paths
                     for _ in range(50):
-                        await client.send_order(**ORDER)
+                        await client.send_order(**IOC_ORDER)
                 times: dict[str, list[float]] = {name: [] for name in clients}
                 for _ in range(count):
                     for name, client in clients.items():
                         started = time.perf_counter()
-                        answer = await client.send_order(**ORDER)
+                        answer = await client.send_order(**IOC_ORDER)
                         times[name].append((time.perf_counter() - started) * 1000)
                         assert answer["sendStatus"]["status"] == "iocWouldNotExecute", answer
             finally:
