@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -70,7 +70,12 @@ class Decision:
     intents: list[GuardedIntent] = field(default_factory=list)
     items: int = 0  # batch items, for the cost
     new_risk: bool = False  # sends or edits: the switch gate applied
-    cli_ord_id: str | None = None  # a sendorder's, for retries
+    mode: Mode | None = None  # the account's mode the guard judged by
+    # The cliOrdIds of a sendorder or of a batch's send items (at `key_items` in the batch), and what the
+    # request says, for the retried-order memory (guardian.gateway.dedupe).
+    keys: tuple[str, ...] = ()
+    key_items: tuple[int, ...] = ()
+    content: Hashable = None
 
 
 class Gateway:
@@ -174,8 +179,8 @@ class Gateway:
         decision = await self._guard(account, caller, endpoint, fields, trail)
         out = Outbound(account, endpoint, query, body, request.method)
         cost = endpoint.cost_for(fields, decision.items)
-        if decision.cli_ord_id is not None and account.config.guard.dedupe_window_s > 0:
-            return await self._send_once(out, decision, decision.cli_ord_id, trail, caller, cost)
+        if decision.keys and account.config.guard.dedupe_window_s > 0:
+            return await self._send_once(out, decision, trail, caller, cost)
         self._spend(account, caller, cost, decision)
         return _response(await self._forward_journaled(out, decision, trail))
 
@@ -215,7 +220,8 @@ class Gateway:
         if name == "sendorder":
             send = orders.parse_send(fields)
             decision.intents = [send]
-            decision.cli_ord_id = send.cli_ord_id
+            if send.cli_ord_id is not None:
+                decision.keys, decision.key_items, decision.content = (send.cli_ord_id,), (0,), send
         elif name == "editorder":
             decision.intents = [orders.parse_edit(fields)]
         elif name == "cancelorder":
@@ -227,10 +233,19 @@ class Gateway:
                 items, doc = parse_batch(fields)
             except WireError as exc:
                 raise Refusal(_wire_code(exc), str(exc)) from None
-            orders.parse_batch_envelope(fields, doc)
+            before = orders.parse_batch_envelope(fields, doc)
             trail.params = {"batchOrder": items, **{k: v for k, v in fields.items() if k != "json"}}
             decision.intents = list(orders.parse_batch(items))
             decision.items = len(items)
+            sends = [
+                (index, i.cli_ord_id)
+                for index, i in enumerate(decision.intents)
+                if isinstance(i, OrderIntent) and i.kind == "send" and i.cli_ord_id is not None
+            ]
+            if sends:
+                decision.key_items = tuple(index for index, _ in sends)
+                decision.keys = tuple(key for _, key in sends)
+                decision.content = (tuple(decision.intents), before)
         decision.new_risk = any(isinstance(i, OrderIntent) for i in decision.intents)
         if any(isinstance(i, OrderIntent) and i.kind == "edit" for i in decision.intents):
             # Edits are judged as they will be once merged with the open order, which takes an exchange
@@ -247,9 +262,11 @@ class Gateway:
             originals = await self._batch_originals(account, decision.intents)
             marks = {s: account.marks.mark(s) for s in _symbols(decision.intents, originals)}
             self._gate(account, decision)
+            decision.mode = account.mode
             rules.check_batch(decision.intents, account.mode, account.config.guard, marks, originals)
             return decision
         [intent] = decision.intents
+        decision.mode = account.mode
         rules.check_mode(account.mode, intent)
         self._gate(account, decision)
         if isinstance(intent, OrderIntent):
@@ -272,6 +289,22 @@ class Gateway:
                     rules.check_mode(account.mode, intent)
                 except Refusal as refusal:
                     raise (refusal.for_item(index, intent.order_tag) if decision.items else refusal) from None
+
+    @staticmethod
+    def _still_allowed(account: Account, decision: Decision) -> None:
+        """The last look before new risk leaves (journaling it was a wait): a halt, a stricter mode or a
+        switch no longer armed that took effect meanwhile still stops it. The caller registers the
+        request as in flight right after, with no wait between: a halt either refuses it here or sees it."""
+        if account.mode is not decision.mode:
+            for index, intent in enumerate(decision.intents):
+                if isinstance(intent, OrderIntent):
+                    try:
+                        rules.check_mode(account.mode, intent)
+                    except Refusal as refusal:
+                        raise (
+                            refusal.for_item(index, intent.order_tag) if decision.items else refusal
+                        ) from None
+        Gateway._gate(account, decision)
 
     @staticmethod
     def _gate(account: Account, decision: Decision) -> None:
@@ -375,45 +408,80 @@ class Gateway:
 
     # ---- forwarding -------------------------------------------------------------------------------
     async def _send_once(
-        self, out: Outbound, decision: Decision, cli_ord_id: str, trail: Trail, caller: Caller, cost: float
+        self, out: Outbound, decision: Decision, trail: Trail, caller: Caller, cost: float
     ) -> web.StreamResponse:
-        """A sendorder with a cliOrdId: a retry gets the first attempt's answer, never a second order.
-        Only what reaches the exchange spends the budget: a replayed answer costs nothing, asking the
-        exchange about an unknown outcome costs an `orders/status`."""
+        """A sendorder with a cliOrdId, or a batch with send items that carry them: a retry (the same
+        request from the same bot) gets the first attempt's answer, never a second order; any other use
+        of those cliOrdIds is refused (`clientOrderIdAlreadyExist`). Only what reaches the exchange spends
+        the budget: a replayed answer costs nothing, asking the exchange about an unknown outcome costs an
+        `orders/status`."""
         account = out.account
-        earlier = account.recent.claim(cli_ord_id)
-        if earlier is not None:
-            await earlier.wait()
-            if earlier.outcome is Outcome.ANSWERED and earlier.answer is not None:
+        attempt, first = account.recent.claim(
+            decision.keys, caller.bot, decision.content, items=decision.key_items if decision.items else None
+        )
+        if not first:
+            await attempt.wait()
+            if attempt.outcome is Outcome.ANSWERED and attempt.answer is not None:
                 trail.outcome = "replayed"
-                await self._journal_local(trail, "answered", "replayed", earlier.answer.status)
-                response = _response(earlier.answer)
+                await self._journal_local(trail, "answered", "replayed", attempt.answer.status)
+                response = _response(attempt.answer)
                 response.headers[REPLAYED_HEADER] = "true"
                 return response
-            known = await self._known_order(account, cli_ord_id)
-            if known is not None:
-                trail.outcome = "replayed"
-                await self._journal_local(trail, "answered", "recovered", 200)
-                response = web.json_response(known)
-                response.headers[REPLAYED_HEADER] = "recovered"
-                return response
-            account.recent.forget(cli_ord_id)
-            if account.recent.claim(cli_ord_id) is not None:  # another retry got there first
-                return await self._send_once(out, decision, cli_ord_id, trail, caller, cost)
+            if out.endpoint.name == "sendorder":
+                known = await self._known_order(account, decision.keys[0])
+                if known is not None:
+                    trail.outcome = "replayed"
+                    await self._journal_local(trail, "answered", "recovered", 200)
+                    response = web.json_response(known)
+                    response.headers[REPLAYED_HEADER] = "recovered"
+                    return response
+            else:
+                await self._none_known(account, decision.keys)
+            account.recent.forget(attempt)
+            # A first attempt again, unless another retry got there first (then this one waits for it).
+            return await self._send_once(out, decision, trail, caller, cost)
         try:
             self._spend(account, caller, cost, decision)
             answer = await self._forward_journaled(out, decision, trail)
         except Refusal:
-            account.recent.forget(cli_ord_id)
+            account.recent.forget(attempt)
             raise
         except BaseException:
-            account.recent.unknown(cli_ord_id)
+            account.recent.unknown(attempt)
             raise
         if trail.outcome in ("timeout", "unavailable"):
-            account.recent.unknown(cli_ord_id)
+            account.recent.unknown(attempt)
         else:
-            account.recent.answered(cli_ord_id, answer)
+            account.recent.answered(attempt, answer)
         return _response(answer)
+
+    async def _none_known(self, account: Account, cli_ord_ids: Sequence[str]) -> None:
+        """After a batch whose outcome is unknown, before it is sent again: Refusal unless the exchange
+        knows none of its cliOrdIds. A batch answer cannot be rebuilt honestly from orders/status, so a
+        batch that did reach the exchange is not answered again: the bot reads openorders instead."""
+        self._afford_lookup(
+            account,
+            "an earlier attempt of this batch has an unknown outcome and there is no budget left to ask the "
+            "exchange about it; retry shortly",
+        )
+        try:
+            rows = await account.gateway_client.order_status(cli_ord_ids=list(cli_ord_ids))
+        except ExchangeError as exc:
+            raise Refusal(
+                "upstreamUnavailable",
+                f"an earlier attempt of this batch has an unknown outcome and the exchange could not be asked "
+                f"about it ({exc}); retry shortly",
+            ) from None
+        wanted = set(cli_ord_ids)
+        for row in rows:
+            order = row.get("order") if isinstance(row, dict) else None
+            if isinstance(order, dict) and order.get("cliOrdId") in wanted:
+                raise Refusal(
+                    "clientOrderIdAlreadyExist",
+                    f"an earlier attempt of this batch had an unknown outcome, and the exchange has an order "
+                    f"with cliOrdId {order['cliOrdId']!r}: it is not sent again (see openorders or "
+                    "orders/status for what it did)",
+                )
 
     async def _known_order(self, account: Account, cli_ord_id: str) -> dict[str, Any] | None:
         """After an attempt whose outcome is unknown: does the exchange have the order? If so, answer the
@@ -470,12 +538,43 @@ class Gateway:
                     "guardian cannot write its audit journal, so it lets no new risk out (cancels still pass)",
                 ) from exc
             log.error("journal_write_failed", endpoint=endpoint.name, error=str(exc))
-        answer = await self._forward(out, trail)
+        if decision.new_risk:
+            try:
+                self._still_allowed(out.account, decision)
+            except Refusal as refusal:
+                if request_id is not None:
+                    self._withheld(request_id, refusal, trail)
+                raise
+            in_flight = out.account.in_flight
+            flight = in_flight.begin(trail.bot, endpoint.name, tuple(decision.intents))
+            answer: RawAnswer | None = None
+            try:
+                answer = await self._forward(out, trail)
+            finally:
+                lost = answer is None or trail.outcome in ("timeout", "unavailable")
+                in_flight.end(flight, None if lost else answer)
+        else:
+            answer = await self._forward(out, trail)
         if request_id is not None:
             # After the answer is on its way: the outcome's JSON and redaction are not the bot's wait.
             total_s = time.time() - trail.received_at
             asyncio.get_running_loop().call_soon(self._finish, request_id, trail, answer.status, total_s)
         return answer
+
+    def _withheld(self, request_id: int, refusal: Refusal, trail: Trail) -> None:
+        """The intent was journaled but a halt (or a stricter mode, or the switch) stopped it before it
+        left: its row says so, and the refusal is journaled as every refusal is."""
+        try:
+            self.journal.finish(
+                request_id,
+                outcome="withheld",
+                http_status=refusal.http_status,
+                answer={"error": refusal.code},
+                upstream_s=None,
+                total_s=time.time() - trail.received_at,
+            )
+        except JournalError as exc:
+            log.error("journal_write_failed", endpoint=trail.endpoint, error=str(exc))
 
     def _finish(self, request_id: int, trail: Trail, http_status: int, total_s: float) -> None:
         log.debug(

@@ -30,6 +30,8 @@ CODES: Final[Mapping[str, int]] = MappingProxyType(
         "reduceOnlyMode": 403,
         "tradingHalted": 403,
         "switchNotArmed": 409,
+        # Kraken's own code (a sendorder status there): a cliOrdId an earlier, different request used.
+        "clientOrderIdAlreadyExist": 409,
         "requestTooLarge": 413,
         "apiLimitExceeded": 429,
         # Also used by the local API's other parts (auth, app): Kraken's nonce codes for a bot that signs
