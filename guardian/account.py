@@ -14,6 +14,7 @@ import structlog
 from guardian.config import AccountConfig, OnShutdown
 from guardian.errors import ExchangeError
 from guardian.gateway.dedupe import RecentOrders
+from guardian.gateway.inflight import InFlight
 from guardian.gateway.marks import Marks
 from guardian.kraken.client import Credentials, KrakenClient
 from guardian.kraken.endpoints import endpoint
@@ -69,6 +70,7 @@ class Account:
         # little longer than the exchange does keeps the model on the safe side of that difference.
         self.budget = CostBudget(guard.rate_budget, guard.rate_window_s + RATE_WINDOW_MARGIN_S)
         self.recent = RecentOrders(guard.dedupe_window_s)
+        self.in_flight = InFlight()  # new-risk requests forwarded and not yet settled, for a halt to watch
         refresh = endpoint("cancelallordersafter").cost
         # What the switch may spend in any one window: every refresh that fits, plus one retry. Its spends
         # are counted in `budget` like everyone's, and in `_switch_spent` alone, so the reserve kept from

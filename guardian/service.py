@@ -23,6 +23,7 @@ from guardian.config import Config
 from guardian.gateway.admin import Admin
 from guardian.gateway.app import Gateway, Trail
 from guardian.gateway.auth import LocalKeys
+from guardian.gateway.halt import Halts
 from guardian.journal import Journal, JournalError
 from guardian.kraken.times import to_iso
 from guardian.metrics import Metrics
@@ -56,6 +57,7 @@ class Service:
         self.journal = Journal(config.journal.path, retention_days=config.journal.retention_days)
         self.metrics.watch_journal(lambda: self.journal.healthy)
         self.gateway = Gateway(self.accounts, LocalKeys(config.accounts), self.journal, observe=self._observe)
+        self.halts = Halts(self.journal)  # the kill's follow-up watches (and, later, automatic halts)
         self.url = ""
         self.started_at: float | None = None
         self.ready_sent = False
@@ -88,7 +90,7 @@ class Service:
         token = self.config.server.admin_token
         if token is not None:
             accounts = {account.name: account for account in self.accounts}
-            app.add_routes(Admin(token, accounts, self.journal).routes())
+            app.add_routes(Admin(token, accounts, self.journal, self.halts).routes())
         return app
 
     def _observe(self, trail: Trail, total_s: float) -> None:
@@ -156,6 +158,8 @@ class Service:
         if self._runner is not None:
             await self._runner.cleanup()  # stops accepting, waits SHUTDOWN_GRACE_S for in-flight ones
             self._runner = None
+        # A kill's follow-up cancels are about money: they finish (bounded) before the clients close.
+        await self.halts.drain(SHUTDOWN_ACTION_S)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -4,7 +4,9 @@
   `halted`). Persisted in the journal before it is answered: a restarted daemon comes back in the same
   mode, so only a person lifts `halted`.
 - `POST /guardian/kill {"account"}`: `halted` first (nothing new slips out), then `cancelallorders` at
-  the exchange at once; the answer carries what the exchange said.
+  the exchange at once; the answer carries what the exchange said and `in_flight`, how many new-risk
+  requests were already forwarded when the halt took effect. Each of those is watched to its end and
+  whatever it left open is cancelled (`guardian.gateway.halt`).
 
 Without an admin token in the configuration these routes do not exist. Answers are JSON; errors are
 `{"error": code, "message": ...}` with a 4xx/5xx status.
@@ -22,6 +24,7 @@ from aiohttp import web
 
 from guardian.account import Account, Mode
 from guardian.errors import ExchangeError
+from guardian.gateway.halt import Halts
 from guardian.gateway.http import read_capped
 from guardian.journal import Journal, JournalError
 from guardian.kraken.client import classify
@@ -44,10 +47,13 @@ class AdminError(Exception):
 class Admin:
     """The admin routes of one daemon."""
 
-    def __init__(self, token: Secret, accounts: Mapping[str, Account], journal: Journal) -> None:
+    def __init__(
+        self, token: Secret, accounts: Mapping[str, Account], journal: Journal, halts: Halts | None = None
+    ) -> None:
         self._token = token.reveal().encode()
         self._accounts = accounts
         self._journal = journal
+        self._halts = halts or Halts(journal)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -96,11 +102,16 @@ class Admin:
 
     async def kill(self, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         account = self._account(doc)
-        previous = await self._change(account, Mode.HALTED, reason="kill")
+        previous = account.mode
+        # Halted now, and what was already forwarded is watched: the two in one step (see Halts.halt).
+        flights = self._halts.halt(account)
+        self._halts.follow(account, flights, why="kill")
+        await self._change(account, Mode.HALTED, reason="kill", previous=previous)
         answer: dict[str, Any] = {
             "account": account.name,
             "mode": Mode.HALTED.value,
             "previous": previous.value,
+            "in_flight": len(flights),
         }
         try:
             raw = await account.gateway_client.send(endpoint("cancelallorders"))
@@ -110,14 +121,24 @@ class Admin:
         except (ExchangeError, ValueError) as exc:
             answer["error"] = str(exc)
             log.error("admin_kill_cancel_failed", account=account.name, error=str(exc))
-            await self._journal_event("admin_kill", account, {"cancel": "failed", "error": str(exc)})
+            await self._journal_event(
+                "admin_kill", account, {"cancel": "failed", "error": str(exc), "in_flight": len(flights)}
+            )
             return 502, answer
-        log.warning("admin_kill", account=account.name, exchange=answer["exchange"])
-        await self._journal_event("admin_kill", account, {"cancel": "done", "exchange": answer["exchange"]})
+        log.warning("admin_kill", account=account.name, exchange=answer["exchange"], in_flight=len(flights))
+        await self._journal_event(
+            "admin_kill",
+            account,
+            {"cancel": "done", "exchange": answer["exchange"], "in_flight": len(flights)},
+        )
         return 200, answer
 
-    async def _change(self, account: Account, mode: Mode, *, reason: str) -> Mode:
-        previous = account.mode
+    async def _change(
+        self, account: Account, mode: Mode, *, reason: str, previous: Mode | None = None
+    ) -> Mode:
+        previous = account.mode if previous is None else previous
+        if mode is Mode.HALTED:
+            account.mode = mode  # at once: requests arriving while it is persisted are refused already
         try:
             await self._journal.set_mode(account.name, mode.value, by="admin", reason=reason)
         except JournalError as exc:

@@ -247,13 +247,17 @@ class Simulator:
         )
         with contextlib.suppress(ConnectionError):
             await request.read()  # received whole before any fault: a slow exchange still acts on it
-        response = await self._inject(request, endpoint.name)
+        response = await self._inject(
+            request, endpoint.name, lambda: self._answer(request, endpoint, path_params, entry)
+        )
         if response is None:
             response = await self._answer(request, endpoint, path_params, entry)
         entry["http_status"] = response.status
         return response
 
-    async def _inject(self, request: web.Request, name: str) -> web.StreamResponse | None:
+    async def _inject(
+        self, request: web.Request, name: str, act: Callable[[], Awaitable[web.Response]]
+    ) -> web.StreamResponse | None:
         fault = self.faults.take(name)
         if fault is None:
             return None
@@ -261,6 +265,11 @@ class Simulator:
         if fault.kind == "latency":
             await asyncio.sleep(fault.latency_s)
             return None
+        if fault.kind == "lose":
+            await act()  # done at the exchange; the answer never leaves
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release.wait(), timeout=3600)
+            return self._error("Unavailable", 503)
         if fault.kind == "hang":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._release.wait(), timeout=3600)

@@ -7,7 +7,8 @@ for the next `times` requests. Kinds:
 - `error`: answer Kraken's error envelope with `code` (HTTP `status`, default 200);
 - `status`: answer HTTP `status` (a 5xx usually) with a non-JSON body;
 - `hang`: never answer (until the fault is cleared or the simulator stops);
-- `drop`: close the connection without answering.
+- `drop`: close the connection without answering;
+- `lose`: act on the request (the order is placed), then never answer: the answer is lost on its way.
 
 The clock offset (what the exchange reports as its time) is kept by the exchange itself.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-FAULT_KINDS = ("latency", "error", "status", "hang", "drop")
+FAULT_KINDS = ("latency", "error", "status", "hang", "drop", "lose")
 
 
 @dataclass(slots=True)

@@ -1,0 +1,230 @@
+"""Halt and cancel: after a kill answers, or very soon after, nothing the account's bots sent through
+guardian before it may be left open at the exchange.
+
+A kill halts first (nothing new is forwarded from that instant), takes a snapshot of the new-risk
+requests already forwarded (`guardian.gateway.inflight`), and cancels everything at once. Those requests
+were beyond the cancel's reach: the exchange may act on them after it. So each one is watched to its end:
+- its answer shows an order placed or an edit applied: that order is cancelled by its id at once;
+- its answer shows nothing placed (a rejection, an error envelope): nothing to do;
+- its outcome is unknown (no answer within `upstream_timeout_s`, a lost connection, an answer that cannot
+  be read): one more `cancelallorders` then, and a last one `upstream_timeout_s` later, for an exchange
+  that acts on a request later than it answers it.
+Every follow-up cancel is journaled (`kill_follow_up`) and logged. The same mechanism serves every
+automatic halt-and-cancel (a fill-burst or loss-limit trip, a per-bot kill: `bot` narrows the watch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+from urllib.parse import urlencode
+
+import structlog
+
+from guardian.account import Account, Mode
+from guardian.errors import ExchangeError
+from guardian.gateway.inflight import Flight
+from guardian.gateway.orders import OrderIntent
+from guardian.journal import Journal, JournalError
+from guardian.kraken.client import RawAnswer
+from guardian.kraken.endpoints import endpoint
+
+log = structlog.get_logger("guardian.halt")
+
+# Order statuses (sendorder, editorder, batch items) after which nothing is left open by that request.
+# Anything else with an order id is cancelled: an unknown status is never taken for a harmless one.
+CLOSED_STATUSES: Final = frozenset(
+    {
+        "filled",
+        "cancelled",
+        "notFound",
+        "noOrdersToCancel",
+        "insufficientAvailableFunds",
+        "invalidPrice",
+        "invalidSize",
+        "postWouldExecute",
+        "iocWouldNotExecute",
+        "selfFill",
+        "wouldCauseLiquidation",
+        "outsidePriceCollar",
+        "clientOrderIdAlreadyExist",
+        "wouldNotReducePosition",
+        "wouldProcessAfterSpecifiedTime",
+        "marketSuspended",
+        "tooManyOrders",
+        "tooManySmallOrders",
+        "orderForEditNotFound",
+        "orderForEditNotAStop",
+        "cannotEditTriggerPriceOfTrailingStop",
+        "cannotEditLimitPriceOfTrailingStop",
+    }
+)
+OPEN_STATUSES: Final = frozenset({"placed", "partiallyFilled", "edited"})
+_STATUS_KEYS: Final = {"sendorder": "sendStatus", "editorder": "editStatus", "batchorder": "batchStatus"}
+
+Target = tuple[str, str]  # ("order_id" | "cliOrdId", the id): what cancelorder takes
+
+
+def left_open(flight: Flight, answer: RawAnswer) -> list[Target] | None:
+    """The orders `flight`'s answer shows placed or changed (to cancel by id); [] when it shows nothing
+    left open; None when it cannot say (a 5xx, a body that is not Kraken's, an open order without an id):
+    the outcome is unknown."""
+    try:
+        doc = json.loads(answer.body)
+    except ValueError:
+        return None
+    if not isinstance(doc, Mapping) or answer.status >= 500:
+        return None
+    if doc.get("result") != "success":
+        return [] if isinstance(doc.get("error"), str) else None
+    statuses = doc.get(_STATUS_KEYS.get(flight.endpoint, ""))
+    if isinstance(statuses, Mapping):
+        statuses = [statuses]
+    if not isinstance(statuses, list):
+        return None
+    edits = [i for i in flight.intents if isinstance(i, OrderIntent) and i.kind == "edit"]
+    targets: list[Target] = []
+    for status in statuses:
+        if not isinstance(status, Mapping):
+            return None
+        word = status.get("status")
+        if word in CLOSED_STATUSES:
+            continue
+        if word not in OPEN_STATUSES:
+            log.warning("halt_unknown_order_status", endpoint=flight.endpoint, status=str(word)[:64])
+        target = _target(status, edits if flight.endpoint == "editorder" else [])
+        if target is None:
+            return None
+        if target not in targets:
+            targets.append(target)
+    return targets
+
+
+def _target(status: Mapping[str, Any], edits: Sequence[OrderIntent]) -> Target | None:
+    for key in ("order_id", "orderId"):
+        if isinstance(status.get(key), str) and status[key]:
+            return ("order_id", status[key])
+    if isinstance(status.get("cliOrdId"), str) and status["cliOrdId"]:
+        return ("cliOrdId", status["cliOrdId"])
+    if len(edits) == 1:  # editorder's answer may leave out the id it was sent
+        edit = edits[0]
+        if edit.order_id:
+            return ("order_id", edit.order_id)
+        if edit.cli_ord_id:
+            return ("cliOrdId", edit.cli_ord_id)
+    return None
+
+
+class Halts:
+    """Halts accounts and owns the follow-up watches (each a task, collected when it ends)."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    def halt(self, account: Account, *, bot: str | None = None) -> list[Flight]:
+        """Halt `account` now, before any other request can be let through, and return the new-risk
+        requests already forwarded (only `bot`'s, if given). Synchronous on purpose: the halt and the
+        snapshot are one step, so each request is either refused by the halt or in the snapshot."""
+        account.mode = Mode.HALTED
+        return account.in_flight.snapshot(bot)
+
+    def follow(self, account: Account, flights: Sequence[Flight], *, why: str) -> None:
+        """Watch each flight to its end and cancel what it left open (see the module's doc)."""
+        for flight in flights:
+            task = asyncio.create_task(self._follow(account, flight, why), name=f"halt-follow-{account.name}")
+            self._tasks.add(task)
+            task.add_done_callback(self._collect)
+
+    def _collect(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("halt_follow_up_failed", error=repr(task.exception()))
+
+    async def drain(self, limit_s: float) -> bool:
+        """Let the watches finish within `limit_s` (the ordered shutdown); cancel what is left. True if
+        every watch finished."""
+        if not self._tasks:
+            return True
+        _, pending = await asyncio.wait(set(self._tasks), timeout=limit_s)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if pending:
+            log.error("halt_follow_ups_abandoned", count=len(pending))
+        return not pending
+
+    async def _follow(self, account: Account, flight: Flight, why: str) -> None:
+        upstream_timeout_s = account.config.guard.upstream_timeout_s
+        try:
+            # The gateway's own client gives up after upstream_timeout_s; the margin is a backstop only.
+            answer = await asyncio.wait_for(flight.wait(), upstream_timeout_s + 1.0)
+        except TimeoutError:
+            answer = None
+        targets = None if answer is None else left_open(flight, answer)
+        base = {"why": why, "bot": flight.bot, "endpoint": flight.endpoint}
+        if targets is None:
+            await self._cancel_all(account, {**base, "because": "outcome unknown"})
+            await asyncio.sleep(upstream_timeout_s)
+            await self._cancel_all(account, {**base, "because": "outcome unknown: the last sweep"})
+            return
+        for field, order_id in targets:
+            await self._cancel(account, field, order_id, base)
+        if not targets:
+            log.info("halt_follow_up_nothing_open", account=account.name, **base)
+
+    async def _cancel(self, account: Account, field: str, order_id: str, base: dict[str, Any]) -> None:
+        detail: dict[str, Any] = {**base, "action": "cancelorder", field: order_id}
+        cancel = endpoint("cancelorder")
+        account.budget.spend(cancel.cost)  # cancels always go out
+        try:
+            raw = await account.gateway_client.send(cancel, body=urlencode({field: order_id}))
+            detail["result"] = _status(raw, "cancelStatus")
+        except ExchangeError as exc:
+            detail["result"] = "failed"
+            detail["error"] = str(exc)
+        await self._record(account, detail)
+
+    async def _cancel_all(self, account: Account, detail: dict[str, Any]) -> None:
+        detail = {**detail, "action": "cancelallorders"}
+        cancel = endpoint("cancelallorders")
+        account.budget.spend(cancel.cost)
+        try:
+            raw = await account.gateway_client.send(cancel)
+            detail["result"] = _status(raw, "cancelStatus")
+        except ExchangeError as exc:
+            detail["result"] = "failed"
+            detail["error"] = str(exc)
+        await self._record(account, detail)
+
+    async def _record(self, account: Account, detail: dict[str, Any]) -> None:
+        failed = detail["result"] == "failed" or str(detail["result"]).startswith("error")
+        (log.error if failed else log.warning)("kill_follow_up", account=account.name, **detail)
+        try:
+            await self._journal.event("kill_follow_up", account.name, detail)
+        except JournalError as exc:
+            log.error("journal_event_failed", kind="kill_follow_up", error=str(exc))
+
+
+def _status(raw: RawAnswer, key: str) -> str:
+    """What a cancel's answer says, in a word: its status, `error:<code>`, or `http_<status>`."""
+    try:
+        doc = json.loads(raw.body)
+    except ValueError:
+        return f"http_{raw.status}"
+    if isinstance(doc, Mapping):
+        status = doc.get(key)
+        if isinstance(status, Mapping) and isinstance(status.get("status"), str):
+            return str(status["status"])
+        if isinstance(doc.get("error"), str):
+            return f"error:{doc['error']}"
+    return f"http_{raw.status}"
