@@ -504,7 +504,22 @@ def _own_paths() -> dict[str, Schema]:
         "properties": {"account": {"type": "string"}, "mode": _MODES, "previous": _MODES},
         "required": ["account", "mode", "previous"],
     }
-    killed = {**changed, "properties": {**changed["properties"], "exchange": {}, "error": {"type": "string"}}}
+    in_flight = {
+        "type": "integer",
+        "minimum": 0,
+        "description": "new-risk requests already forwarded when the halt took effect: each is watched to its "
+        "end and whatever it left open is cancelled (journal events kill_follow_up)",
+    }
+    killed = {
+        **changed,
+        "properties": {
+            **changed["properties"],
+            "exchange": {},
+            "error": {"type": "string"},
+            "in_flight": in_flight,
+        },
+        "required": ["account", "mode", "previous", "in_flight"],
+    }
     mode_body = {
         "type": "object",
         "properties": {"account": account, "mode": _MODES, "reason": {"type": "string"}},
@@ -513,7 +528,7 @@ def _own_paths() -> dict[str, Schema]:
     kill_body = {"type": "object", "properties": {"account": account}, "required": ["account"]}
     not_changed = _json(_ADMIN_ERROR, "journalUnavailable: the mode was not changed.")
     not_cancelled = _json(
-        {**killed, "required": ["account", "mode", "previous", "error"]},
+        {**killed, "required": ["account", "mode", "previous", "in_flight", "error"]},
         "Halted, but the cancel-all at the exchange failed: `error` says why.",
     )
     metrics = {
@@ -547,7 +562,8 @@ def _own_paths() -> dict[str, Schema]:
             ("503", not_changed),
         ),
         "/guardian/kill": _admin(
-            "Halt an account, then cancel all its orders at the exchange",
+            "Halt an account, cancel all its orders at the exchange, then cancel whatever the requests in "
+            "flight at the halt leave open",
             kill_body,
             killed,
             ("502", not_cancelled),
