@@ -8,6 +8,7 @@ import contextlib
 import enum
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -20,6 +21,9 @@ from guardian.kraken.client import Credentials, KrakenClient
 from guardian.kraken.endpoints import endpoint
 from guardian.ratelimit import CostBudget
 from guardian.switch import Switch
+
+if TYPE_CHECKING:
+    from guardian.stream.account import AccountStream
 
 log = structlog.get_logger("guardian.account")
 
@@ -71,6 +75,7 @@ class Account:
         self.budget = CostBudget(guard.rate_budget, guard.rate_window_s + RATE_WINDOW_MARGIN_S)
         self.recent = RecentOrders(guard.dedupe_window_s)
         self.in_flight = InFlight()  # new-risk requests forwarded and not yet settled, for a halt to watch
+        self.stream: AccountStream | None = None  # the account's picture of itself (set by the service)
         refresh = endpoint("cancelallordersafter").cost
         # What the switch may spend in any one window: every refresh that fits, plus one retry. Its spends
         # are counted in `budget` like everyone's, and in `_switch_spent` alone, so the reserve kept from

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from guardian import __version__, logs
-from guardian.config import Config, load_config, load_journal_config, parse_listen
+from guardian.config import Config, load_config, load_journal_config, load_listen, parse_listen
 from guardian.errors import ConfigError
 from guardian.journal import JournalError, read_journal
 from guardian.kraken.times import parse_iso
@@ -139,7 +139,45 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="only rows at or after T: ISO 8601 (2026-11-21T10:00:00Z) or a duration ago (30s, 15m, 2h, 3d)",
     )
+    status = sub.add_parser(
+        "status",
+        help="a running daemon's switches, links, modes, positions, orders, margin and notices; exit 0 only "
+        "when every account is armed and its state fresh",
+    )
+    where = status.add_mutually_exclusive_group()
+    where.add_argument(
+        "--config", type=Path, metavar="FILE", help="the TOML configuration: its server.listen is asked"
+    )
+    where.add_argument("--url", metavar="URL", help="the daemon's base URL (default http://127.0.0.1:8787)")
+    status.add_argument("--json", action="store_true", help="print the state document as it is")
     return parser
+
+
+async def _status(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from guardian.status import render
+
+    if args.config is not None:
+        host, port = load_listen(args.config)
+        base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    else:
+        base = (args.url or "http://127.0.0.1:8787").rstrip("/")
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+            http.get(base + "/guardian/state") as response,
+        ):
+            if response.status != 200:
+                print(f"guardian status: {base} answered HTTP {response.status}", file=sys.stderr)
+                return EX_FAILED
+            state = await response.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        print(f"guardian status: no answer from {base} ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return EX_FAILED
+    text, ok = render(state)
+    print(json.dumps(state, indent=2) if args.json else text)
+    return EX_OK if ok else EX_FAILED
 
 
 async def _check_config(args: argparse.Namespace) -> int:
@@ -293,7 +331,13 @@ async def _run(args: argparse.Namespace) -> int:
     return EX_OK if done else EX_FAILED
 
 
-COMMANDS = {"sim": _run_sim, "run": _run, "check-config": _check_config, "journal": _show_journal}
+COMMANDS = {
+    "sim": _run_sim,
+    "run": _run,
+    "check-config": _check_config,
+    "journal": _show_journal,
+    "status": _status,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -119,6 +119,9 @@ class GuardConfig:
         300.0  # a sendorder repeating a cliOrdId forwarded this recently gets the first answer
     )
     upstream_timeout_s: float = 10.0  # a forwarded request without an answer by then: outcome unknown (504)
+    # Seconds before an announced high-priority maintenance at which the account goes reduce_only (and
+    # back after the announced window, unless an operator changed the mode meanwhile); 0: off.
+    maintenance_reduce_only_s: float = 0.0
 
     def limits_for(self, symbol: str) -> SymbolLimits:
         """The limits that apply to `symbol`: its own override where set, else the account's."""
@@ -128,6 +131,24 @@ class GuardConfig:
             max_notional=_first(own.max_notional, self.max_notional),
             price_band_pct=_first(own.price_band_pct, self.price_band_pct),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """The account's picture of itself: Kraken's WebSocket feeds, checked against REST."""
+
+    enabled: bool = True
+    ws_url: str | None = None  # None: derived from base_url (https://h -> wss://h/ws/v1, http -> ws)
+    link_timeout_s: float = 15.0  # no message for this long: the link is down, reconnect
+    reconcile_s: float = 60.0  # REST openorders, openpositions, accounts compared this often
+    state_max_age_s: float = 10.0  # with the link down, the state is fresh this long after a reconcile
+
+    def url_for(self, base_url: str) -> str:
+        if self.ws_url is not None:
+            return self.ws_url
+        parts = urlsplit(base_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}/ws/v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +172,11 @@ class AccountConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     clients: tuple[ClientConfig, ...] = ()
     nonce: str = "milliseconds"  # milliseconds | microseconds | nanoseconds | off (no Nonce header)
+    stream: StreamConfig = StreamConfig()
+
+    @property
+    def ws_url(self) -> str:
+        return self.stream.url_for(self.base_url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +234,17 @@ class Config:
                 + _limits_text(SymbolLimits(guard.max_order_size, guard.max_notional, guard.price_band_pct)),
             ]
             lines += [f"    {symbol}: {_limits_text(own)}" for symbol, own in guard.per_symbol.items()]
+            if guard.maintenance_reduce_only_s:
+                lines.append(
+                    f"  maintenance: reduce_only {guard.maintenance_reduce_only_s:g} s before an announced downtime"
+                )
+            stream = account.stream
+            lines.append(
+                f"  stream: {account.ws_url}, link timeout {stream.link_timeout_s:g} s, reconcile every "
+                f"{stream.reconcile_s:g} s, state fresh for {stream.state_max_age_s:g} s without the link"
+                if stream.enabled
+                else "  stream: disabled (no account state: positions, orders and margin are not watched)"
+            )
             lines += [
                 f"  client {client.name}: api_key {mask_key(client.api_key)}, api_secret {client.api_secret}, "
                 f"permissions {'+'.join(sorted(p.value for p in client.permissions))}"
@@ -248,6 +285,22 @@ def load_journal_config(path: str | Path) -> JournalConfig:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"invalid TOML: {exc}") from None
         return _journal(_Table(data, "").table("journal", _JOURNAL_KEYS))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def load_listen(path: str | Path) -> tuple[str, int]:
+    """Only `server.listen` of the configuration file at `path` (for `guardian status`: no secret is
+    needed to ask a running daemon how it is)."""
+    path = Path(path)
+    text = _read_config(path)
+    try:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid TOML: {exc}") from None
+        server = _Table(data, "").get("server", dict, {})
+        return parse_listen(_Table(server, "server").get("listen", str, "127.0.0.1:8787"), "server.listen")
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
@@ -325,7 +378,9 @@ _GUARD_SETTINGS = (
     "rate_window_s",
     "dedupe_window_s",
     "upstream_timeout_s",
+    "maintenance_reduce_only_s",
 )
+_STREAM_KEYS = ("enabled", "ws_url", "link_timeout_s", "reconcile_s", "state_max_age_s")
 _CLIENT_KEYS = ("name", *_secret_keys("api_key"), *_secret_keys("api_secret"), "permissions", "rate_budget")
 
 
@@ -338,7 +393,7 @@ def _journal(table: _Table) -> JournalConfig:
 
 
 def _account(table: _Table, found: _Secrets) -> AccountConfig:
-    table.allow(*_ACCOUNT_KEYS, "switch", "guard", "clients")
+    table.allow(*_ACCOUNT_KEYS, "switch", "guard", "clients", "stream")
     name = table.name()
     base_url = _parse_base_url(table.get("base_url", str, DEFAULT_BASE_URL), table.key("base_url"))
     api_key = _api_key(found, table)
@@ -347,7 +402,34 @@ def _account(table: _Table, found: _Secrets) -> AccountConfig:
     guard = _guard(table.table("guard", ("symbols", *_LIMIT_KEYS, *_GUARD_SETTINGS, "symbol")))
     clients = tuple(_client(client, found) for client in table.array("clients"))
     nonce = table.choice("nonce", NONCE_CHOICES, "milliseconds")
-    return AccountConfig(name, api_key, api_secret, base_url, switch, guard, clients, nonce)
+    stream = _stream(table.table("stream", _STREAM_KEYS))
+    return AccountConfig(name, api_key, api_secret, base_url, switch, guard, clients, nonce, stream)
+
+
+def _stream(table: _Table) -> StreamConfig:
+    defaults = StreamConfig()
+    ws_url = table.get("ws_url", str, None)
+    if ws_url is not None:
+        try:
+            parts = urlsplit(ws_url)
+            usable = parts.scheme in ("ws", "wss") and bool(parts.hostname) and parts.port != 0
+        except ValueError:
+            usable = False
+        if not usable or parts.query or parts.fragment or parts.username or parts.password:
+            raise ConfigError(
+                f"{table.key('ws_url')} must be a ws:// or wss:// URL with a host, e.g. "
+                f'"wss://futures.kraken.com/ws/v1", got {ws_url!r}; remove it to derive it from base_url'
+            )
+    link_timeout = table.number("link_timeout_s", defaults.link_timeout_s, above=0)
+    reconcile = table.number("reconcile_s", defaults.reconcile_s, above=0)
+    max_age = table.number("state_max_age_s", defaults.state_max_age_s, above=0)
+    return StreamConfig(
+        enabled=table.get("enabled", bool, defaults.enabled),
+        ws_url=ws_url,
+        link_timeout_s=link_timeout,
+        reconcile_s=reconcile,
+        state_max_age_s=max_age,
+    )
 
 
 def _switch(table: _Table) -> SwitchConfig:
@@ -442,6 +524,9 @@ def _guard(table: _Table) -> GuardConfig:
         rate_window_s=table.number("rate_window_s", defaults.rate_window_s, above=0),
         dedupe_window_s=table.number("dedupe_window_s", defaults.dedupe_window_s, at_least=0),
         upstream_timeout_s=table.number("upstream_timeout_s", defaults.upstream_timeout_s, above=0),
+        maintenance_reduce_only_s=table.number(
+            "maintenance_reduce_only_s", defaults.maintenance_reduce_only_s, at_least=0
+        ),
     )
 
 
@@ -589,6 +674,11 @@ def _account_warnings(where: str, account: AccountConfig) -> Iterator[str]:
                 yield f"{label}: {where}.guard.{limit} is not set: {effect}{scope}"
     if not account.clients:
         yield f"{label}: no [[accounts.clients]]: no bot can trade through guardian for this account"
+    if not account.stream.enabled:
+        yield (
+            f"{label}: {where}.stream.enabled = false: guardian does not watch this account's fills, positions, "
+            "open orders, margin or maintenance notices"
+        )
     if account.switch.on_shutdown is OnShutdown.DISARM:
         yield (
             f'{label}: {where}.switch.on_shutdown = "disarm": stopping guardian disarms the exchange\'s switch, '

@@ -347,6 +347,20 @@ class Journal:
                 self._thread.join()
                 self._thread = None
 
+    async def events_since(self, kind: str, account: str, since: float) -> list[dict[str, Any]]:
+        """The details of `account`'s `kind` events at or after `since` (epoch seconds), oldest first:
+        e.g. today's fills, for a restarted daemon's day totals. Read by the writer, in its order."""
+
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT detail FROM events WHERE kind = ? AND account = ? AND at >= ? ORDER BY id",
+                (kind, account, since),
+            ).fetchall()
+            return [d for d in (_loads(r[0]) for r in rows) if isinstance(d, dict)]
+
+        found: list[dict[str, Any]] = await self._submit(read)
+        return found
+
     async def _call_in_writer(self, write: Write) -> Any:
         """Test and benchmark hook: run `write(connection)` in the writer thread, inside the next batch's
         transaction (e.g. `PRAGMA max_page_count` to make the disk look full, or a sleep to make a commit

@@ -8,6 +8,7 @@ outcome, their durations) is counted as it happens.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
@@ -26,9 +27,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from guardian import __version__
+from guardian.stream.account import AccountStream
+from guardian.stream.state import Fill
 from guardian.switch import Switch, SwitchState
 
 MODES = ("active", "reduce_only", "halted")
+DRIFT_KINDS = ("open_orders", "positions")
 # Error codes the exchange documents: an `error:<code>` outcome outside these is counted as `error:other`,
 # so an exchange inventing codes cannot grow the number of series without bound (the journal keeps it).
 KNOWN_ERROR_CODES = frozenset(
@@ -206,6 +210,99 @@ class AccountCollector(Collector):
         return mode, budget, capacity
 
 
+class StreamCollector(Collector):
+    """The account-state gauges (the link, freshness, positions, open orders, margin, maintenance), read
+    from each account's stream at scrape time. Symbols come from the account, never from bots' input."""
+
+    def __init__(self, streams: Callable[[], Iterable[AccountStream]]) -> None:
+        self._streams = streams
+
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        up, reconnects, age, fresh, position, orders, available, portfolio, maintenance = self._families()
+        now, wall = time.monotonic(), time.time()
+        for stream in self._streams():
+            name, status, view = stream.name, stream.link.status, stream.view()
+            up.add_metric([name], 1.0 if stream.link.up else 0.0)
+            reconnects.add_metric([name], status.reconnects)
+            if status.last_message_at is not None:
+                age.add_metric([name], now - status.last_message_at)
+            fresh.add_metric([name], 1.0 if stream.fresh(now) else 0.0)
+            for symbol, held in sorted(view.positions.items()):
+                position.add_metric([name, symbol], float(held.size))
+            for symbol, count in sorted(view.orders_by_symbol().items()):
+                orders.add_metric([name, symbol], count)
+            if view.balances.available_margin is not None:
+                available.add_metric([name], float(view.balances.available_margin))
+            if view.balances.portfolio_value is not None:
+                portfolio.add_metric([name], float(view.balances.portfolio_value))
+            notice = view.next_maintenance(wall)
+            if notice is not None and notice.effective_time is not None:
+                maintenance.add_metric([name], max(0.0, notice.effective_time - wall))
+        yield from (up, reconnects, age, fresh, position, orders, available, portfolio, maintenance)
+
+    @staticmethod
+    def _families() -> tuple[
+        GaugeMetricFamily,
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+    ]:
+        account = ["account"]
+        return (
+            GaugeMetricFamily(
+                "guardian_exchange_link_up",
+                "1 while the account's private WebSocket is subscribed",
+                labels=account,
+            ),
+            CounterMetricFamily(
+                "guardian_exchange_link_reconnects",
+                "Connections of the account's private WebSocket made after the first",
+                labels=account,
+            ),
+            GaugeMetricFamily(
+                "guardian_exchange_last_message_age_seconds",
+                "Seconds since the account's private WebSocket last sent a message",
+                labels=account,
+            ),
+            GaugeMetricFamily(
+                "guardian_account_state_fresh",
+                "1 while the account state is fresh (link up, or reconciled within state_max_age_s)",
+                labels=account,
+            ),
+            GaugeMetricFamily(
+                "guardian_position_contracts",
+                "The account's net position per symbol, in contracts (negative: short)",
+                labels=["account", "symbol"],
+            ),
+            GaugeMetricFamily(
+                "guardian_open_orders", "The account's open orders per symbol", labels=["account", "symbol"]
+            ),
+            GaugeMetricFamily(
+                "guardian_account_available_margin",
+                "Available margin (flex account, quote currency)",
+                labels=account,
+            ),
+            GaugeMetricFamily(
+                "guardian_account_portfolio_value",
+                "Portfolio value (flex account, quote currency)",
+                labels=account,
+            ),
+            GaugeMetricFamily(
+                "guardian_exchange_maintenance_seconds",
+                "Seconds until the next announced maintenance (absent when none is announced)",
+                labels=account,
+            ),
+        )
+
+
 class Metrics:
     """The daemon's registry. Other parts (the gateway) add their own families to `registry`."""
 
@@ -275,6 +372,30 @@ class Metrics:
         )
         if accounts is not None:
             self.registry.register(AccountCollector(accounts))
+        self.fills = Counter(
+            "guardian_fills",
+            "Fills of the account's orders seen on the exchange's fills feed",
+            ["account", "symbol", "side"],
+            registry=self.registry,
+        )
+        self.drift = Counter(
+            "guardian_account_drift",
+            "Reconciliations that found the stream's picture differing from REST (REST wins), by kind",
+            ["account", "kind"],
+            registry=self.registry,
+        )
+
+    def watch_streams(self, streams: Callable[[], Iterable[AccountStream]]) -> None:
+        self.registry.register(StreamCollector(streams))
+        for stream in streams():
+            for kind in DRIFT_KINDS:
+                self.drift.labels(stream.name, kind)
+
+    def on_fill(self, account: str, fill: Fill) -> None:
+        self.fills.labels(account, fill.symbol, fill.side).inc()
+
+    def on_drift(self, account: str, kind: str) -> None:
+        self.drift.labels(account, kind).inc()
 
     def watch_journal(self, healthy: Callable[[], bool]) -> None:
         """`guardian_journal_healthy`: 1 while journal writes succeed (read at scrape time)."""

@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
+import aiohttp
 import structlog
 from aiohttp import web
 
@@ -28,6 +31,9 @@ from guardian.journal import Journal, JournalError
 from guardian.kraken.times import to_iso
 from guardian.metrics import Metrics
 from guardian.notify import Notifier
+from guardian.stream.account import AccountStream
+from guardian.stream.account import state_json as stream_json
+from guardian.stream.link import TickerLink
 from guardian.switch import Switch, SwitchState
 
 log = structlog.get_logger("guardian.service")
@@ -58,6 +64,13 @@ class Service:
         self.metrics.watch_journal(lambda: self.journal.healthy)
         self.gateway = Gateway(self.accounts, LocalKeys(config.accounts), self.journal, observe=self._observe)
         self.halts = Halts(self.journal)  # the kill's follow-up watches (and, later, automatic halts)
+        # Each account's picture of itself (its private WebSocket, reconciled with REST), and one public
+        # ticker link per exchange URL, shared by the accounts on it.
+        self.streams = [self._stream(account) for account in self.accounts]
+        self.metrics.watch_streams(lambda: self.streams)
+        self.tickers = self._ticker_links()
+        self._ws_session: aiohttp.ClientSession | None = None
+        self._stream_tasks: list[asyncio.Task[None]] = []
         self.url = ""
         self.started_at: float | None = None
         self.ready_sent = False
@@ -68,6 +81,54 @@ class Service:
         self._probe_at = 0.0  # monotonic time of the next journal probe, while it cannot be written
         self._rearms_seen: dict[str, int] = {}  # rearms_after_expiry at the reporter's last look
         self.app = self._build_app()
+
+    def _stream(self, account: Account) -> AccountStream:
+        stream = AccountStream(
+            account.config,
+            account.gateway_client,
+            self.journal,
+            budget=account.budget,
+            reserve=lambda: account.switch_reserve + account.bot_reserve,
+            on_drift=lambda kind, _detail: self.metrics.on_drift(account.name, kind),
+            on_fill=lambda fill: self.metrics.on_fill(account.name, fill),
+        )
+        account.stream = stream
+        return stream
+
+    def _ticker_links(self) -> list[TickerLink]:
+        """One public ticker link per exchange WebSocket URL, for the symbols in use by its accounts."""
+        by_url: dict[str, list[Account]] = {}
+        for account in self.accounts:
+            if account.config.stream.enabled:
+                by_url.setdefault(account.config.ws_url, []).append(account)
+        links = []
+        for url, group in by_url.items():
+
+            def symbols(group: list[Account] = group) -> set[str]:
+                wanted: set[str] = set()
+                for account in group:
+                    marks = account.marks
+                    configured = set(account.config.guard.symbols or ())
+                    held = set(account.stream.view().positions) if account.stream else set()
+                    wanted |= (marks.wanted | configured | held) & marks.known
+                return wanted
+
+            def push(message: Mapping[str, Any], group: list[Account] = group) -> None:
+                if message.get("feed") == "ticker":
+                    for account in group:
+                        account.marks.push(message)
+
+            link = TickerLink(
+                url,
+                url,
+                symbols,
+                link_timeout_s=min(a.config.stream.link_timeout_s for a in group),
+                on_message=push,
+            )
+            for account in group:
+                account.marks.stream_up = lambda link=link: link.up  # type: ignore[misc]
+            links.append(link)
+        return links
 
     def _on_refresh(self, switch: Switch, outcome: str, duration_s: float) -> None:
         self.metrics.on_refresh(switch, outcome, duration_s)
@@ -134,10 +195,58 @@ class Service:
         )
         for account in self.accounts:
             await account.start()
+        await self._start_streams()
         self._tasks = [
             asyncio.create_task(self._report(), name="report"),
             asyncio.create_task(self.notifier.run_watchdog(self.healthy), name="watchdog"),
         ]
+
+    async def _start_streams(self) -> None:
+        """Today's fills from the journal (so a restart does not reset the day), then the links."""
+        midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+        for stream in self.streams:
+            if stream.enabled:
+                try:
+                    stream.state.restore_day(await self.journal.events_since("fill", stream.name, midnight))
+                except JournalError as exc:
+                    log.error("fills_not_restored", account=stream.name, error=str(exc))
+        if not any(stream.enabled for stream in self.streams):
+            return
+        self._ws_session = aiohttp.ClientSession()
+        for stream in self.streams:
+            if stream.enabled:
+                self._stream_tasks.append(
+                    self._supervised(stream.run(self._ws_session), f"stream-{stream.name}")
+                )
+        for link in self.tickers:
+            self._stream_tasks.append(self._supervised(link.run(self._ws_session), f"ticker-{link.url}"))
+
+    def _supervised(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A stream task: it runs until cancelled; if a bug ends it, that is logged loudly."""
+
+        async def supervise() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("stream_task_failed", task=name)
+                raise
+
+        return asyncio.create_task(supervise(), name=name)
+
+    async def _stop_streams(self) -> None:
+        for task in self._stream_tasks:
+            task.cancel()
+        for task in self._stream_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._stream_tasks = []
+        for stream in self.streams:
+            await stream.settle()
+        if self._ws_session is not None:
+            await self._ws_session.close()
+            self._ws_session = None
 
     async def run(self, stop: asyncio.Event) -> bool:
         """Start, wait for `stop`, stop. True if every account's shutdown policy was carried out."""
@@ -165,6 +274,7 @@ class Service:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._stop_streams()
         for account in self.accounts:
             await account.stop_switch()
         started = [account for account in self.accounts if account.task is not None]
@@ -225,7 +335,10 @@ class Service:
                 "healthy": self.journal.healthy,
                 "last_error": self.journal.last_error,
             },
-            "accounts": [account.as_json() for account in self.accounts],
+            "accounts": [
+                {**account.as_json(), **(stream_json(account.stream) if account.stream else {})}
+                for account in self.accounts
+            ],
         }
 
     def status_line(self, states: Mapping[str, SwitchState] | None = None) -> str:

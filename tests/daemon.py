@@ -20,6 +20,7 @@ from guardian.config import (
     JournalConfig,
     OnShutdown,
     ServerConfig,
+    StreamConfig,
     SwitchConfig,
 )
 from guardian.notify import Notifier
@@ -29,6 +30,9 @@ from tests.conftest import TRADE_KEY, TRADE_SECRET
 
 # Short intervals, as a failure drill would use: a beat of 0.3-0.5 s, a 3 s exchange timer.
 FAST = SwitchConfig(refresh_min_s=0.3, refresh_max_s=0.5, timeout_s=3, min_remaining_s=1.0)
+# The account-state stream is on in production by default; the tests of other features leave it off, so
+# that its REST reconciliation does not mix with the requests they count (tests/test_stream*.py turn it on).
+NO_STREAM = StreamConfig(enabled=False)
 
 
 def account_config(
@@ -41,6 +45,7 @@ def account_config(
     switch: SwitchConfig = FAST,
     guard: GuardConfig | None = None,
     clients: tuple[ClientConfig, ...] = (),
+    stream: StreamConfig = NO_STREAM,
 ) -> AccountConfig:
     return AccountConfig(
         name=name,
@@ -52,6 +57,7 @@ def account_config(
         ),
         guard=guard or GuardConfig(),
         clients=clients,
+        stream=stream,
     )
 
 

@@ -577,6 +577,9 @@ class Gateway:
             log.error("journal_write_failed", endpoint=trail.endpoint, error=str(exc))
 
     def _finish(self, request_id: int, trail: Trail, http_status: int, total_s: float) -> None:
+        stream = self.accounts[trail.account].stream if trail.account in self.accounts else None
+        if stream is not None and trail.answer is not None and trail.endpoint in _PLACING:
+            stream.placed(trail.bot, _placed_ids(trail.answer, trail.params))
         log.debug(
             "request_forwarded",
             account=trail.account,
@@ -683,6 +686,28 @@ def _read_answer(answer: RawAnswer) -> tuple[str, dict[str, Any]]:
 
 def _wire_code(exc: WireError) -> str:
     return exc.code if exc.code in ("invalidArgument", "requiredArgumentMissing") else "invalidArgument"
+
+
+_PLACING = frozenset({"sendorder", "editorder", "batchorder"})
+
+
+def _placed_ids(answer: Mapping[str, Any], params: Mapping[str, Any]) -> list[str]:
+    """The order ids (and cliOrdIds) a forwarded order request's answer names: the orders that request's
+    bot placed, for the account state to attribute fills and closes to."""
+    statuses: list[Any] = [answer.get("sendStatus"), answer.get("editStatus")]
+    batch = answer.get("batchStatus")
+    if isinstance(batch, list):
+        statuses.extend(batch)
+    ids = [
+        str(s.get(key))
+        for s in statuses
+        if isinstance(s, Mapping)
+        for key in ("order_id", "orderId", "cliOrdId")
+        if isinstance(s.get(key), str) and s.get(key)
+    ]
+    if isinstance(params.get("cliOrdId"), str):
+        ids.append(params["cliOrdId"])
+    return ids
 
 
 def _only_cancels(decision: Decision) -> bool:

@@ -1,4 +1,6 @@
-"""Mark prices for the guard, from polling the exchange's public `tickers`.
+"""Mark prices for the guard: from the exchange's public `ticker` WebSocket feed while it is up (pushed
+by `guardian.stream.link.TickerLink`), and from polling the public REST `tickers` while it is not, or
+while a symbol in use has no fresh mark from it.
 
 A mark is usable only while it is fresh: older than `max_age_s` (counted on the monotonic clock from
 when the answer arrived), or from a suspended market, it is no mark at all, and every rule that needs
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 
 import structlog
@@ -40,9 +42,20 @@ class Marks:
         self.last_error: str | None = None
         self.polls = 0
         self.failures = 0
+        self.pushed = 0
+        self.known: set[str] = set()  # symbols the exchange lists (from a poll or the feed)
+        self.wanted: set[str] = set()  # symbols asked for: the ticker feed subscribes them
+        self._suspended: set[str] = set()
+        self.stream_up: Callable[[], bool] = lambda: False
+
+    def suspended(self, symbol: str) -> bool:
+        """The market says it is suspended (ticker `suspended`): no new order goes to it."""
+        return symbol in self._suspended
 
     def mark(self, symbol: str) -> Decimal | None:
         """The fresh mark of `symbol`, or None (unknown, stale, or its market suspended)."""
+        if symbol not in self.wanted and symbol in self.known:  # bounded by what the exchange lists
+            self.wanted.add(symbol)
         found = self._marks.get(symbol)
         if found is None:
             return None
@@ -66,13 +79,41 @@ class Marks:
         now = self._clock() if at is None else at
         for ticker in tickers:
             symbol = ticker.get("symbol")
-            if not isinstance(symbol, str):
-                continue
-            price = _price(ticker.get("markPrice"))
-            if price is None or ticker.get("suspended") is True:
-                self._marks.pop(symbol, None)
-                continue
-            self._marks[symbol] = (price, now)
+            if isinstance(symbol, str):
+                self._take(symbol, ticker, now)
+
+    def push(self, message: dict[str, object] | Mapping[str, object]) -> None:
+        """One message of the WebSocket `ticker` feed (`product_id`, `markPrice`, `suspended`, ...)."""
+        symbol = message.get("product_id")
+        if isinstance(symbol, str):
+            self._take(symbol.upper(), message, self._clock())
+            self.pushed += 1
+
+    def _take(self, symbol: str, ticker: Mapping[str, object], now: float) -> None:
+        self.known.add(symbol)
+        if ticker.get("suspended") is True:
+            if symbol not in self._suspended:
+                log.warning("market_suspended", symbol=symbol)
+            self._suspended.add(symbol)
+        elif symbol in self._suspended:
+            self._suspended.discard(symbol)
+            log.info("market_resumed", symbol=symbol)
+        price = _price(ticker.get("markPrice"))
+        if price is None or symbol in self._suspended:
+            self._marks.pop(symbol, None)
+            return
+        self._marks[symbol] = (price, now)
+
+    def _covered(self) -> bool:
+        """The feed is up and gives every symbol in use a fresh mark: no poll needed."""
+        if not self.stream_up():
+            return False
+        now = self._clock()
+        for symbol in self.wanted & self.known:
+            found = self._marks.get(symbol)
+            if symbol not in self._suspended and (found is None or now - found[1] > self.max_age_s / 2):
+                return False
+        return True
 
     async def poll_once(self) -> bool:
         try:
@@ -92,7 +133,8 @@ class Marks:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
-            await self.poll_once()
+            if not self._covered():
+                await self.poll_once()
             next_at += self.interval_s
             now = loop.time()
             if next_at < now:

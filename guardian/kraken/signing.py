@@ -41,6 +41,13 @@ def sign(key: bytes, post_data: str | bytes, nonce: str | None, path: str) -> st
     return base64.b64encode(hmac.new(key, digest, hashlib.sha512).digest()).decode()
 
 
+def sign_challenge(key: bytes, challenge: str) -> str:
+    """The WebSocket v1 `signed_challenge`: the REST recipe with the challenge (a UUID text) alone as the
+    message. `key` is the decoded secret."""
+    digest = hashlib.sha256(challenge.encode()).digest()
+    return base64.b64encode(hmac.new(key, digest, hashlib.sha512).digest()).decode()
+
+
 def verify(
     key: bytes,
     candidates: Iterable[str | bytes],

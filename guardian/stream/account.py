@@ -1,0 +1,345 @@
+"""One account's stream: the owner of its `AccountState`. It runs the private link, applies its messages in
+order, reconciles with REST (at start, after every reconnect, every `reconcile_s`, and more often while
+the link is down, so that the state stays fresh from REST alone), journals what happened after an order
+left (fills, closed orders, drift), and says whether the state is fresh.
+
+Reconciliation is the same owner applying REST truth. REST's three answers take a moment to arrive; a
+stream message applied meanwhile would make the older REST picture look like drift. So a reconciliation
+whose reads overlapped a stream change is read again (up to `RECONCILE_TRIES` times) and, if the account
+is that busy, deferred: while the link is up and busy, the stream is the newer truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
+from typing import Any, Final
+
+import aiohttp
+import structlog
+
+from guardian.config import AccountConfig
+from guardian.errors import ExchangeError
+from guardian.journal import Journal, JournalError
+from guardian.kraken.client import KrakenClient
+from guardian.kraken.endpoints import endpoint
+from guardian.kraken.times import to_iso
+from guardian.ratelimit import CostBudget
+from guardian.stream.link import LinkState, PrivateLink
+from guardian.stream.state import AccountState, Drift, Fill, OrderClosed, StateView
+
+log = structlog.get_logger("guardian.stream")
+
+RECONCILE_TRIES: Final = 3
+RECONCILE_RETRY_S: Final = 0.2
+MAX_OWNERS: Final = 50_000  # order ids whose bot is remembered (the journal keeps every one)
+RECONCILE_READS: Final = ("openorders", "openpositions", "accounts", "notifications")
+
+
+class AccountStream:
+    """The account's picture and what keeps it true. `run()` until cancelled."""
+
+    def __init__(
+        self,
+        config: AccountConfig,
+        client: KrakenClient,
+        journal: Journal,
+        *,
+        budget: CostBudget,
+        reserve: Callable[[], float],
+        on_drift: Callable[[str, str], None] | None = None,
+        on_fill: Callable[[Fill], None] | None = None,
+        on_link: Callable[[LinkState, LinkState], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.settings = config.stream
+        self.state = AccountState()
+        self._client = client
+        self._journal = journal
+        self._budget = budget
+        self._reserve = reserve
+        self._on_drift = on_drift
+        self._on_fill = on_fill
+        self._on_link = on_link
+        self.link = PrivateLink(
+            self.name,
+            config.ws_url,
+            config.api_key,
+            config.api_secret,
+            link_timeout_s=self.settings.link_timeout_s,
+            on_message=self._apply,
+            on_connected=self.reconcile_soon,
+            on_state=self._link_changed,
+        )
+        if not self.settings.enabled:
+            self.link.status.state = LinkState.DISABLED
+        self.last_reconcile_at: float | None = None  # monotonic, of the last successful one
+        self.reconciles = 0
+        self.reconcile_failures = 0
+        self.last_reconcile_error: str | None = None
+        self.drift_total: dict[str, int] = {}
+        self._changes = 0  # stream messages applied: a reconciliation overlapping one is read again
+        self._wake = asyncio.Event()
+        self._owners: OrderedDict[str, str] = OrderedDict()  # order id or cliOrdId -> bot
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"AccountStream({self.name!r})"
+
+    # ---- readers --------------------------------------------------------------------------------------
+    def view(self) -> StateView:
+        return self.state.view()
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.enabled
+
+    def age_s(self, now: float | None = None) -> float | None:
+        """How old the picture is: 0 while the link is up; else since the last successful reconcile."""
+        now = time.monotonic() if now is None else now
+        if self.link.up:
+            return 0.0
+        if self.last_reconcile_at is None:
+            return None
+        return now - self.last_reconcile_at
+
+    def fresh(self, now: float | None = None) -> bool:
+        """Fresh while the link is up, or the last successful reconciliation is younger than
+        state_max_age_s; otherwise stale."""
+        if not self.enabled:
+            return False
+        age = self.age_s(now)
+        return age is not None and age <= self.settings.state_max_age_s
+
+    # ---- who placed what ------------------------------------------------------------------------------
+    def placed(self, bot: str | None, ids: Iterable[str]) -> None:
+        """The gateway forwarded `bot`'s request and the exchange answered with these order ids (or
+        cliOrdIds): fills and closes of them are journaled as that bot's."""
+        if bot is None:
+            return
+        for key in ids:
+            self._owners[key] = bot
+            self._owners.move_to_end(key)
+        while len(self._owners) > MAX_OWNERS:
+            self._owners.popitem(last=False)
+
+    def owner(self, order_id: str | None, cli_ord_id: str | None = None) -> str | None:
+        for key in (order_id, cli_ord_id):
+            if key and key in self._owners:
+                return self._owners[key]
+        return None
+
+    # ---- the loop -------------------------------------------------------------------------------------
+    async def run(self, session: aiohttp.ClientSession) -> None:
+        if not self.enabled:
+            return
+        with structlog.contextvars.bound_contextvars(account=self.name):
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.link.run(session), name=f"stream-link-{self.name}")
+                group.create_task(self._reconcile_loop(), name=f"stream-reconcile-{self.name}")
+
+    def reconcile_soon(self) -> None:
+        self._wake.set()
+
+    def _link_changed(self, previous: LinkState, state: LinkState) -> None:
+        if state is LinkState.DOWN and previous is LinkState.CONNECTED:
+            self._wake.set()
+        if self._on_link is not None:
+            self._on_link(previous, state)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self.reconcile()
+            # While the link is down, REST alone keeps the state fresh: read it within state_max_age_s.
+            interval = self.settings.reconcile_s
+            if not self.link.up:
+                interval = min(interval, max(0.5, self.settings.state_max_age_s / 2))
+            # Woken early when the link comes up (a reconnect) or goes down (the faster beat starts).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            self._wake.clear()
+
+    async def reconcile(self) -> bool:
+        """Read REST and adopt it; True if done. Budget-aware: the reads come out of the bots' share,
+        never the switch's (skipped, and tried at the next beat, when they do not fit)."""
+        for _ in range(RECONCILE_TRIES):
+            cost = sum(endpoint(name).cost for name in RECONCILE_READS)
+            if not self._budget.try_spend(cost, reserve=self._reserve()):
+                self._failed("no rate budget left for the reads (the switch's share is never used)")
+                return False
+            before = self._changes
+            try:
+                orders, positions, accounts, notices = await asyncio.gather(
+                    self._client.open_orders(),
+                    self._client.open_positions(),
+                    self._client.accounts(),
+                    self._notifications(),
+                )
+            except ExchangeError as exc:
+                self._failed(str(exc))
+                return False
+            if self._changes != before and self.link.up:
+                await asyncio.sleep(RECONCILE_RETRY_S)
+                continue
+            drifts = self.state.reconcile(orders, positions, accounts, notices)
+            self.last_reconcile_at = time.monotonic()
+            self.reconciles += 1
+            self.last_reconcile_error = None
+            for drift in drifts:
+                await self._drifted(drift)
+            return True
+        log.info("account_state_reconcile_deferred", note="the stream kept changing while REST was read")
+        return False
+
+    async def _notifications(self) -> list[dict[str, Any]] | None:
+        """REST notifications; None (not read) if that one read fails: it is not worth a stale state."""
+        try:
+            doc = await self._client.request("notifications")
+        except ExchangeError as exc:
+            log.info("notifications_read_failed", error=str(exc))
+            return None
+        found = doc.get("notifications")
+        return [n for n in found if isinstance(n, dict)] if isinstance(found, list) else None
+
+    def _failed(self, error: str) -> None:
+        self.reconcile_failures += 1
+        self.last_reconcile_error = error
+        log.warning("account_state_reconcile_failed", error=error, failures=self.reconcile_failures)
+
+    async def _drifted(self, drift: Drift) -> None:
+        self.drift_total[drift.kind] = self.drift_total.get(drift.kind, 0) + 1
+        log.warning(
+            "account_state_drift", kind=drift.kind, detail=drift.detail, link=self.link.status.state.value
+        )
+        if self._on_drift is not None:
+            self._on_drift(drift.kind, drift.detail)
+        await self._event("account_state_drift", {"kind": drift.kind, "detail": drift.detail})
+
+    # ---- the stream's messages ------------------------------------------------------------------------
+    def _apply(self, message: Mapping[str, Any]) -> None:
+        """Apply in order (synchronously, in the link's loop); journal the events in the background,
+        each journal write owned and collected."""
+        events = self.state.apply(message)
+        self._changes += 1
+        for event in events:
+            if isinstance(event, Fill) and self._on_fill is not None:
+                self._on_fill(event)
+        if events:
+            task = asyncio.create_task(self._journal_events(events), name=f"stream-journal-{self.name}")
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _journal_events(self, events: list[Fill | OrderClosed]) -> None:
+        for event in events:
+            if isinstance(event, Fill):
+                await self._event(
+                    "fill",
+                    {
+                        "fill_id": event.fill_id,
+                        "order_id": event.order_id,
+                        "cliOrdId": event.cli_ord_id,
+                        "bot": self.owner(event.order_id, event.cli_ord_id),
+                        "symbol": event.symbol,
+                        "side": event.side,
+                        "size": _dec(event.size),
+                        "price": _dec(event.price),
+                        "fee": _dec(event.fee),
+                        "fill_type": event.fill_type,
+                        "realized_pnl": _dec(event.realized_pnl),
+                        "fill_time": event.time,
+                    },
+                )
+            else:
+                order = event.order
+                await self._event(
+                    "order_closed",
+                    {
+                        "order_id": event.order_id,
+                        "cliOrdId": event.cli_ord_id,
+                        "bot": self.owner(event.order_id, event.cli_ord_id),
+                        "reason": event.reason,
+                        "symbol": None if order is None else order.symbol,
+                        "side": None if order is None else order.side,
+                        "remaining": None if order is None else _dec(order.remaining),
+                    },
+                )
+
+    async def _event(self, kind: str, detail: dict[str, Any]) -> None:
+        try:
+            await self._journal.event(kind, self.name, detail)
+        except JournalError as exc:
+            log.error("journal_event_failed", kind=kind, error=str(exc))
+
+    async def settle(self) -> None:
+        """Let the journal writes in flight finish (the ordered shutdown)."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=2.0)
+
+
+def _dec(value: Decimal) -> str:
+    return format(value, "f")
+
+
+def _float(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def state_json(stream: AccountStream, now: float | None = None, wall: float | None = None) -> dict[str, Any]:
+    """The account-state fields of `/guardian/state` (contract names)."""
+    now = time.monotonic() if now is None else now
+    wall = time.time() if wall is None else wall
+    view = stream.view()
+    age = stream.age_s(now)
+    balances = view.balances
+    return {
+        "link": stream.link.status.as_json(now),
+        "fresh": stream.fresh(now),
+        "state_age_s": None if age is None else round(age, 3),
+        "positions": [
+            {
+                "symbol": p.symbol,
+                "size": float(p.size),
+                "entry_price": _float(p.entry_price),
+                "mark_price": _float(p.mark_price),
+                "unrealized_pnl": _float(p.unrealized_pnl),
+            }
+            for p in sorted(view.positions.values(), key=lambda p: p.symbol)
+        ],
+        "open_orders": {
+            "count": len(view.orders),
+            "by_symbol": dict(sorted(view.orders_by_symbol().items())),
+        },
+        "balances": {
+            "portfolio_value": _float(balances.portfolio_value),
+            "available_margin": _float(balances.available_margin),
+            "initial_margin": _float(balances.initial_margin),
+            "maintenance_margin": _float(balances.maintenance_margin),
+            "unrealized_pnl": _float(balances.unrealized_pnl),
+        },
+        "fills_today": {
+            "count": view.fills_today,
+            "realized_pnl": float(view.realized_today),
+            "fees": float(view.fees_today),
+        },
+        "notices": [
+            {
+                "type": n.type,
+                "priority": n.priority,
+                "note": n.note,
+                "effective_time": None if n.effective_time is None else to_iso(n.effective_time),
+                "expected_downtime_minutes": n.expected_downtime_minutes,
+            }
+            for n in view.notices
+        ],
+        "reconcile": {
+            "count": stream.reconciles,
+            "failures": stream.reconcile_failures,
+            "last_error": stream.last_reconcile_error,
+            "drift": dict(stream.drift_total),
+        },
+    }

@@ -1,0 +1,289 @@
+"""Long-lived WebSocket links to Kraken Futures' `ws/v1`: one private link per account, one public ticker
+link per exchange URL. Each is a small state machine with one loop, in which reconnecting is the normal
+path: connect, (authenticate,) subscribe, read until the link goes quiet or closes, wait a jittered,
+capped backoff, and again.
+
+- Keepalive as Kraken's own sample does: protocol pings every 30 s (aiohttp's `heartbeat`), plus the
+  `heartbeat` feed. No message for `link_timeout_s` means the link is down (a stalled link answers
+  neither), and it is dropped and made again, with a fresh challenge and fresh snapshots.
+- The private link authenticates by the challenge flow (`guardian.kraken.signing.sign_challenge`); an
+  `alert` (a refused key or signature) ends the attempt with its reason, and it is tried again after the
+  backoff, loudly.
+- Every transition is logged once and counted; messages go to the owner's `on_message`, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+import structlog
+
+from guardian.kraken.signing import sign_challenge
+from guardian.kraken.times import to_iso
+from guardian.secret import ApiSecret
+
+log = structlog.get_logger("guardian.stream")
+
+PRIVATE_FEEDS: Final = ("open_orders", "open_positions", "fills", "balances", "notifications_auth")
+PING_INTERVAL_S: Final = 30.0  # Kraken's sample client: protocol pings every 30 s
+BACKOFF_FIRST_S: Final = 0.5
+BACKOFF_MAX_S: Final = 30.0
+MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024
+
+
+class LinkState(enum.StrEnum):
+    """What `/guardian/state` says of a link (contract values)."""
+
+    CONNECTED = "connected"  # subscribed, and messages arrive
+    RECONNECTING = "reconnecting"  # an attempt is under way
+    DOWN = "down"  # the last attempt failed; the next waits for its backoff
+    DISABLED = "disabled"  # stream.enabled = false
+
+
+class LinkError(Exception):
+    """Why a link attempt ended (the reason is logged and shown)."""
+
+
+@dataclass(slots=True)
+class LinkStatus:
+    state: LinkState = LinkState.DOWN
+    connected_since: float | None = None  # wall clock
+    last_message_at: float | None = None  # monotonic
+    reconnects: int = 0  # connections made after the first
+    connections: int = 0
+    last_error: str | None = None
+
+    def as_json(self, now: float | None = None) -> dict[str, Any]:
+        now = time.monotonic() if now is None else now
+        age = None if self.last_message_at is None else round(now - self.last_message_at, 3)
+        return {
+            "state": self.state.value,
+            "connected_since": None if self.connected_since is None else to_iso(self.connected_since),
+            "last_message_age_s": age,
+            "reconnects": self.reconnects,
+            "last_error": self.last_error,
+        }
+
+
+def backoff_s(attempt: int, *, rng: random.Random | None = None) -> float:
+    """Full jitter over a capped exponential: 0.5, 1, 2, 4 ... 30 s at most."""
+    ceiling = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2**attempt)
+    return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+class Link:
+    """One WebSocket link and its loop. Subclasses say what to send once connected."""
+
+    kind = "link"
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        link_timeout_s: float,
+        on_message: Callable[[Mapping[str, Any]], None],
+        on_connected: Callable[[], Awaitable[None] | None] | None = None,
+        on_state: Callable[[LinkState, LinkState], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.link_timeout_s = link_timeout_s
+        self.status = LinkStatus()
+        self._on_message = on_message
+        self._on_connected = on_connected
+        self._on_state = on_state
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.url!r})"
+
+    @property
+    def up(self) -> bool:
+        return self.status.state is LinkState.CONNECTED
+
+    def _set(self, state: LinkState, *, error: str | None = None) -> None:
+        previous = self.status.state
+        if error is not None:
+            self.status.last_error = error
+        if state is previous:
+            return
+        self.status.state = state
+        if state is LinkState.CONNECTED:
+            self.status.connected_since = time.time()
+            self.status.connections += 1
+            if self.status.connections > 1:
+                self.status.reconnects += 1
+            self.status.last_error = None
+        elif previous is LinkState.CONNECTED:
+            self.status.connected_since = None
+        event = "stream_link_up" if state is LinkState.CONNECTED else "stream_link_changed"
+        (log.warning if state is LinkState.DOWN else log.info)(
+            event,
+            link=self.kind,
+            name=self.name,
+            state=state.value,
+            previous=previous.value,
+            error=self.status.last_error,
+            reconnects=self.status.reconnects,
+        )
+        if self._on_state is not None:
+            self._on_state(previous, state)
+
+    async def run(self, session: aiohttp.ClientSession) -> None:
+        """Until cancelled: connect, serve, back off, again."""
+        attempt = 0
+        while True:
+            self._set(LinkState.RECONNECTING)
+            try:
+                await self._serve(session)
+                reason = "closed by the exchange"
+            except LinkError as exc:
+                reason = str(exc)
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"[:300]
+            finally:
+                ws, self._ws = self._ws, None
+                if ws is not None and not ws.closed:
+                    await ws.close()
+            attempt = 0 if self.status.state is LinkState.CONNECTED else attempt + 1
+            self._set(LinkState.DOWN, error=reason)
+            await asyncio.sleep(backoff_s(attempt))
+
+    async def drop(self) -> None:
+        """Close the current connection (the loop makes a new one)."""
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def _serve(self, session: aiohttp.ClientSession) -> None:
+        self._ws = ws = await session.ws_connect(
+            self.url,
+            heartbeat=PING_INTERVAL_S,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+            max_msg_size=MAX_MESSAGE_BYTES,
+            autoping=True,
+        )
+        await self._open(ws)
+        self._set(LinkState.CONNECTED)
+        if self._on_connected is not None:
+            result = self._on_connected()
+            if result is not None:
+                await result
+        while True:
+            message = await self._receive(ws)
+            self._dispatch(message)
+
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> Mapping[str, Any]:
+        """The next JSON object; LinkError when the link is quiet for link_timeout_s or closes."""
+        while True:
+            try:
+                frame = await ws.receive(timeout=self.link_timeout_s)
+            except TimeoutError:
+                raise LinkError(f"no message for {self.link_timeout_s:g} s: the link is stalled") from None
+            if frame.type is aiohttp.WSMsgType.TEXT:
+                self.status.last_message_at = time.monotonic()
+                try:
+                    doc = json.loads(frame.data)
+                except ValueError:
+                    log.warning("stream_message_not_json", link=self.kind, name=self.name)
+                    continue
+                if isinstance(doc, dict):
+                    return doc
+                continue
+            if frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                raise LinkError(f"closed by the exchange (code {ws.close_code})")
+            if frame.type is aiohttp.WSMsgType.ERROR:
+                raise LinkError(f"connection error: {ws.exception()}")
+            # PING/PONG are handled by aiohttp (autoping); binary frames are not Kraken's
+
+    async def _expect(self, ws: aiohttp.ClientWebSocketResponse, event: str) -> Mapping[str, Any]:
+        """Read until an `event` message, handing feed messages on; LinkError on an alert or error."""
+        while True:
+            message = await self._receive(ws)
+            if message.get("event") == event:
+                return message
+            self._dispatch(message)
+
+    def _dispatch(self, message: Mapping[str, Any]) -> None:
+        event = message.get("event")
+        if event is None:
+            self._on_message(message)
+            return
+        if event in ("alert", "error"):
+            text = str(message.get("message", ""))[:200]
+            if "Already subscribed" in text:
+                return
+            raise LinkError(f"{event} from the exchange: {text}")
+        if event in ("subscribed_failed", "unsubscribed_failed"):
+            raise LinkError(f"{event}: {str(message)[:200]}")
+        if event not in ("info", "subscribed", "unsubscribed", "pong", "challenge"):
+            log.info("stream_unknown_event", link=self.kind, name=self.name, event=str(event)[:64])
+
+    async def _open(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        raise NotImplementedError
+
+
+class PrivateLink(Link):
+    """An account's private feeds, authenticated with its exchange key."""
+
+    kind = "private"
+
+    def __init__(self, name: str, url: str, api_key: str, api_secret: ApiSecret, **kwargs: Any) -> None:
+        super().__init__(name, url, **kwargs)
+        self._api_key = api_key
+        self._api_secret = api_secret
+        self.feeds: Sequence[str] = PRIVATE_FEEDS
+
+    async def _open(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        await ws.send_json({"event": "challenge", "api_key": self._api_key})
+        answer = await self._expect(ws, "challenge")
+        challenge = answer.get("message")
+        if not isinstance(challenge, str) or not challenge:
+            raise LinkError("the exchange's challenge answer has no challenge")
+        auth = {
+            "api_key": self._api_key,
+            "original_challenge": challenge,
+            "signed_challenge": sign_challenge(self._api_secret.key_bytes(), challenge),
+        }
+        for feed in self.feeds:
+            await ws.send_json({"event": "subscribe", "feed": feed, **auth})
+        await ws.send_json({"event": "subscribe", "feed": "heartbeat"})
+        wanted = set(self.feeds)
+        while wanted:  # every ack (snapshots that come meanwhile are applied); an alert ends the attempt
+            message = await self._expect(ws, "subscribed")
+            wanted.discard(str(message.get("feed")))
+
+
+class TickerLink(Link):
+    """One exchange's public `ticker` feed for the symbols in use, shared by every account on it."""
+
+    kind = "ticker"
+
+    def __init__(self, name: str, url: str, symbols: Callable[[], Iterable[str]], **kwargs: Any) -> None:
+        super().__init__(name, url, **kwargs)
+        self._symbols = symbols
+        self.subscribed: set[str] = set()
+
+    async def _open(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.subscribed = set()
+        await self._subscribe_new(ws)
+        await ws.send_json({"event": "subscribe", "feed": "heartbeat"})
+
+    async def _subscribe_new(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        wanted = sorted(set(self._symbols()) - self.subscribed)
+        if wanted:
+            await ws.send_json({"event": "subscribe", "feed": "ticker", "product_ids": wanted})
+            self.subscribed.update(wanted)
+
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> Mapping[str, Any]:
+        message = await super()._receive(ws)
+        await self._subscribe_new(ws)  # symbols come into use as bots trade them
+        return message

@@ -1,0 +1,594 @@
+"""One account's state as the exchange knows it, and the rules that change it.
+
+`AccountState` has one owner (the account's stream task, `guardian.stream.link`), which applies the
+exchange's messages in the order they arrive and, on reconciliation, REST's answers. Readers (the state
+endpoint, metrics, `guardian status`, later the guard and the relay) get `view()`, an immutable snapshot.
+
+Shapes are Kraken Futures WebSocket v1's (`../shared/kraken-futures-ws.md`). Where the facts are
+unconfirmed the reading is tolerant, and chosen to fail safe:
+- `open_positions` messages are applied as upserts (a position at 0 is removed), not as the whole list:
+  whether a message lists every position is unconfirmed, and a position left over errs towards more
+  exposure, never less. Reconciliation removes what REST does not have, and counts it as drift.
+- an order delta's `qty` is the remaining size (live traffic, ccxt); `is_cancel` removes the order.
+- unknown feeds, fields, reasons and enum values are kept or logged, never a crash.
+
+Realised PnL is worked out here from the fills (average entry price, as Kraken keeps it for linear
+`PF_` contracts), since no feed of the five carries it: each fill that reduces a position realises
+(price - entry) x closed size, signed by the position's side. REST's positions reseed the entries at every
+reconciliation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
+from typing import Any, Final
+
+import structlog
+
+from guardian.kraken.times import parse_iso
+
+log = structlog.get_logger("guardian.stream")
+
+ZERO: Final = Decimal(0)
+MAX_FILLS_KEPT: Final = 1000  # in memory, for the relay's snapshots; the journal keeps every fill
+MAX_FILL_IDS: Final = 20_000  # fills already counted, so a re-sent snapshot is not counted twice
+
+
+def number(value: Any) -> Decimal | None:
+    """A number as Kraken sends it (JSON number or text), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        return None
+    try:
+        found = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return found if found.is_finite() else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _seconds(ms: Any) -> float | None:
+    found = number(ms)
+    return None if found is None else float(found) / 1000
+
+
+@dataclass(frozen=True, slots=True)
+class OpenOrder:
+    order_id: str
+    symbol: str
+    side: str  # buy | sell
+    remaining: Decimal
+    filled: Decimal = ZERO
+    order_type: str | None = None
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    reduce_only: bool = False
+    cli_ord_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    symbol: str
+    size: Decimal  # signed contracts: + long, - short
+    entry_price: Decimal | None = None
+    mark_price: Decimal | None = None
+    unrealized_pnl: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Balances:
+    portfolio_value: Decimal | None = None
+    available_margin: Decimal | None = None
+    initial_margin: Decimal | None = None
+    maintenance_margin: Decimal | None = None
+    unrealized_pnl: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    fill_id: str
+    order_id: str | None
+    cli_ord_id: str | None
+    symbol: str
+    side: str
+    size: Decimal
+    price: Decimal
+    fee: Decimal
+    fill_type: str | None
+    time: float  # epoch seconds
+    realized_pnl: Decimal = ZERO
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    key: str  # type, time and text: REST's notices carry no id, so the feed's id is not used
+    type: str
+    priority: str
+    note: str
+    effective_time: float | None  # epoch seconds
+    expected_downtime_minutes: float | None = None
+
+    @property
+    def is_maintenance(self) -> bool:
+        """An announced downtime: high priority, type maintenance (Kraken's docs)."""
+        return self.priority == "high" and self.type == "maintenance"
+
+    def ends_at(self) -> float | None:
+        if self.effective_time is None:
+            return None
+        return self.effective_time + 60 * (self.expected_downtime_minutes or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderClosed:
+    """An order left the book: filled, cancelled (by a user, guardian, the switch...) or rejected."""
+
+    order_id: str
+    reason: str
+    order: OpenOrder | None  # as guardian last knew it
+    cli_ord_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """A difference between the stream's picture and REST's (REST wins)."""
+
+    kind: str  # open_orders | positions | balances
+    detail: str
+
+
+Event = Fill | OrderClosed
+
+
+@dataclass(frozen=True, slots=True)
+class StateView:
+    """An immutable snapshot of the account state, for readers."""
+
+    orders: Mapping[str, OpenOrder] = field(default_factory=lambda: MappingProxyType({}))
+    positions: Mapping[str, Position] = field(default_factory=lambda: MappingProxyType({}))
+    balances: Balances = Balances()
+    fills_today: int = 0
+    realized_today: Decimal = ZERO
+    fees_today: Decimal = ZERO
+    fills_by_side: Mapping[tuple[str, str], int] = field(default_factory=lambda: MappingProxyType({}))
+    notices: tuple[Notice, ...] = ()
+    recent_fills: tuple[Fill, ...] = ()
+    changed_at: float = 0.0  # monotonic: the last change applied
+    day: str = ""
+
+    def orders_by_symbol(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for order in self.orders.values():
+            counts[order.symbol] = counts.get(order.symbol, 0) + 1
+        return counts
+
+    def next_maintenance(self, now: float) -> Notice | None:
+        """The next announced downtime that has not ended yet."""
+        upcoming = [
+            n
+            for n in self.notices
+            if n.is_maintenance and n.effective_time is not None and (n.ends_at() or 0) > now
+        ]
+        return min(upcoming, key=lambda n: n.effective_time or 0, default=None)
+
+
+def _day(at: float) -> str:
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d")
+
+
+class AccountState:
+    """The owner's side: `apply()` a message, `reconcile()` REST truth, `view()` for readers."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._orders: dict[str, OpenOrder] = {}
+        self._positions: dict[str, Position] = {}
+        self._entries: dict[str, tuple[Decimal, Decimal]] = {}  # symbol -> (size, entry) from fills
+        self._balances = Balances()
+        self._notices: dict[str, Notice] = {}
+        self._fills: deque[Fill] = deque(maxlen=MAX_FILLS_KEPT)
+        self._fill_ids: set[str] = set()
+        self._fill_order: deque[str] = deque()
+        self._day = _day(clock())
+        self._fills_today = 0
+        self._realized = ZERO
+        self._fees = ZERO
+        self._by_side: dict[tuple[str, str], int] = {}
+        self._view = StateView(day=self._day)
+        self.unknown_feeds: set[str] = set()
+
+    # ---- readers --------------------------------------------------------------------------------------
+    def view(self) -> StateView:
+        return self._view
+
+    def _changed(self) -> None:
+        self._view = StateView(
+            orders=MappingProxyType(dict(self._orders)),
+            positions=MappingProxyType(dict(self._positions)),
+            balances=self._balances,
+            fills_today=self._fills_today,
+            realized_today=self._realized,
+            fees_today=self._fees,
+            fills_by_side=MappingProxyType(dict(self._by_side)),
+            notices=tuple(sorted(self._notices.values(), key=lambda n: (n.effective_time or 0, n.key))),
+            recent_fills=tuple(self._fills),
+            changed_at=time.monotonic(),
+            day=self._day,
+        )
+
+    # ---- the day's totals -----------------------------------------------------------------------------
+    def restore_day(self, fills: Iterable[Mapping[str, Any]]) -> None:
+        """Today's fills from the journal (after a restart): counted once, never again from a snapshot."""
+        for row in fills:
+            fill_id = _text(row.get("fill_id"))
+            if fill_id is None or fill_id in self._fill_ids:
+                continue
+            self._remember(fill_id)
+            self._fills_today += 1
+            self._realized += number(row.get("realized_pnl")) or ZERO
+            self._fees += number(row.get("fee")) or ZERO
+            key = (str(row.get("symbol")), str(row.get("side")))
+            self._by_side[key] = self._by_side.get(key, 0) + 1
+        self._changed()
+
+    def _roll_day(self) -> None:
+        today = _day(self._clock())
+        if today != self._day:
+            self._day, self._fills_today, self._realized, self._fees = today, 0, ZERO, ZERO
+
+    def _remember(self, fill_id: str) -> None:
+        self._fill_ids.add(fill_id)
+        self._fill_order.append(fill_id)
+        while len(self._fill_order) > MAX_FILL_IDS:
+            self._fill_ids.discard(self._fill_order.popleft())
+
+    # ---- the exchange's messages ----------------------------------------------------------------------
+    def apply(self, message: Mapping[str, Any]) -> list[Event]:
+        """Apply one feed message; return what happened that the journal keeps (fills, closed orders)."""
+        feed = message.get("feed")
+        events: list[Event] = []
+        if feed in ("open_orders_snapshot", "open_orders_verbose_snapshot"):
+            self._orders = {}
+            for raw in message.get("orders") or ():
+                order = _order(raw)
+                if order is not None:
+                    self._orders[order.order_id] = order
+        elif feed in ("open_orders", "open_orders_verbose"):
+            events.extend(self._order_delta(message))
+        elif feed == "open_positions":
+            for raw in message.get("positions") or ():
+                self._position(raw)
+        elif feed in ("fills_snapshot", "fills"):
+            events.extend(self._fills_message(message, snapshot=feed == "fills_snapshot"))
+        elif feed in ("balances_snapshot", "balances"):
+            self._balances_message(message)
+        elif feed == "notifications_auth":
+            for raw in message.get("notifications") or ():
+                notice = _notice(raw)
+                if notice is not None:
+                    self._notices[notice.key] = notice
+            self._prune_notices()
+        else:
+            if isinstance(feed, str) and feed not in self.unknown_feeds and feed != "heartbeat":
+                self.unknown_feeds.add(feed)
+                log.warning("stream_unknown_feed", feed=feed[:64])
+            return events
+        self._changed()
+        return events
+
+    def _order_delta(self, message: Mapping[str, Any]) -> list[Event]:
+        raw = message.get("order")
+        order = _order(raw) if isinstance(raw, Mapping) else None
+        order_id = order.order_id if order is not None else _text(message.get("order_id"))
+        if order_id is None:
+            log.warning("stream_order_without_id", reason=str(message.get("reason"))[:64])
+            return []
+        if message.get("is_cancel") is True:
+            known = self._orders.pop(order_id, None)
+            reason = str(message.get("reason") or "unknown")
+            cli = _text(message.get("cli_ord_id")) or (known.cli_ord_id if known else None)
+            return [
+                OrderClosed(order_id, reason, order or known, cli or (order.cli_ord_id if order else None))
+            ]
+        if order is not None:
+            known = self._orders.get(order_id)
+            if order.cli_ord_id is None and known is not None and known.cli_ord_id is not None:
+                order = replace(order, cli_ord_id=known.cli_ord_id)
+            self._orders[order_id] = order
+        return []
+
+    def _position(self, raw: Any) -> None:
+        if not isinstance(raw, Mapping):
+            return
+        symbol = _text(raw.get("instrument"))
+        size = number(raw.get("balance"))
+        if symbol is None or size is None:
+            return
+        symbol = symbol.upper()
+        if size == 0:
+            self._positions.pop(symbol, None)
+            return
+        self._positions[symbol] = Position(
+            symbol,
+            size,
+            number(raw.get("entry_price")),
+            number(raw.get("mark_price")),
+            number(raw.get("pnl")),
+        )
+
+    def _fills_message(self, message: Mapping[str, Any], *, snapshot: bool) -> list[Event]:
+        self._roll_day()
+        events: list[Event] = []
+        rows = [r for r in message.get("fills") or () if isinstance(r, Mapping)]
+        rows.sort(key=lambda r: float(number(r.get("time")) or 0))
+        midnight = dt.datetime.strptime(self._day, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp()
+        for raw in rows:
+            fill = _fill(raw)
+            if fill is None or fill.fill_id in self._fill_ids:
+                continue
+            if snapshot and fill.time < midnight:
+                self._remember(fill.fill_id)  # an older day's: known, not counted
+                continue
+            # A snapshot's fill (made while guardian was away) cannot be priced against an entry it did
+            # not see: it is counted and journaled, its realised PnL left at 0.
+            if not snapshot:
+                fill = replace(fill, realized_pnl=self._realize(fill))
+            self._remember(fill.fill_id)
+            self._fills.append(fill)
+            self._fills_today += 1
+            self._realized += fill.realized_pnl
+            self._fees += fill.fee
+            key = (fill.symbol, fill.side)
+            self._by_side[key] = self._by_side.get(key, 0) + 1
+            events.append(fill)
+        return events
+
+    def _realize(self, fill: Fill) -> Decimal:
+        size, entry = self._entries.get(fill.symbol, (ZERO, ZERO))
+        signed = fill.size if fill.side == "buy" else -fill.size
+        realized = ZERO
+        if size and (size > 0) != (signed > 0):  # reduces (or flips) the position
+            closed = min(abs(size), abs(signed))
+            realized = (fill.price - entry) * closed * (1 if size > 0 else -1)
+        new_size = size + signed
+        if new_size == 0:
+            self._entries.pop(fill.symbol, None)
+        elif size == 0 or (size > 0) != (new_size > 0):  # opened, or flipped: the rest at the fill price
+            self._entries[fill.symbol] = (new_size, fill.price)
+        elif (size > 0) == (signed > 0):  # grew: the average entry moves
+            self._entries[fill.symbol] = (
+                new_size,
+                (entry * abs(size) + fill.price * abs(signed)) / abs(new_size),
+            )
+        else:  # reduced: the entry stays
+            self._entries[fill.symbol] = (new_size, entry)
+        return realized
+
+    def _balances_message(self, message: Mapping[str, Any]) -> None:
+        flex = message.get("flex_futures")
+        if isinstance(flex, Mapping) and flex:
+            self._balances = Balances(
+                portfolio_value=number(flex.get("portfolio_value")),
+                available_margin=number(flex.get("available_margin")),
+                initial_margin=number(flex.get("initial_margin")),
+                maintenance_margin=number(flex.get("maintenance_margin")),
+                unrealized_pnl=number(flex.get("total_unrealized", flex.get("pnl"))),
+            )
+
+    def _prune_notices(self) -> None:
+        now = self._clock()
+        for key, notice in list(self._notices.items()):
+            ends = notice.ends_at()
+            if ends is not None and ends < now - 86_400:  # a day after it ended
+                del self._notices[key]
+
+    # ---- REST truth ------------------------------------------------------------------------------------
+    def reconcile(
+        self,
+        open_orders: Sequence[Mapping[str, Any]] | None,
+        positions: Sequence[Mapping[str, Any]] | None,
+        accounts: Mapping[str, Any] | None,
+        notifications: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[Drift]:
+        """Compare REST's answers with the picture, adopt REST's, return what differed. A part that is
+        None was not read (its request failed) and is left as it is."""
+        drifts: list[Drift] = []
+        if open_orders is not None:
+            rest = {o.order_id: o for o in (_rest_order(r) for r in open_orders) if o is not None}
+            drifts.extend(_order_drift(self._orders, rest))
+            self._orders = rest
+        if positions is not None:
+            rest_positions = {p.symbol: p for p in (_rest_position(r) for r in positions) if p is not None}
+            for symbol, position in rest_positions.items():  # the feed's marks and PnL are newer detail
+                mine = self._positions.get(symbol)
+                if mine is not None and mine.size == position.size:
+                    rest_positions[symbol] = replace(
+                        position,
+                        mark_price=mine.mark_price,
+                        unrealized_pnl=position.unrealized_pnl or mine.unrealized_pnl,
+                    )
+            drifts.extend(_position_drift(self._positions, rest_positions))
+            self._positions = rest_positions
+            self._entries = {
+                s: (p.size, p.entry_price) for s, p in rest_positions.items() if p.entry_price is not None
+            }
+        if accounts is not None:
+            flex = accounts.get("flex")
+            if isinstance(flex, Mapping):
+                rest_balances = Balances(
+                    portfolio_value=number(flex.get("portfolioValue")),
+                    available_margin=number(flex.get("availableMargin")),
+                    initial_margin=number(flex.get("initialMargin")),
+                    maintenance_margin=number(flex.get("maintenanceMargin")),
+                    unrealized_pnl=number(flex.get("totalUnrealized", flex.get("pnl"))),
+                )
+                self._balances = rest_balances
+        if notifications is not None:
+            for notice in (_rest_notice(r) for r in notifications):
+                if notice is not None:
+                    self._notices.setdefault(notice.key, notice)
+            self._prune_notices()
+        self._changed()
+        return drifts
+
+
+def _order_drift(mine: Mapping[str, OpenOrder], rest: Mapping[str, OpenOrder]) -> list[Drift]:
+    drifts: list[Drift] = []
+    missing = sorted(set(rest) - set(mine))
+    extra = sorted(set(mine) - set(rest))
+    if missing:
+        drifts.append(Drift("open_orders", f"{len(missing)} open at the exchange the stream had not shown"))
+    if extra:
+        drifts.append(Drift("open_orders", f"{len(extra)} shown open that the exchange no longer has"))
+    changed = [i for i in set(mine) & set(rest) if mine[i].remaining != rest[i].remaining]
+    if changed:
+        drifts.append(Drift("open_orders", f"{len(changed)} with another remaining size at the exchange"))
+    return drifts
+
+
+def _position_drift(mine: Mapping[str, Position], rest: Mapping[str, Position]) -> list[Drift]:
+    differing = sorted(
+        s
+        for s in set(mine) | set(rest)
+        if (mine[s].size if s in mine else ZERO) != (rest[s].size if s in rest else ZERO)
+    )
+    if not differing:
+        return []
+    shown = ", ".join(
+        f"{s} {mine[s].size if s in mine else 0} -> {rest[s].size if s in rest else 0}" for s in differing[:5]
+    )
+    return [Drift("positions", shown)]
+
+
+# ---- reading Kraken's shapes ------------------------------------------------------------------------------
+
+
+def _order(raw: Any) -> OpenOrder | None:
+    """An order of the open_orders feed; None (logged) when it lacks what the picture needs."""
+    if not isinstance(raw, Mapping):
+        return None
+    order_id, symbol = _text(raw.get("order_id")), _text(raw.get("instrument"))
+    remaining = number(raw.get("qty"))
+    direction = raw.get("direction")
+    if order_id is None or symbol is None or remaining is None or direction not in (0, 1):
+        log.warning("stream_order_unreadable", order_id=order_id, fields=sorted(str(k) for k in raw)[:20])
+        return None
+    stop = number(raw.get("stop_price"))
+    return OpenOrder(
+        order_id=order_id,
+        symbol=symbol.upper(),
+        side="buy" if direction == 0 else "sell",
+        remaining=remaining,
+        filled=number(raw.get("filled")) or ZERO,
+        order_type=_text(raw.get("type")),
+        limit_price=number(raw.get("limit_price")),
+        stop_price=stop if stop else None,
+        reduce_only=raw.get("reduce_only") is True,
+        cli_ord_id=_text(raw.get("cli_ord_id")),
+    )
+
+
+def _rest_order(raw: Any) -> OpenOrder | None:
+    """An order of REST openorders."""
+    if not isinstance(raw, Mapping):
+        return None
+    order_id, symbol = _text(raw.get("order_id")), _text(raw.get("symbol"))
+    remaining = number(raw.get("unfilledSize"))
+    side = raw.get("side")
+    if order_id is None or symbol is None or remaining is None or side not in ("buy", "sell"):
+        return None
+    return OpenOrder(
+        order_id=order_id,
+        symbol=symbol.upper(),
+        side=str(side),
+        remaining=remaining,
+        filled=number(raw.get("filledSize")) or ZERO,
+        order_type=_text(raw.get("orderType")),
+        limit_price=number(raw.get("limitPrice")),
+        stop_price=number(raw.get("stopPrice")),
+        reduce_only=raw.get("reduceOnly") is True,
+        cli_ord_id=_text(raw.get("cliOrdId")),
+    )
+
+
+def _rest_position(raw: Any) -> Position | None:
+    if not isinstance(raw, Mapping):
+        return None
+    symbol, size = _text(raw.get("symbol")), number(raw.get("size"))
+    if symbol is None or size is None or raw.get("side") not in ("long", "short") or size == 0:
+        return None
+    signed = size if raw.get("side") == "long" else -size
+    return Position(symbol.upper(), signed, number(raw.get("price")), None, number(raw.get("unrealizedPnl")))
+
+
+def _fill(raw: Mapping[str, Any]) -> Fill | None:
+    fill_id, symbol = _text(raw.get("fill_id")), _text(raw.get("instrument"))
+    size, price, at = number(raw.get("qty")), number(raw.get("price")), _seconds(raw.get("time"))
+    if (
+        fill_id is None
+        or symbol is None
+        or size is None
+        or price is None
+        or at is None
+        or not isinstance(raw.get("buy"), bool)
+    ):
+        log.warning("stream_fill_unreadable", fill_id=fill_id)
+        return None
+    return Fill(
+        fill_id=fill_id,
+        order_id=_text(raw.get("order_id")),
+        cli_ord_id=_text(raw.get("cli_ord_id")),
+        symbol=symbol.upper(),
+        side="buy" if raw["buy"] else "sell",
+        size=size,
+        price=price,
+        fee=number(raw.get("fee_paid")) or ZERO,
+        fill_type=_text(raw.get("fill_type")),
+        time=at,
+    )
+
+
+def _notice(raw: Any) -> Notice | None:
+    if not isinstance(raw, Mapping):
+        return None
+    note = str(raw.get("note") or "")[:500]
+    effective = _seconds(raw.get("effective_time"))
+    key = f"{raw.get('type')}|{effective}|{note}"  # REST's notices have no id: one key for both
+    downtime = number(raw.get("expected_downtime_minutes"))
+    return Notice(
+        key=key,
+        type=str(raw.get("type") or "general")[:32],
+        priority=str(raw.get("priority") or "low")[:16],
+        note=note,
+        effective_time=effective,
+        expected_downtime_minutes=None if downtime is None else float(downtime),
+    )
+
+
+def _rest_notice(raw: Any) -> Notice | None:
+    """REST notifications: camelCase, ISO effectiveTime, no id."""
+    if not isinstance(raw, Mapping):
+        return None
+    effective: float | None
+    try:
+        effective = parse_iso(str(raw.get("effectiveTime")))
+    except ValueError:
+        effective = None
+    note = str(raw.get("note") or "")[:500]
+    downtime = number(raw.get("expectedDowntimeMinutes"))
+    return Notice(
+        key=f"{raw.get('type')}|{effective}|{note}",
+        type=str(raw.get("type") or "general")[:32],
+        priority=str(raw.get("priority") or "low")[:16],
+        note=note,
+        effective_time=effective,
+        expected_downtime_minutes=None if downtime is None else float(downtime),
+    )
