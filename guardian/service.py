@@ -55,7 +55,13 @@ class Service:
             self.metrics.add_account(account.name)
         self.journal = Journal(config.journal.path, retention_days=config.journal.retention_days)
         self.metrics.watch_journal(lambda: self.journal.healthy)
-        self.gateway = Gateway(self.accounts, LocalKeys(config.accounts), self.journal, observe=self._observe)
+        self.gateway = Gateway(
+            self.accounts,
+            LocalKeys(config.accounts),
+            self.journal,
+            observe=self._observe,
+            public_rate_limit=config.server.public_rate_limit,
+        )
         self.url = ""
         self.started_at: float | None = None
         self.ready_sent = False

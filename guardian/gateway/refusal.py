@@ -26,6 +26,7 @@ CODES: Final[Mapping[str, int]] = MappingProxyType(
         "orderSizeTooLarge": 403,
         "notionalTooLarge": 403,
         "priceOutsideBand": 403,
+        "leverageTooHigh": 403,
         "markPriceUnavailable": 503,
         "reduceOnlyMode": 403,
         "tradingHalted": 403,
