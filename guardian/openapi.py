@@ -453,6 +453,10 @@ def _kraken_responses(row: ep.Endpoint) -> Schema:
         "result=error, and an order's own outcome is in sendStatus/editStatus/cancelStatus/batchStatus."
         + (" guardian answers this one itself, from its own switch." if row.risk is ep.Risk.SWITCH else ""),
     )
+    if row.name.startswith(("charts", "history/")):  # Kraken answers these without its envelope
+        ok = _json({}, "The exchange's answer, unchanged: JSON without Kraken's result/serverTime envelope.")
+    if row.name.endswith("accountlogcsv"):
+        ok["content"]["text/csv"] = {"schema": {"type": "string"}}
     if row.name == "sendorder":
         ok["headers"] = {
             REPLAYED_HEADER: {
@@ -467,7 +471,8 @@ def _kraken_responses(row: ep.Endpoint) -> Schema:
         by_status.setdefault(CODES[code], set()).add(code)
     for status, codes in sorted(by_status.items()):
         refused = "guardian refused the request: " + ", ".join(sorted(codes))
-        if status in (429, 503):  # the exchange may answer these itself, in its own shape
+        own = status in (400, 404) and row.name not in ORDER_ENDPOINTS and row.risk is not ep.Risk.SWITCH
+        if status in (429, 503) or own:  # the exchange may answer these itself, in its own shape
             responses[str(status)] = _json(
                 {"anyOf": [_ref("Refusal"), _ref("Unavailable")]},
                 refused + "; or the exchange's own answer with this status.",

@@ -343,7 +343,9 @@ async def test_a_flood_of_public_requests_from_several_bots_is_bounded_and_the_s
         )
         for i in range(3)
     )
-    account = account_config(exchange.url, switch=SWITCH, guard=GuardConfig(mark_poll_s=1.0, rate_budget=20_000), clients=bots)
+    account = account_config(
+        exchange.url, switch=SWITCH, guard=GuardConfig(mark_poll_s=1.0, rate_budget=20_000), clients=bots
+    )
     paths = [
         "/derivatives/api/v3/orderbook?symbol=PF_XBTUSD&n={n}",
         "/derivatives/api/v3/history?symbol=PF_ETHUSD&n={n}",
