@@ -38,7 +38,11 @@ DEFAULT_BASE_URL: Final = "https://futures.kraken.com"
 MAX_TIMEOUT_S: Final = 2**32 - 1
 MIN_ADMIN_TOKEN_CHARS: Final = 16
 MIN_CLIENT_SECRET_BYTES: Final = 16
-CLIENT_PERMISSIONS: Final = (Permission.READ, Permission.TRADE)
+CLIENT_PERMISSIONS: Final = (Permission.READ, Permission.TRADE, Permission.SETTINGS)
+# Public requests per second: all bots together, and each bot (or all unlabelled requests) alone. Kraken
+# throttles public data by IP and does not publish the figure: these stay well under any seen in use.
+DEFAULT_PUBLIC_RATE_LIMIT: Final = 20.0
+DEFAULT_BOT_PUBLIC_RATE_LIMIT: Final = 10.0
 _MAX_SECRET_FILE_BYTES: Final = 64 * 1024
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SYMBOL = re.compile(r"\S+")
@@ -58,6 +62,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8787
     admin_token: Secret | None = None  # None: no admin endpoints
+    public_rate_limit: float = DEFAULT_PUBLIC_RATE_LIMIT  # public requests per second sent to the exchange
 
     @property
     def listen(self) -> str:
@@ -109,6 +114,7 @@ class GuardConfig:
     max_order_size: float | None = None
     max_notional: float | None = None
     price_band_pct: float | None = None
+    max_leverage: float | None = None  # the highest leverage a settings call may set; None: any
     per_symbol: Mapping[str, SymbolLimits] = field(default_factory=lambda: MappingProxyType({}))
     # How the guard works, rather than what it allows:
     mark_poll_s: float = 2.0  # how often the marks are read from the exchange's tickers
@@ -160,6 +166,7 @@ class ClientConfig:
     api_secret: ApiSecret
     permissions: frozenset[Permission]
     rate_budget: float | None = None  # this bot's own share: cost units per the account's rate_window_s
+    public_rate_limit: float = DEFAULT_BOT_PUBLIC_RATE_LIMIT  # its public requests per second to the exchange
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +336,7 @@ def parse_config(
     found = _Secrets(os.environ if env is None else env, base_dir, secrets_dirs)
     root = _Table(data, "", ("server", "journal", "log", "accounts"))
 
-    server = root.table("server", ("listen", *_secret_keys("admin_token")))
+    server = root.table("server", ("listen", *_secret_keys("admin_token"), "public_rate_limit"))
     host, port = parse_listen(server.get("listen", str, "127.0.0.1:8787"), server.key("listen"))
     admin_token = found.optional(server, "admin_token")
     if admin_token is not None and len(admin_token.reveal()) < MIN_ADMIN_TOKEN_CHARS:
@@ -338,6 +345,7 @@ def parse_config(
             "token, e.g. the output of `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
         )
 
+    public_rate_limit = server.number("public_rate_limit", DEFAULT_PUBLIC_RATE_LIMIT, above=0)
     journal = _journal(root.table("journal", _JOURNAL_KEYS))
 
     log = root.table("log", ("level", "format"))
@@ -353,7 +361,7 @@ def parse_config(
     _check_unique(accounts)
     return Config(
         accounts=accounts,
-        server=ServerConfig(host, port, admin_token),
+        server=ServerConfig(host, port, admin_token, public_rate_limit),
         journal=journal,
         log=LogConfig(level, fmt),
     )
@@ -381,7 +389,14 @@ _GUARD_SETTINGS = (
     "maintenance_reduce_only_s",
 )
 _STREAM_KEYS = ("enabled", "ws_url", "link_timeout_s", "reconcile_s", "state_max_age_s")
-_CLIENT_KEYS = ("name", *_secret_keys("api_key"), *_secret_keys("api_secret"), "permissions", "rate_budget")
+_CLIENT_KEYS = (
+    "name",
+    *_secret_keys("api_key"),
+    *_secret_keys("api_secret"),
+    "permissions",
+    "rate_budget",
+    "public_rate_limit",
+)
 
 
 def _journal(table: _Table) -> JournalConfig:
@@ -399,7 +414,9 @@ def _account(table: _Table, found: _Secrets) -> AccountConfig:
     api_key = _api_key(found, table)
     api_secret = found.api_secret(table)
     switch = _switch(table.table("switch", _SWITCH_KEYS))
-    guard = _guard(table.table("guard", ("symbols", *_LIMIT_KEYS, *_GUARD_SETTINGS, "symbol")))
+    guard = _guard(
+        table.table("guard", ("symbols", *_LIMIT_KEYS, "max_leverage", *_GUARD_SETTINGS, "symbol"))
+    )
     clients = tuple(_client(client, found) for client in table.array("clients"))
     nonce = table.choice("nonce", NONCE_CHOICES, "milliseconds")
     stream = _stream(table.table("stream", _STREAM_KEYS))
@@ -517,6 +534,7 @@ def _guard(table: _Table) -> GuardConfig:
         limits.max_order_size,
         limits.max_notional,
         limits.price_band_pct,
+        table.optional_number("max_leverage", above=0),
         MappingProxyType(per_symbol),
         mark_poll_s=mark_poll,
         mark_max_age_s=mark_max_age,
@@ -549,10 +567,12 @@ def _client(table: _Table, found: _Secrets) -> ClientConfig:
     if not raw or any(p not in allowed for p in raw):
         raise ConfigError(
             f"{table.key('permissions')} must be a non-empty list drawn from {allowed}: "
-            '["read"] for a bot that only looks, ["read", "trade"] for one that trades'
+            '["read"] for a bot that only looks, ["read", "trade"] for one that trades, "settings" for one '
+            "that may change leverage and other risk settings"
         )
     rate_budget = table.optional_number("rate_budget", above=0)
-    return ClientConfig(name, api_key, api_secret, frozenset(Permission(p) for p in raw), rate_budget)
+    public = table.number("public_rate_limit", DEFAULT_BOT_PUBLIC_RATE_LIMIT, above=0)
+    return ClientConfig(name, api_key, api_secret, frozenset(Permission(p) for p in raw), rate_budget, public)
 
 
 def _check_unique(accounts: Sequence[AccountConfig]) -> None:

@@ -10,8 +10,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from guardian.config import (
+    DEFAULT_BASE_URL,
     AccountConfig,
     ClientConfig,
     Config,
@@ -54,7 +56,7 @@ async def start_demo(host: str, port: int, *, seed: int | None = None, log: LogC
         name=DEMO_BOT,
         api_key=f"demo-bot-{secrets.token_hex(8)}",
         api_secret=ApiSecret(base64.b64encode(os.urandom(32)).decode(), name="demo bot api_secret"),
-        permissions=frozenset({Permission.READ, Permission.TRADE}),
+        permissions=frozenset({Permission.READ, Permission.TRADE, Permission.SETTINGS}),
     )
     account = AccountConfig(
         name=DEMO_ACCOUNT,
@@ -66,6 +68,7 @@ async def start_demo(host: str, port: int, *, seed: int | None = None, log: LogC
             max_order_size=100.0,
             max_notional=1_000_000.0,
             price_band_pct=10.0,
+            max_leverage=10.0,
         ),
         clients=(bot,),
     )
@@ -80,6 +83,18 @@ async def start_demo(host: str, port: int, *, seed: int | None = None, log: LogC
     return Demo(simulator, config, bot, admin_token, directory)
 
 
+# The one line that points every ccxt krakenfutures API URL (public, private, history, charts, ...) at
+# guardian: a bot that points only `public` and `private` there sends its history calls to Kraken,
+# signed with its local key, and they fail there.
+CCXT_LINE = "ex.urls['api'] = {{k: v.replace('{kraken}', '{guardian}') for k, v in ex.urls['api'].items()}}"
+
+
+def point_ccxt_at(exchange: Any, guardian_url: str) -> None:
+    """What CCXT_LINE does, for a ccxt `krakenfutures` instance (the tests use it as users would)."""
+    urls = exchange.urls["api"]
+    exchange.urls["api"] = {k: v.replace(DEFAULT_BASE_URL, guardian_url.rstrip("/")) for k, v in urls.items()}
+
+
 def how_to(demo: Demo, guardian_url: str) -> str:
     """The lines printed after `demo bot api_key=... api_secret=...`."""
     return "\n".join(
@@ -91,9 +106,9 @@ def how_to(demo: Demo, guardian_url: str) -> str:
             f"  halt:     curl -s -X POST -H 'Authorization: Bearer {demo.admin_token.reveal()}' "
             f'-d \'{{"account": "demo", "mode": "halted"}}\' {guardian_url}/guardian/mode',
             "  bots:     use the demo bot key above with guardian as the exchange's base URL:",
-            f"    ccxt:   ex = ccxt.krakenfutures({{'apiKey': KEY, 'secret': SECRET}}); "
-            f"ex.urls['api'].update(public='{guardian_url}/derivatives/api/', "
-            f"private='{guardian_url}/derivatives/api/')",
+            "    ccxt:   ex = ccxt.krakenfutures({'apiKey': KEY, 'secret': SECRET}), then point EVERY API URL "
+            "at guardian (public, private, history, charts), not just two:",
+            "            " + CCXT_LINE.format(kraken=DEFAULT_BASE_URL, guardian=guardian_url.rstrip("/")),
             f"    python-kraken-sdk: Trade(key=KEY, secret=SECRET, url='{guardian_url}')",
             f"    raw HTTP: POST {guardian_url}/derivatives/api/v3/sendorder signed as for Kraken",
             f"  journal:  {demo.config.journal.path} (removed when the demo stops)",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -261,14 +262,95 @@ def _request_body(row: ep.Endpoint) -> Schema | None:
     return {"required": required, "content": {"application/x-www-form-urlencoded": media}}
 
 
+_BOOL: Final[Schema] = {"type": "boolean"}
+_COUNT: Final[Schema] = {"type": "integer", "minimum": 1, "maximum": 1000}
+_MILLIS: Final[Schema] = {"type": "integer", "minimum": 0, "maximum": 10**14}
+_HISTORY_QUERY: Final = (
+    ("since", _MILLIS, False),
+    ("before", _MILLIS, False),
+    ("sort", _enum(["asc", "desc"]), False),
+    ("count", _COUNT, False),
+    ("tradeable", _ref("Symbol"), False),
+    ("continuation_token", {"type": "string", "maxLength": 200}, False),
+)
+# The query parameters of the endpoints beyond orders (name, schema, required), as Kraken documents them.
+# Settings go in the query as ccxt and python-kraken-sdk send them (a form or JSON body is read as well).
+QUERY: Final[Mapping[str, tuple[tuple[str, Schema, bool], ...]]] = {
+    "leveragepreferences:put": (("symbol", _ref("Symbol"), True), ("maxLeverage", _ref("Positive"), False)),
+    "pnlpreferences:put": (
+        ("symbol", _ref("Symbol"), True),
+        ("pnlPreference", {"type": "string", "pattern": "^[A-Za-z]{1,10}$"}, True),
+    ),
+    "self-trade-strategy:put": (
+        (
+            "strategy",
+            _enum(["REJECT_TAKER", "CANCEL_MAKER_SELF", "CANCEL_MAKER_CHILD", "CANCEL_MAKER_ANY"]),
+            True,
+        ),
+    ),
+    "rfq-assignment/max-leverage:put": (("maxLeverage", _ref("Positive"), True),),
+    "subaccount/{uid}/trading-enabled:put": (("tradingEnabled", _BOOL, True),),
+    "assignmentprogram/add": (
+        ("contractType", {"type": "string", "pattern": "^[a-z_]{1,20}$"}, True),
+        ("contract", _ref("Symbol"), False),
+        ("maxSize", _ref("Positive"), False),
+        ("maxPosition", _ref("Positive"), False),
+        ("acceptLong", _BOOL, True),
+        ("acceptShort", _BOOL, True),
+        ("timeFrame", _enum(["all", "weekdays", "weekends"]), True),
+        ("enabled", _BOOL, True),
+    ),
+    "assignmentprogram/delete": (("id", {"type": "integer", "minimum": 0, "maximum": 2**53}, True),),
+    "rfqs/{rfqUid}/place-offer": (("bid", _ref("Positive"), False), ("ask", _ref("Positive"), False)),
+    "rfqs/{rfqUid}/replace-offer": (("bid", _ref("Positive"), False), ("ask", _ref("Positive"), False)),
+    "historicalfundingrates": (("symbol", _ref("Symbol"), True),),
+    "v4/historicalfundingrates": (("symbol", _ref("Symbol"), True),),
+    "history": (("symbol", _ref("Symbol"), True), ("lastTime", _ref("Time"), False)),
+    "charts/{tick_type}/{symbol}/{resolution}": (("from", _MILLIS, False), ("to", _MILLIS, False)),
+    "initialmargin": (
+        ("orderType", _enum(orders.ORDER_TYPES), True),
+        ("symbol", _ref("Symbol"), True),
+        ("side", _enum(orders.SIDES), True),
+        ("size", _ref("Positive"), True),
+        ("limitPrice", _ref("Positive"), False),
+    ),
+    "initialmargin/maxordersize": (
+        ("orderType", _enum(orders.ORDER_TYPES), True),
+        ("symbol", _ref("Symbol"), True),
+        ("limitPrice", _ref("Positive"), False),
+    ),
+    "history/v2/account-log": (
+        ("since", _MILLIS, False),
+        ("before", _MILLIS, False),
+        ("count", _COUNT, False),
+        ("info", {"type": "string", "maxLength": 60}, False),
+    ),
+    "history/v3/account-log": (
+        ("since", _MILLIS, False),
+        ("before", _MILLIS, False),
+        ("count", _COUNT, False),
+        ("info", {"type": "string", "maxLength": 60}, False),
+    ),
+}
+
+
+def _query(row: ep.Endpoint) -> tuple[tuple[str, Schema, bool], ...]:
+    if row.name in QUERY:
+        return QUERY[row.name]
+    if row.pool is ep.Pool.HISTORY or row.name.startswith("history/"):
+        return _HISTORY_QUERY
+    return ()
+
+
 def _parameters(row: ep.Endpoint, method: str) -> list[Schema]:
     params: list[Schema] = []
-    if "{symbol}" in row.path:
-        pattern = "^[A-Za-z0-9_.:-]{1,64}$"  # endpoints._TEMPLATES' character class
-        schema = {"type": "string", "pattern": pattern}
-        params.append({"name": "symbol", "in": "path", "required": True, "schema": schema})
+    for name in re.findall(r"\{(\w+)\}", row.path):
+        schema = {"type": "string", "pattern": f"^{ep.PATH_PART}$"}  # endpoints' template character class
+        params.append({"name": name, "in": "path", "required": True, "schema": schema})
     if row.name == "orderbook":
         params.append({"name": "symbol", "in": "query", "required": True, "schema": {"type": "string"}})
+    for name, schema, required in _query(row):
+        params.append({"name": name, "in": "query", "required": required, "schema": schema})
     if row.cost_if_param is not None:
         name, cost = row.cost_if_param
         description = f"The exchange checks it; with it the call costs {cost} budget units."
@@ -324,8 +406,10 @@ def _codes_for(row: ep.Endpoint) -> set[str]:
     codes = {"invalidArgument", "requestTooLarge"}  # a body that is not UTF-8, or over MAX_BODY
     if "{" in row.path:
         codes.add("notFound")  # a path parameter outside the template's characters: no such endpoint
+    if row.pool is ep.Pool.HISTORY:
+        codes.add("apiLimitExceeded")
     if row.permission is ep.Permission.PUBLIC:
-        return codes
+        return codes | {"apiLimitExceeded"}  # the public budget
     codes |= {"authenticationError", "nonceBelowThreshold", "nonceDuplicate", "permissionDenied"}
     if row.risk is ep.Risk.FUNDS:
         return codes | {"endpointNotAllowed"}
@@ -334,6 +418,14 @@ def _codes_for(row: ep.Endpoint) -> set[str]:
     codes.add("apiLimitExceeded")
     if row.name in ORDER_ENDPOINTS:
         codes.add("requiredArgumentMissing")
+    if row.name not in ORDER_ENDPOINTS and row.risk is not ep.Risk.NONE:  # guardian.gateway.settings
+        codes |= {"requiredArgumentMissing", "journalUnavailable"}
+        if row.risk is not ep.Risk.REDUCES:
+            codes |= {"tradingHalted", "reduceOnlyMode", "switchNotArmed", "symbolNotAllowed"}
+            codes |= {"leverageTooHigh", "orderSizeTooLarge"}
+        if row.name.startswith("rfqs/{rfqUid}/") and row.risk is ep.Risk.OPENS:
+            codes |= {"notionalTooLarge", "priceOutsideBand", "markPriceUnavailable", "upstreamUnavailable"}
+        return codes
     if row.risk in (ep.Risk.OPENS, ep.Risk.PER_ITEM):
         codes |= {
             "symbolNotAllowed",
@@ -361,6 +453,10 @@ def _kraken_responses(row: ep.Endpoint) -> Schema:
         "result=error, and an order's own outcome is in sendStatus/editStatus/cancelStatus/batchStatus."
         + (" guardian answers this one itself, from its own switch." if row.risk is ep.Risk.SWITCH else ""),
     )
+    if row.name.startswith(("charts", "history/")):  # Kraken answers these without its envelope
+        ok = _json({}, "The exchange's answer, unchanged: JSON without Kraken's result/serverTime envelope.")
+    if row.name.endswith("accountlogcsv"):
+        ok["content"]["text/csv"] = {"schema": {"type": "string"}}
     if row.name == "sendorder":
         ok["headers"] = {
             REPLAYED_HEADER: {
@@ -375,7 +471,8 @@ def _kraken_responses(row: ep.Endpoint) -> Schema:
         by_status.setdefault(CODES[code], set()).add(code)
     for status, codes in sorted(by_status.items()):
         refused = "guardian refused the request: " + ", ".join(sorted(codes))
-        if status in (429, 503):  # the exchange may answer these itself, in its own shape
+        own = status in (400, 404) and row.name not in ORDER_ENDPOINTS and row.risk is not ep.Risk.SWITCH
+        if status in (429, 503) or own:  # the exchange may answer these itself, in its own shape
             responses[str(status)] = _json(
                 {"anyOf": [_ref("Refusal"), _ref("Unavailable")]},
                 refused + "; or the exchange's own answer with this status.",
@@ -403,7 +500,7 @@ def _kraken_operation(row: ep.Endpoint, method: str) -> Schema:
             f"when the body starts with `{BATCH_FIELD}={{`, raw (ccxt)."
         )
     operation: Schema = {
-        "operationId": f"{method.lower()}_{row.name.replace('/', '_').replace('{', '').replace('}', '')}",
+        "operationId": f"{method.lower()}_{re.sub(r'[^A-Za-z0-9]+', '_', row.name).strip('_')}",
         "tags": ["kraken"],
         "summary": f"Kraken Futures {row.name}",
         "description": " ".join(description),
@@ -611,10 +708,10 @@ _SECURITY_SCHEMES: Final[Mapping[str, Schema]] = {
 @functools.cache
 def document() -> dict[str, Any]:
     """The whole OpenAPI document, built once (callers must not change it)."""
-    paths: dict[str, Schema] = {
-        row.path: {method.lower(): _kraken_operation(row, method) for method in row.methods}
-        for row in ep.ENDPOINTS
-    }
+    paths: dict[str, Schema] = {}
+    for row in ep.ENDPOINTS:
+        item = paths.setdefault(row.path, {})
+        item |= {method.lower(): _kraken_operation(row, method) for method in row.methods}
     paths |= _own_paths()
     for item in paths.values():
         for method, operation in item.items():

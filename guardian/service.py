@@ -34,6 +34,7 @@ from guardian.notify import Notifier
 from guardian.stream.account import AccountStream
 from guardian.stream.account import state_json as stream_json
 from guardian.stream.link import TickerLink
+from guardian.stream.maintenance import MaintenancePolicy
 from guardian.switch import Switch, SwitchState
 
 log = structlog.get_logger("guardian.service")
@@ -62,13 +63,20 @@ class Service:
             self.metrics.add_account(account.name)
         self.journal = Journal(config.journal.path, retention_days=config.journal.retention_days)
         self.metrics.watch_journal(lambda: self.journal.healthy)
-        self.gateway = Gateway(self.accounts, LocalKeys(config.accounts), self.journal, observe=self._observe)
+        self.gateway = Gateway(
+            self.accounts,
+            LocalKeys(config.accounts),
+            self.journal,
+            observe=self._observe,
+            public_rate_limit=config.server.public_rate_limit,
+        )
         self.halts = Halts(self.journal)  # the kill's follow-up watches (and, later, automatic halts)
         # Each account's picture of itself (its private WebSocket, reconciled with REST), and one public
         # ticker link per exchange URL, shared by the accounts on it.
         self.streams = [self._stream(account) for account in self.accounts]
         self.metrics.watch_streams(lambda: self.streams)
         self.tickers = self._ticker_links()
+        self.maintenance = [MaintenancePolicy(account, self.journal) for account in self.accounts]
         self._ws_session: aiohttp.ClientSession | None = None
         self._stream_tasks: list[asyncio.Task[None]] = []
         self.url = ""
@@ -376,6 +384,8 @@ class Service:
                 for account, previous, state in changes:
                     await self._journal_switch(account, previous, state)
             await self._probe_journal()
+            for policy in self.maintenance:
+                await policy.check()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), REPORT_INTERVAL_S)
             self._wake.clear()

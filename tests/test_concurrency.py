@@ -401,3 +401,26 @@ async def test_a_kill_with_nothing_in_flight_says_zero(setup: tuple[Simulator, S
     assert (await kill(service))["in_flight"] == 0
     assert service.halts.pending == 0
     assert len(exchange.requests_for("cancelallorders")) == 1
+
+
+async def test_an_rfq_offer_in_flight_is_taken_down_by_its_own_cancel(
+    setup: tuple[Simulator, Service],
+) -> None:
+    from guardian.kraken import endpoints as ep
+    from guardian.kraken.signing import encode_params
+
+    exchange, service = setup
+    uid = next(u for u, rfq in exchange.market_data.rfqs.items() if rfq.symbol == "PF_XBTUSD")
+    row = ep.endpoint("rfqs/{rfqUid}/place-offer")
+    exchange.faults.add(Fault(row.name, "latency", latency_s=0.7, times=1))
+    async with client(service, BOT_A.api_key, BOT_A.api_secret.reveal()) as a:
+        offer = asyncio.create_task(
+            a.send(row, encode_params({"bid": 59500}), "", method="POST", path=row.path.format(rfqUid=uid))
+        )
+        await asyncio.sleep(0.3)
+        assert (await kill(service))["in_flight"] == 1
+        assert (await offer).status == 200  # the offer stood, after the kill's cancel-all
+        events = await nothing_open(exchange, service)
+    assert exchange.market_data.rfqs[uid].offers == {}
+    [follow_up] = events
+    assert (follow_up["detail"]["action"], follow_up["detail"]["result"]) == ("cancel-offer", "cancelled")

@@ -221,7 +221,7 @@ BAD = [
     ("base_url_bad_port", doc(account='base_url = "https://x.example:port"'), "accounts[0].base_url must be an http(s) URL"),
     # clients
     ("permissions_unknown", doc().replace('["read", "trade"]', '["read", "funds"]'),
-     "accounts[0].clients[0].permissions must be a non-empty list drawn from ['read', 'trade']"),
+     "accounts[0].clients[0].permissions must be a non-empty list drawn from ['read', 'trade', 'settings']"),
     ("permissions_empty", doc().replace('["read", "trade"]', "[]"), "accounts[0].clients[0].permissions must be a non-empty list"),
     ("permissions_string", doc().replace('["read", "trade"]', '"read"'),
      "accounts[0].clients[0].permissions must be an array, not a string"),

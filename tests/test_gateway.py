@@ -710,3 +710,24 @@ async def test_gateway_metrics(guardian: Service, bot: KrakenClient, http: aioht
     assert 'guardian_rate_budget_available{account="main"}' in text
     assert "guardian_request_duration_seconds_bucket" in text
     assert "guardian_upstream_request_duration_seconds_bucket" in text
+
+
+async def test_a_suspended_market_refuses_new_orders_locally_and_cancels_pass(
+    guardian: Service, bot: KrakenClient, exchange: Simulator
+) -> None:
+    placed = await bot.send_order(**LMT)
+    exchange.exchange.market.set_suspended("PF_XBTUSD", True)
+    account = guardian.accounts[0]
+    await wait_for(lambda: account.marks.suspended("PF_XBTUSD"), what="the ticker's suspended flag read")
+    sends = len(reached(exchange, "sendorder"))
+    error = await refused(bot.send_order(**LMT), "marketSuspended")
+    assert error.http_status == 503
+    items = [{"order": "send", "order_tag": "1", **LMT}]
+    await refused(bot.batch_order(items), "marketSuspended")
+    assert len(reached(exchange, "sendorder")) == sends and reached(exchange, "batchorder") == []
+    await bot.send_order(**{**LMT, "symbol": "PF_ETHUSD", "limitPrice": 2990})  # other markets trade
+    cancelled = await bot.cancel_order(order_id=placed["sendStatus"]["order_id"])
+    assert cancelled["cancelStatus"]["status"] == "cancelled"
+    exchange.exchange.market.set_suspended("PF_XBTUSD", False)
+    await wait_for(lambda: not account.marks.suspended("PF_XBTUSD"), what="the market back")
+    assert (await bot.send_order(**LMT))["sendStatus"]["status"] == "placed"

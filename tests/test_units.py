@@ -173,11 +173,24 @@ def test_table_costs_match_kraken() -> None:
 
 def test_table_permissions_and_risk() -> None:
     by = ep.BY_NAME
-    assert {n for n, e in by.items() if e.permission is ep.Permission.PUBLIC} == {
-        "instruments", "tickers", "tickers/{symbol}", "orderbook"
+    public = {n for n, e in by.items() if e.permission is ep.Permission.PUBLIC}
+    assert {"instruments", "tickers", "tickers/{symbol}", "orderbook", "v4/historicalfundingrates"} <= public
+    assert all(n.startswith(("charts", "history/v", "rfqs", "instruments", "tickers", "v4/")) or "/" not in n
+               for n in public)  # fmt: skip
+    assert {n for n, e in by.items() if e.risk is ep.Risk.OPENS} == {
+        "sendorder", "editorder", "rfqs/{rfqUid}/place-offer", "rfqs/{rfqUid}/replace-offer",
+        "assignmentprogram/add",
     }  # fmt: skip
-    assert {n for n, e in by.items() if e.risk is ep.Risk.OPENS} == {"sendorder", "editorder"}
-    assert {n for n, e in by.items() if e.risk is ep.Risk.REDUCES} == {"cancelorder", "cancelallorders"}
+    assert {n for n, e in by.items() if e.risk is ep.Risk.REDUCES} == {
+        "cancelorder", "cancelallorders", "rfqs/{rfqUid}/cancel-offer", "assignmentprogram/delete"
+    }  # fmt: skip
+    # Every change that is not an order needs the settings permission (RFQ offers are orders: trade).
+    assert {n for n, e in by.items() if e.risk is ep.Risk.SETTING} <= {
+        n for n, e in by.items() if e.permission is ep.Permission.SETTINGS
+    }
+    assert all(
+        e.pool is ep.Pool.HISTORY for n, e in by.items() if n.startswith("history/v") and "market" not in n
+    )
     assert {n for n, e in by.items() if e.permission is ep.Permission.FUNDS} == {
         "transfer", "transfer/subaccount", "withdrawal"
     }  # fmt: skip
@@ -195,6 +208,13 @@ def test_table_routes_paths_and_templates() -> None:
     )
     assert ep.match("/derivatives/api/v3/tickers/a/b") is None
     assert ep.match("/derivatives/api/v3/nope") is None
+    assert ep.match("/derivatives/api/v3/leveragepreferences", "PUT")[0].name == "leveragepreferences:put"  # type: ignore[index]
+    assert ep.match("/derivatives/api/v3/leveragepreferences", "GET")[0].name == "leveragepreferences"  # type: ignore[index]
+    assert ep.match("/api/charts/v1/mark/PF_XBTUSD/1h") == (
+        ep.BY_NAME["charts/{tick_type}/{symbol}/{resolution}"],
+        {"tick_type": "mark", "symbol": "PF_XBTUSD", "resolution": "1h"},
+    )
+    assert ep.nearest("/api/history/v2/order") == "/api/history/v2/orders"
     with pytest.raises(KeyError, match="nope"):
         ep.endpoint("nope")
 

@@ -1,4 +1,5 @@
-"""The Kraken-compatible local API: `/derivatives/api/v3/<endpoint>`, as at the exchange.
+"""The Kraken-compatible local API: every Kraken Futures REST path (`/derivatives/api/v3|v4/...`,
+`/api/history/...`, `/api/charts/...`) that the endpoint table lists, as at the exchange.
 
 A bot changes only its base URL and key. For each request, in this order (the issue's contract):
 authentication and permission (local key), validation, the account's mode, the switch gate, the
@@ -6,8 +7,11 @@ limits, the rate budget. Whatever fails answers in Kraken's error envelope with 
 never sent. What passes is journaled (intent committed first), re-signed with the account's exchange
 key over the same bytes, forwarded, and the exchange's answer goes back unchanged.
 
-- Public endpoints pass through without authentication.
-- Endpoints that move funds are never forwarded.
+- Public endpoints pass through without authentication, within the public budget and through a short
+  cache of identical reads (guardian.gateway.public).
+- Settings, the assignment program and RFQ offers are judged by guardian.gateway.settings.
+- Endpoints that move funds are never forwarded; a path the table does not list is refused `notFound`
+  naming the nearest one it does, and never forwarded.
 - A bot's `cancelallordersafter` is answered from guardian's own switch (`timeout > 0`) or refused
   (`timeout = 0`): guardian owns the switch.
 - Cancels always pass the mode and the gate: taking risk away is never refused for safety reasons.
@@ -26,17 +30,19 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from guardian.account import Account, Mode
-from guardian.errors import ExchangeError, ExchangeTimeout
-from guardian.gateway import orders, rules
+from guardian.account import RATE_WINDOW_MARGIN_S, Account, Mode
+from guardian.config import ServerConfig
+from guardian.errors import ExchangeError, ExchangeRejected, ExchangeTimeout
+from guardian.gateway import orders, rules, settings
 from guardian.gateway.auth import Caller, LocalKeys
 from guardian.gateway.dedupe import Outcome
 from guardian.gateway.http import read_capped
 from guardian.gateway.orders import CancelAllIntent, CancelIntent, OrderIntent
+from guardian.gateway.public import PublicGate
 from guardian.gateway.refusal import Refusal
 from guardian.journal import Intent, Journal, JournalError
 from guardian.kraken import endpoints as ep
-from guardian.kraken.client import RawAnswer
+from guardian.kraken.client import RawAnswer, classify
 from guardian.kraken.times import to_iso
 from guardian.kraken.wire import LIST_FIELDS, WireError, parse_batch, request_fields
 from guardian.ratelimit import CostBudget
@@ -47,6 +53,9 @@ log = structlog.get_logger("guardian.gateway")
 MAX_BODY = 64 * 1024
 REPLAYED_HEADER = "X-Guardian-Replayed"
 ORDER_ENDPOINTS = frozenset({"sendorder", "editorder", "cancelorder", "cancelallorders", "batchorder"})
+# The account-history pool, modelled like the derivatives budget: 100 tokens, refilled 100 per 10 minutes.
+HISTORY_CAPACITY = 100.0
+HISTORY_WINDOW_S = 600.0
 
 GuardedIntent = OrderIntent | CancelIntent | CancelAllIntent
 
@@ -60,7 +69,7 @@ class Outbound:
     query: str
     body: str
     method: str
-    path: str | None = None  # the real path of a templated public endpoint
+    path: str | None = None  # the real path of a templated endpoint
 
 
 @dataclass
@@ -88,6 +97,7 @@ class Gateway:
         journal: Journal,
         *,
         observe: Any = None,
+        public_rate_limit: float | None = None,
     ) -> None:
         self.accounts = {account.name: account for account in accounts}
         self._public = accounts[0]
@@ -97,6 +107,14 @@ class Gateway:
             for client in account.config.clients
             if client.rate_budget is not None
         }
+        clients = [client for account in accounts for client in account.config.clients]
+        total = public_rate_limit if public_rate_limit is not None else ServerConfig().public_rate_limit
+        self.public = PublicGate(total, clients)
+        # The history pool's local model, per account (the derivatives one is `account.budget`).
+        self._history = {
+            account.name: CostBudget(HISTORY_CAPACITY, HISTORY_WINDOW_S + RATE_WINDOW_MARGIN_S)
+            for account in accounts
+        }
         self.keys = keys
         self.journal = journal
         self._observe = (
@@ -104,7 +122,7 @@ class Gateway:
         )
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.route("*", "/derivatives/api/v3/{name:.+}", self.handle)]
+        return [web.route("*", prefix + "{tail:.*}", self.handle) for prefix in ep.PREFIXES]
 
     # ---- the request ------------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -141,13 +159,18 @@ class Gateway:
         return response
 
     async def _handle(self, request: web.Request, trail: Trail) -> web.StreamResponse:
-        routed = ep.match(request.path)
+        routed = ep.match(request.path, request.method)
         if routed is None:
-            raise Refusal("notFound", f"{request.path} is not a Kraken Futures endpoint guardian serves")
-        endpoint, _ = routed
+            raise Refusal(
+                "notFound",
+                f"{request.path} is not a Kraken Futures endpoint guardian knows, so it is not forwarded; "
+                f"the nearest one it knows is {ep.nearest(request.path)}",
+            )
+        endpoint, path_params = routed
         trail.endpoint = endpoint.name
         if request.method not in endpoint.methods:
-            raise Refusal("notFound", f"{endpoint.name} takes {' or '.join(sorted(endpoint.methods))}")
+            taken = " or ".join(sorted(set(ep.methods_at(request.path))))
+            raise Refusal("notFound", f"{request.path} takes {taken}, not {request.method}")
         raw = await read_capped(request, MAX_BODY)
         if raw is None:
             raise Refusal("requestTooLarge", f"the request body is over {MAX_BODY // 1024} KiB")
@@ -158,27 +181,40 @@ class Gateway:
         query = request.rel_url.raw_query_string
         if endpoint.permission is ep.Permission.PUBLIC:
             trail.outcome = "public"
-            answer = await self._forward(
-                Outbound(self._public, endpoint, query, body, request.method, request.path), trail
+            trail.bot = self.public.bot_for(request.headers)
+            out = Outbound(self._public, endpoint, query, body, request.method, request.path)
+            answer = await self.public.answer(
+                endpoint, request.path, query, request.headers, lambda: self._forward(out, trail)
             )
             return _response(answer)
 
-        caller = self.keys.authenticate(request.headers, endpoint, query, body)
+        caller = self.keys.authenticate(request.headers, endpoint, query, body, request.path)
         trail.account, trail.bot = caller.account, caller.bot
         account = self.accounts[caller.account]
         if endpoint.permission is ep.Permission.FUNDS or endpoint.risk is ep.Risk.FUNDS:
             raise Refusal("endpointNotAllowed", f"{endpoint.name} moves funds: guardian never forwards it")
+        is_json = body.lstrip().startswith("{") and endpoint.name not in ORDER_ENDPOINTS
         try:
-            fields = request_fields(query, body, LIST_FIELDS)
+            fields = request_fields(query, "" if is_json else body, LIST_FIELDS)
         except WireError as exc:
             raise Refusal(_wire_code(exc), str(exc)) from None
+        if is_json:
+            fields = settings.fields_with_json(fields, body)
         trail.params = dict(fields)
         if endpoint.name == "cancelallordersafter":
             return await self._switch_answer(account, fields, trail)
 
         decision = await self._guard(account, caller, endpoint, fields, trail)
-        out = Outbound(account, endpoint, query, body, request.method)
+        if endpoint.name not in ORDER_ENDPOINTS and endpoint.risk is not ep.Risk.NONE:
+            decision.new_risk = await settings.judge(
+                account, endpoint, fields, path_params, lambda uid: self._rfq(account, uid)
+            )
+            decision.mode = account.mode
+        out = Outbound(account, endpoint, query, body, request.method, request.path)
         cost = endpoint.cost_for(fields, decision.items)
+        if endpoint.pool is ep.Pool.HISTORY:
+            self._spend_history(account, cost)
+            return _response(await self._forward_journaled(out, decision, trail))
         if decision.keys and account.config.guard.dedupe_window_s > 0:
             return await self._send_once(out, decision, trail, caller, cost)
         self._spend(account, caller, cost, decision)
@@ -208,6 +244,34 @@ class Gateway:
             )
         if mine is not None:
             mine.spend(cost)
+
+    def _spend_history(self, account: Account, cost: float) -> None:
+        pool = self._history[account.name]
+        if not pool.try_spend(cost):
+            raise Refusal(
+                "apiLimitExceeded",
+                f"the account-history pool is spent ({pool.capacity:g} tokens per {HISTORY_WINDOW_S / 60:g} "
+                f"minutes, as at the exchange); retry in {pool.seconds_until(cost):.0f} s",
+            )
+
+    async def _rfq(self, account: Account, rfq_uid: str) -> dict[str, Any]:
+        """An open RFQ as the exchange describes it (public `rfqs/{rfqUid}`), for judging an offer on it."""
+        row = ep.endpoint("rfqs/{rfqUid}")
+        try:
+            raw = await account.gateway_client.send(row, path=ep.V3 + "rfqs/" + rfq_uid)
+            doc = classify(row.name, raw.status, raw.body)
+        except ExchangeRejected as exc:
+            raise Refusal(
+                "invalidArgument", f"RFQ {rfq_uid} is not open at the exchange ({exc.code})"
+            ) from None
+        except ExchangeError as exc:
+            raise Refusal(
+                "upstreamUnavailable", f"the RFQ an offer is for could not be read at the exchange: {exc}"
+            ) from None
+        found = doc.get("rfq")
+        if not isinstance(found, dict):
+            raise Refusal("invalidArgument", f"RFQ {rfq_uid} is not open at the exchange")
+        return found
 
     # ---- the guard --------------------------------------------------------------------------------
     async def _guard(
@@ -263,12 +327,14 @@ class Gateway:
             marks = {s: account.marks.mark(s) for s in _symbols(decision.intents, originals)}
             self._gate(account, decision)
             decision.mode = account.mode
+            self._suspended(account, decision)
             rules.check_batch(decision.intents, account.mode, account.config.guard, marks, originals)
             return decision
         [intent] = decision.intents
         decision.mode = account.mode
         rules.check_mode(account.mode, intent)
         self._gate(account, decision)
+        self._suspended(account, decision)
         if isinstance(intent, OrderIntent):
             if not intent.merged:
                 raise Refusal(
@@ -278,6 +344,19 @@ class Gateway:
             symbol = intent.symbol or ""
             rules.check_limits(intent, account.config.guard, account.marks.mark(symbol))
         return decision
+
+    @staticmethod
+    def _suspended(account: Account, decision: Decision) -> None:
+        """No new order or edit to a market the exchange's ticker reports suspended (reduce-only ones
+        included: the exchange would refuse them too)."""
+        for index, intent in enumerate(decision.intents):
+            if isinstance(intent, OrderIntent) and intent.symbol and account.marks.suspended(intent.symbol):
+                refusal = Refusal(
+                    "marketSuspended",
+                    f"{intent.symbol} is suspended (the exchange's ticker says so): no new orders until it "
+                    "trades again; cancels still pass",
+                )
+                raise (refusal.for_item(index, intent.order_tag) if decision.items else refusal)
 
     @staticmethod
     def _halted(account: Account, decision: Decision) -> None:
@@ -291,11 +370,13 @@ class Gateway:
                     raise (refusal.for_item(index, intent.order_tag) if decision.items else refusal) from None
 
     @staticmethod
-    def _still_allowed(account: Account, decision: Decision) -> None:
+    def _still_allowed(account: Account, decision: Decision, endpoint: ep.Endpoint) -> None:
         """The last look before new risk leaves (journaling it was a wait): a halt, a stricter mode or a
         switch no longer armed that took effect meanwhile still stops it. The caller registers the
         request as in flight right after, with no wait between: a halt either refuses it here or sees it."""
-        if account.mode is not decision.mode:
+        if account.mode is not decision.mode and endpoint.name not in ORDER_ENDPOINTS:
+            settings.check_mode_and_gate(account, endpoint)  # a setting or an RFQ offer
+        elif account.mode is not decision.mode:
             for index, intent in enumerate(decision.intents):
                 if isinstance(intent, OrderIntent):
                     try:
@@ -540,13 +621,13 @@ class Gateway:
             log.error("journal_write_failed", endpoint=endpoint.name, error=str(exc))
         if decision.new_risk:
             try:
-                self._still_allowed(out.account, decision)
+                self._still_allowed(out.account, decision, endpoint)
             except Refusal as refusal:
                 if request_id is not None:
                     self._withheld(request_id, refusal, trail)
                 raise
             in_flight = out.account.in_flight
-            flight = in_flight.begin(trail.bot, endpoint.name, tuple(decision.intents))
+            flight = in_flight.begin(trail.bot, endpoint.name, tuple(decision.intents), out.path)
             answer: RawAnswer | None = None
             try:
                 answer = await self._forward(out, trail)

@@ -1,6 +1,6 @@
 """Local keys: bots sign their requests to guardian exactly as they would sign them to Kraken, with the
 local secret of their `[[accounts.clients]]` entry. A key belongs to one account; its permissions are
-`read` and/or `trade`. A nonce, when sent, must not repeat or fall more than a few seconds (in the
+`read`, `trade` and/or `settings`. A nonce, when sent, must not repeat or fall more than a few seconds (in the
 client's own unit) below the highest one that key sent, as at the exchange."""
 
 from __future__ import annotations
@@ -46,8 +46,11 @@ class LocalKeys:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def authenticate(self, headers: Mapping[str, str], ep: Endpoint, query: str, body: str) -> Caller:
-        """The caller, or Refusal(`authenticationError` / a nonce code / `permissionDenied`)."""
+    def authenticate(
+        self, headers: Mapping[str, str], ep: Endpoint, query: str, body: str, path: str | None = None
+    ) -> Caller:
+        """The caller, or Refusal(`authenticationError` / a nonce code / `permissionDenied`). `path` is the
+        request's path (a templated endpoint's real one), which the bot signed."""
         api_key = headers.get("APIKey", "")
         authent = headers.get("Authent", "")
         if not api_key or not authent:
@@ -65,7 +68,11 @@ class LocalKeys:
                 f"the Nonce header must be a whole number of at most {MAX_NONCE_DIGITS} digits 0-9",
             )
         if caller is None or not verify(
-            caller.client.api_secret.key_bytes(), post_data_candidates(query, body), nonce, ep.path, authent
+            caller.client.api_secret.key_bytes(),
+            post_data_candidates(query, body),
+            nonce,
+            path or ep.path,
+            authent,
         ):
             # One answer for an unknown key and a wrong signature: the difference is not the caller's business.
             raise Refusal(
@@ -84,7 +91,10 @@ class LocalKeys:
                     "the Nonce must keep increasing for this key (a repeated or much older nonce is refused)",
                 )
         needed = ep.permission
-        if needed in (Permission.READ, Permission.TRADE) and needed not in caller.client.permissions:
+        if (
+            needed in (Permission.READ, Permission.TRADE, Permission.SETTINGS)
+            and needed not in caller.client.permissions
+        ):
             raise Refusal(
                 "permissionDenied",
                 f"{ep.name} needs the {needed.value!r} permission, which the key of bot {caller.bot!r} does not have "

@@ -63,6 +63,7 @@ CLOSED_STATUSES: Final = frozenset(
     }
 )
 OPEN_STATUSES: Final = frozenset({"placed", "partiallyFilled", "edited"})
+RFQ_OFFERS: Final = frozenset({"rfqs/{rfqUid}/place-offer", "rfqs/{rfqUid}/replace-offer"})
 _STATUS_KEYS: Final = {"sendorder": "sendStatus", "editorder": "editStatus", "batchorder": "batchStatus"}
 
 Target = tuple[str, str]  # ("order_id" | "cliOrdId", the id): what cancelorder takes
@@ -80,6 +81,8 @@ def left_open(flight: Flight, answer: RawAnswer) -> list[Target] | None:
         return None
     if doc.get("result") != "success":
         return [] if isinstance(doc.get("error"), str) else None
+    if flight.endpoint in RFQ_OFFERS:  # an offer now stands on the RFQ: its own cancel takes it down
+        return [("rfq_offer", flight.path)] if flight.path else None
     statuses = doc.get(_STATUS_KEYS.get(flight.endpoint, ""))
     if isinstance(statuses, Mapping):
         statuses = [statuses]
@@ -134,6 +137,7 @@ class Halts:
         requests already forwarded (only `bot`'s, if given). Synchronous on purpose: the halt and the
         snapshot are one step, so each request is either refused by the halt or in the snapshot."""
         account.mode = Mode.HALTED
+        account.mode_by = "halt"
         return account.in_flight.snapshot(bot)
 
     def follow(self, account: Account, flights: Sequence[Flight], *, why: str) -> None:
@@ -178,7 +182,10 @@ class Halts:
             await self._cancel_all(account, {**base, "because": "outcome unknown: the last sweep"})
             return
         for field, order_id in targets:
-            await self._cancel(account, field, order_id, base)
+            if field == "rfq_offer":
+                await self._cancel_offer(account, order_id, base)
+            else:
+                await self._cancel(account, field, order_id, base)
         if not targets:
             log.info("halt_follow_up_nothing_open", account=account.name, **base)
 
@@ -189,6 +196,22 @@ class Halts:
         try:
             raw = await account.gateway_client.send(cancel, body=urlencode({field: order_id}))
             detail["result"] = _status(raw, "cancelStatus")
+        except ExchangeError as exc:
+            detail["result"] = "failed"
+            detail["error"] = str(exc)
+        await self._record(account, detail)
+
+    async def _cancel_offer(self, account: Account, offer_path: str, base: dict[str, Any]) -> None:
+        """DELETE rfqs/<uid>/cancel-offer for an offer placed (or replaced) by a request in flight."""
+        path = offer_path.rsplit("/", 1)[0] + "/cancel-offer"
+        detail: dict[str, Any] = {**base, "action": "cancel-offer", "path": path}
+        cancel = endpoint("rfqs/{rfqUid}/cancel-offer")
+        account.budget.spend(cancel.cost)
+        try:
+            raw = await account.gateway_client.send(cancel, method="DELETE", path=path)
+            detail["result"] = (
+                "cancelled" if raw.status < 400 and b'"success"' in raw.body else _status(raw, "")
+            )
         except ExchangeError as exc:
             detail["result"] = "failed"
             detail["error"] = str(exc)

@@ -27,6 +27,7 @@ class Flight:
     bot: str | None
     endpoint: str
     intents: tuple[Any, ...]  # the guard's intents (OrderIntent, CancelIntent...), as judged
+    path: str | None = None  # the real path of a templated endpoint (an RFQ offer's rfqs/<uid>/...)
     started: float = field(default_factory=time.monotonic)
     settled: bool = False
     answer: RawAnswer | None = None  # None once settled: the outcome is unknown (timeout, lost connection)
@@ -60,8 +61,10 @@ class InFlight:
     def __iter__(self) -> Iterator[Flight]:
         return iter(list(self._flights))
 
-    def begin(self, bot: str | None, endpoint: str, intents: tuple[Any, ...]) -> Flight:
-        flight = Flight(bot, endpoint, intents)
+    def begin(
+        self, bot: str | None, endpoint: str, intents: tuple[Any, ...], path: str | None = None
+    ) -> Flight:
+        flight = Flight(bot, endpoint, intents, path)
         self._flights.add(flight)
         return flight
 

@@ -26,12 +26,15 @@ CODES: Final[Mapping[str, int]] = MappingProxyType(
         "orderSizeTooLarge": 403,
         "notionalTooLarge": 403,
         "priceOutsideBand": 403,
+        "leverageTooHigh": 403,
         "markPriceUnavailable": 503,
         "reduceOnlyMode": 403,
         "tradingHalted": 403,
         "switchNotArmed": 409,
         # Kraken's own code (a sendorder status there): a cliOrdId an earlier, different request used.
         "clientOrderIdAlreadyExist": 409,
+        # Kraken's word too: the exchange's ticker says the market is suspended; no new order goes to it.
+        "marketSuspended": 503,
         "requestTooLarge": 413,
         "apiLimitExceeded": 429,
         # Also used by the local API's other parts (auth, app): Kraken's nonce codes for a bot that signs

@@ -212,7 +212,7 @@ class KrakenClient:
         path: str | None = None,
     ) -> RawAnswer:
         """Send exactly `query` and `body`, signed over those bytes; return the raw answer. `path` is
-        the real path of a templated public endpoint (`tickers/{symbol}`).
+        the real path of a templated endpoint (`tickers/{symbol}`), and the path signed.
 
         Raises ExchangeUnavailable/ExchangeTimeout when no answer arrives; never looks at the answer.
         """
@@ -225,7 +225,7 @@ class KrakenClient:
             nonce = self._nonce() if self._nonce is not None else None
             key = self._credentials.api_secret.key_bytes()
             headers["APIKey"] = self._credentials.api_key
-            headers["Authent"] = sign(key, query + body, nonce, ep.path)
+            headers["Authent"] = sign(key, query + body, nonce, path or ep.path)
             if nonce is not None:
                 headers["Nonce"] = nonce
         if body:

@@ -27,14 +27,21 @@ from guardian.kraken.times import parse_iso, to_iso
 from guardian.kraken.wire import LIST_FIELDS, WireError, loads_strict, parse_batch, request_fields
 from guardian.ratelimit import CostBudget
 from guardian.secret import ApiSecret
+from guardian.sim import history
 from guardian.sim.exchange import Account, Exchange, SimError
 from guardian.sim.faults import Fault, FaultTable
 from guardian.sim.market import Market
+from guardian.sim.market_data import MarketData
+from guardian.sim.preferences import Preferences
 
 log = structlog.get_logger("guardian.sim")
 
 PERMISSIONS = ("read", "trade", "funds")
 CONTROL_PREFIX = "/_sim"
+HISTORY_CAPACITY = 100.0  # the account-history pool: 100 tokens, refilled 100 per 10 minutes
+HISTORY_WINDOW_S = 600.0
+# Answered without Kraken's result/serverTime envelope, as Kraken answers them.
+BARE_PREFIXES = ("charts", "history/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +63,8 @@ class SimKey:
             return True
         if permission is ep.Permission.READ:
             return bool({"read", "trade"} & self.permissions)
+        if permission is ep.Permission.SETTINGS:  # Kraken keys have no such scope: a full-access key
+            return "trade" in self.permissions
         return permission.value in self.permissions
 
     @classmethod
@@ -87,6 +96,8 @@ class Simulator:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.exchange = Exchange(market or Market(), clock=clock)
+        self.market_data = MarketData(self.exchange)
+        self.preferences = Preferences(self.exchange, self.market_data)
         self.keys: dict[str, SimKey] = {}
         for key in keys:
             self.add_key(key)
@@ -98,6 +109,8 @@ class Simulator:
         self.nonce_tolerance = nonce_tolerance
         self._control_token = control_token
         self._budgets: dict[str, CostBudget] = {}
+        self._history_budgets: dict[str, CostBudget] = {}
+        self.history_capacity = HISTORY_CAPACITY
         self._nonces: dict[str, NonceWindow] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._release = asyncio.Event()
@@ -161,6 +174,7 @@ class Simulator:
         for _ in range(steps):
             self.exchange.market.step()
             self.exchange.on_prices()
+            self.market_data.record()
 
     # ---- switch timers (the real countdown) -------------------------------------------------------
     def _arm(self, acct: Account, timeout_s: int) -> dict[str, str]:
@@ -191,6 +205,11 @@ class Simulator:
             self._budgets[account] = CostBudget(self.budget_capacity, self.budget_window_s)
         return self._budgets[account]
 
+    def history_budget(self, account: str) -> CostBudget:
+        if account not in self._history_budgets:
+            self._history_budgets[account] = CostBudget(self.history_capacity, HISTORY_WINDOW_S)
+        return self._history_budgets[account]
+
     def release_hangs(self) -> None:
         self._release.set()
         self._release = asyncio.Event()
@@ -198,7 +217,8 @@ class Simulator:
     # ---- HTTP -------------------------------------------------------------------------------------
     def _build_app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
-        app.router.add_route("*", "/derivatives/api/v3/{name:.+}", self._handle)
+        for prefix in ep.PREFIXES:
+            app.router.add_route("*", prefix + "{tail:.*}", self._handle)
         control = [
             ("GET", "/state", self._ctl_state),
             ("POST", "/faults", self._ctl_add_fault),
@@ -231,7 +251,7 @@ class Simulator:
         return [r for r in self.requests if r["endpoint"] == endpoint]
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        routed = ep.match(request.path)
+        routed = ep.match(request.path, request.method)
         if routed is None:
             return self._error("notFound", 404)
         endpoint, path_params = routed
@@ -297,17 +317,24 @@ class Simulator:
             entry["error"] = exc.code
             return self._error(exc.code, exc.http_status if isinstance(exc, SimError) else 200)
         entry["outcome"] = "success"
+        if isinstance(payload, str):
+            return web.Response(text=payload, content_type="text/csv")
+        if not isinstance(payload, dict) or endpoint.name.startswith(BARE_PREFIXES):
+            return web.json_response(payload)
         return web.json_response(self._envelope(payload))
 
     async def _serve(
         self, request: web.Request, endpoint: ep.Endpoint, path_params: dict[str, str], entry: dict[str, Any]
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | list[Any] | str:
         query = request.rel_url.raw_query_string
         try:
             body = (await request.read()).decode()
         except UnicodeDecodeError:
             raise SimError("invalidArgument", "the body is not UTF-8") from None
-        fields = request_fields(query, body, LIST_FIELDS)
+        is_json = body.lstrip().startswith("{") and endpoint.name != "batchorder"
+        fields = request_fields(query, "" if is_json else body, LIST_FIELDS)
+        if is_json:
+            fields.update(_json_fields(body))
         entry["fields"] = fields
         if endpoint.permission is ep.Permission.PUBLIC:
             return self._public(endpoint.name, {**fields, **path_params})
@@ -317,7 +344,7 @@ class Simulator:
             key.secret.key_bytes(),
             post_data_candidates(query, body),
             nonce,
-            endpoint.path,
+            request.path,
             request.headers.get("Authent"),
         ):
             raise SimError("authenticationError")
@@ -333,16 +360,53 @@ class Simulator:
             raise SimError("authenticationError")
         acct = self.exchange.accounts[key.account]
         items, doc = parse_batch(fields) if endpoint.name == "batchorder" else ([], {})
-        if not self.budget(acct.name).try_spend(endpoint.cost_for(fields, len(items))):
+        pool = self.history_budget(acct.name) if endpoint.pool is ep.Pool.HISTORY else self.budget(acct.name)
+        if not pool.try_spend(endpoint.cost_for(fields, len(items))):
             raise SimError("apiLimitExceeded", http_status=self.rate_limit_status)
         if endpoint.name == "batchorder":
             return {"batchStatus": self._batch(acct, fields, items, doc)}
+        if endpoint.pool is ep.Pool.HISTORY:
+            return self._history(endpoint.name, acct, fields)
+        if endpoint.name in _PREFERENCE_READS:
+            return self.preferences.read(endpoint.name, acct, fields, path_params)
+        if endpoint.permission is ep.Permission.SETTINGS or endpoint.name.startswith("rfqs/{rfqUid}/"):
+            return self.preferences.change(endpoint.name, acct, fields, path_params)
         return self._private(endpoint.name, acct, fields)
 
     # ---- endpoint payloads ------------------------------------------------------------------------
-    def _public(self, name: str, fields: dict[str, str]) -> dict[str, Any]:
+    def _history(self, name: str, acct: Account, fields: dict[str, str]) -> dict[str, Any] | str:
+        kind = name.rsplit("/", 1)[1]
+        if kind == "accountlogcsv":
+            return history.account_log_csv(acct)
+        if kind == "account-log":
+            return history.account_log_payload(acct, fields)
+        return history.events(acct, kind, fields)
+
+    def _public(self, name: str, fields: dict[str, str]) -> dict[str, Any] | list[Any]:
         from guardian.sim import views
 
+        data = self.market_data
+        accounts = self.exchange.accounts.values()
+        if name == "instruments/status":
+            return data.instrument_status()
+        if name == "instruments/{symbol}/status":
+            return data.instrument_status(fields["symbol"])
+        if name == "feeschedules":
+            return data.fee_schedules()
+        if name in ("historicalfundingrates", "v4/historicalfundingrates"):
+            return data.funding_rates(fields.get("symbol"))
+        if name == "history":
+            return data.trade_history(accounts, fields.get("symbol"))
+        if name == "rfqs":
+            return data.rfq_list()
+        if name == "rfqs/{rfqUid}":
+            return {"rfq": data.rfq(fields["rfqUid"]).view()}
+        if name.startswith("charts"):
+            if name == "charts/{tick_type}/{symbol}/{resolution}":
+                return data.candles(fields["tick_type"], fields["symbol"], fields["resolution"], fields)
+            return data.charts(fields.get("tick_type"), fields.get("symbol"))
+        if name.startswith("history/"):
+            return data.market_events(accounts, fields["symbol"], name.rsplit("/", 1)[1], fields)
         market = self.exchange.market
         if name == "instruments":
             return {"instruments": views.instruments(market)}
@@ -385,6 +449,8 @@ class Simulator:
         if name == "orders/status":
             ids = _id_list(fields, "orderIds"), _id_list(fields, "cliOrdIds")
             return {"orders": exchange.order_status_payload(acct, *ids)}
+        if name == "recentorders":
+            return {"orderEvents": history.recent_orders(acct)}
         if name in ("transfer", "transfer/subaccount", "withdrawal"):
             return _funds(name, fields)
         raise SimError("notFound")  # pragma: no cover - every table row is handled above
@@ -490,6 +556,7 @@ class Simulator:
         doc = await self._json(request)
         quote = self.exchange.market.set_mark(str(doc["symbol"]), Decimal(str(doc["price"])))
         self.exchange.on_prices()
+        self.market_data.record()
         return web.json_response({"symbol": doc["symbol"], "mark": float(quote.mark)})
 
     async def _ctl_suspend(self, request: web.Request) -> web.Response:
@@ -545,3 +612,27 @@ def _funds(name: str, fields: dict[str, str]) -> dict[str, Any]:
     if missing:
         raise SimError("requiredArgumentMissing", f"missing {', '.join(missing)}")
     return {}
+
+
+_PREFERENCE_READS = frozenset(
+    row.name
+    for row in ep.ENDPOINTS
+    if row.permission is ep.Permission.READ
+    and row.pool is ep.Pool.DERIVATIVES
+    and row.name not in ("accounts", "openorders", "openpositions", "fills", "orders/status", "recentorders")
+)
+
+
+def _json_fields(body: str) -> dict[str, str]:
+    """A JSON object body's fields as a form would carry them (Kraken's newer reference shows JSON)."""
+    try:
+        doc = loads_strict(body)
+    except ValueError:
+        raise SimError("Json Parse Error", "the body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise SimError("invalidArgument", "the JSON body must be an object")
+    return {
+        str(k): ("true" if v else "false") if isinstance(v, bool) else str(v)
+        for k, v in doc.items()
+        if v is not None
+    }

@@ -149,6 +149,7 @@ class Account:
     fills: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10_000))
     switch_trigger_at: float | None = None  # exchange clock, epoch seconds
     switch_fired: int = 0
+    leverage: dict[str, Decimal] = field(default_factory=dict)  # leveragepreferences: symbol -> max leverage
 
     def open_orders(self) -> list[Order]:
         return [self.orders[i] for i in self.open_ids]
@@ -348,7 +349,7 @@ class Exchange:
             return "wouldNotReducePosition"
         if self._self_fill(acct, order):
             return "selfFill"
-        if not reduce_only and self._margin_needed(order, quote.mark) > self.available_margin(acct):
+        if not reduce_only and self._margin_needed(acct, order, quote.mark) > self.available_margin(acct):
             return "insufficientAvailableFunds"
         return order
 
@@ -377,11 +378,16 @@ class Exchange:
                 return True
         return False
 
-    def _margin_needed(self, order: Order, mark: Decimal) -> Decimal:
-        instrument = self.market.instrument(order.symbol)
-        assert instrument is not None
+    def _margin_needed(self, acct: Account, order: Order, mark: Decimal) -> Decimal:
         price = order.limit_price or mark
-        return order.unfilled * price / instrument.max_leverage
+        return order.unfilled * price / self.leverage(acct, order.symbol)
+
+    def leverage(self, acct: Account, symbol: str) -> Decimal:
+        """The leverage margin is computed at: the account's preference for `symbol`, else the instrument's
+        maximum."""
+        instrument = self.market.instrument(symbol)
+        assert instrument is not None
+        return acct.leverage.get(symbol, Decimal(instrument.max_leverage))
 
     def unrealized(self, acct: Account) -> Decimal:
         total = ZERO
@@ -392,15 +398,13 @@ class Exchange:
     def initial_margin(self, acct: Account) -> Decimal:
         total = ZERO
         for symbol, position in acct.positions.items():
-            instrument = self.market.instrument(symbol)
-            assert instrument is not None
-            total += abs(position.size) * self.market.quotes[symbol].mark / instrument.max_leverage
+            total += abs(position.size) * self.market.quotes[symbol].mark / self.leverage(acct, symbol)
         return total
 
     def available_margin(self, acct: Account) -> Decimal:
         orders = sum(
             (
-                self._margin_needed(o, self.market.quotes[o.symbol].mark)
+                self._margin_needed(acct, o, self.market.quotes[o.symbol].mark)
                 for o in acct.open_orders()
                 if not o.reduce_only
             ),
@@ -596,7 +600,9 @@ class Exchange:
             return {**answer, "status": "postWouldExecute", "orderEvents": []}
         if candidate.reduce_only and not self._reduces(acct, candidate):
             return {**answer, "status": "wouldNotReducePosition", "orderEvents": []}
-        extra = self._margin_needed(candidate, quote.mark) - self._margin_needed(order, quote.mark)
+        extra = self._margin_needed(acct, candidate, quote.mark) - self._margin_needed(
+            acct, order, quote.mark
+        )
         if not candidate.reduce_only and extra > 0 and extra > self.available_margin(acct):
             return {**answer, "status": "insufficientAvailableFunds", "orderEvents": []}
         order.size, order.limit_price, order.stop_price = (
