@@ -55,6 +55,7 @@ class Account:
         self.config = config
         self.name = config.name
         self.mode = Mode.ACTIVE
+        self.mode_by = "start"  # who set the mode last: admin, kill, maintenance (whose choice it is)
         self._on_refresh = on_refresh
         self.switch_client = self.client("switch", pool_size=SWITCH_POOL_SIZE)
         self.switch = Switch(

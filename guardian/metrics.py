@@ -224,6 +224,8 @@ class StreamCollector(Collector):
         up, reconnects, age, fresh, position, orders, available, portfolio, maintenance = self._families()
         now, wall = time.monotonic(), time.time()
         for stream in self._streams():
+            if not stream.enabled:  # no stream, no series: its alerts would only cry wolf
+                continue
             name, status, view = stream.name, stream.link.status, stream.view()
             up.add_metric([name], 1.0 if stream.link.up else 0.0)
             reconnects.add_metric([name], status.reconnects)

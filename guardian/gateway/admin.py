@@ -137,6 +137,7 @@ class Admin:
         self, account: Account, mode: Mode, *, reason: str, previous: Mode | None = None
     ) -> Mode:
         previous = account.mode if previous is None else previous
+        account.mode_by = "admin"
         if mode is Mode.HALTED:
             account.mode = mode  # at once: requests arriving while it is persisted are refused already
         try:
