@@ -39,7 +39,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -357,6 +357,24 @@ class Journal:
                 (kind, account, since),
             ).fetchall()
             return [d for d in (_loads(r[0]) for r in rows) if isinstance(d, dict)]
+
+        found: list[dict[str, Any]] = await self._submit(read)
+        return found
+
+    async def unknown_intents(self, since: float, endpoints: Sequence[str]) -> list[dict[str, Any]]:
+        """Forwarded requests to `endpoints` received at or after `since` whose outcome is not known: no
+        outcome recorded (the process died with them in flight), a timeout or a lost connection. Oldest
+        first, as `read_journal` shows requests."""
+        marks = ",".join("?" for _ in endpoints)
+
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE received_at >= ? AND verdict = 'forwarded' "  # noqa: S608
+                f"AND endpoint IN ({marks}) AND (outcome IS NULL OR outcome IN ('unknown', 'timeout', 'unavailable')) "
+                "ORDER BY id",
+                (since, *endpoints),
+            ).fetchall()
+            return [_request_row(r) for r in rows]
 
         found: list[dict[str, Any]] = await self._submit(read)
         return found
@@ -691,9 +709,12 @@ def _number(value: float) -> float | str:
 
 # ---- reading -----------------------------------------------------------------------------------------
 
+_REQUEST_COLUMNS: Final = (
+    "id, received_at, account, bot, endpoint, params, verdict, reason, http_status, outcome, answer, "
+    "upstream_s, total_s, finished_at"
+)
 _READ_REQUESTS: Final = (
-    "SELECT id, received_at, account, bot, endpoint, params, verdict, reason, http_status, outcome, "
-    "answer, upstream_s, total_s, finished_at FROM requests WHERE received_at >= ? "
+    f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE received_at >= ? "  # noqa: S608 (constants only)
     "ORDER BY received_at DESC, id DESC LIMIT ?"
 )
 _READ_EVENTS: Final = (

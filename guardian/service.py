@@ -35,6 +35,7 @@ from guardian.stream.account import AccountStream
 from guardian.stream.account import state_json as stream_json
 from guardian.stream.link import TickerLink
 from guardian.stream.maintenance import MaintenancePolicy
+from guardian.stream.settle import settle_unknown
 from guardian.switch import Switch, SwitchState
 
 log = structlog.get_logger("guardian.service")
@@ -218,6 +219,20 @@ class Service:
                     stream.state.restore_day(await self.journal.events_since("fill", stream.name, midnight))
                 except JournalError as exc:
                     log.error("fills_not_restored", account=stream.name, error=str(exc))
+        for account in self.accounts:  # what the last run left unknown, asked of the exchange once
+            self._stream_tasks.append(
+                self._supervised(
+                    settle_unknown(
+                        account.name,
+                        account.gateway_client,
+                        self.journal,
+                        account.budget,
+                        account.switch_reserve + account.bot_reserve,
+                        delay_s=account.config.guard.upstream_timeout_s,
+                    ),
+                    f"settle-{account.name}",
+                )
+            )
         if not any(stream.enabled for stream in self.streams):
             return
         self._ws_session = aiohttp.ClientSession()
@@ -229,7 +244,7 @@ class Service:
         for link in self.tickers:
             self._stream_tasks.append(self._supervised(link.run(self._ws_session), f"ticker-{link.url}"))
 
-    def _supervised(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    def _supervised(self, work: Coroutine[Any, Any, object], name: str) -> asyncio.Task[None]:
         """A stream task: it runs until cancelled; if a bug ends it, that is logged loudly."""
 
         async def supervise() -> None:

@@ -60,7 +60,13 @@ def bot_key(i: int) -> str:
 
 
 def write_config(
-    directory: Path, base_url: str, *, timeout_s: int = 3, bots: int = 1, nonce: str = "milliseconds"
+    directory: Path,
+    base_url: str,
+    *,
+    timeout_s: int = 3,
+    bots: int = 1,
+    nonce: str = "milliseconds",
+    upstream_timeout_s: float = 10,
 ) -> Path:
     """A configuration with the FAST beat (0.3-0.5 s), `timeout_s`, `bots` local keys (their secrets in
     the environment, see config_env) and `on_shutdown = "keep"`; the journal beside it."""
@@ -94,6 +100,7 @@ api_secret_file = "main.secret"
 nonce = "{nonce}"
 [accounts.guard]
 rate_budget = 100000  # the FAST beat alone would take Kraken's whole 500 per 10 s
+upstream_timeout_s = {upstream_timeout_s}
 [accounts.switch]
 refresh_min_s = {REFRESH_MIN_S}
 refresh_max_s = {REFRESH_MAX_S}
@@ -203,7 +210,7 @@ async def test_kill_9_mid_forwarding_leaves_a_whole_journal_and_the_restart_take
     unknown; the daemon restarted on it refreshes the exchange's timer at once, before it ran out."""
     bots, each = 4, 3
     # A timer long enough that the restart comes well inside it: the takeover leaves no gap at all.
-    config = write_config(tmp_path, sim.url, timeout_s=8, bots=bots)
+    config = write_config(tmp_path, sim.url, timeout_s=8, bots=bots, upstream_timeout_s=3)
     env = config_env(bots)
     first = await start(daemons, config, env)
     await first.wait_event("guardian_ready")
@@ -289,6 +296,17 @@ async def test_kill_9_mid_forwarding_leaves_a_whole_journal_and_the_restart_take
         r["fields"]["cliOrdId"] for r in sim.requests_for("sendorder") if r["api_key"] == TRADE_KEY
     }
     assert at_exchange == set(sends)
+    # Once the upstream timeout has passed since the restart, each unknown outcome is asked of the
+    # exchange: every one of them was placed after all.
+    await wait_for(
+        lambda: len([e for e in second.events() if e.get("event") == "intent_settled"]) == bots * each,
+        timeout_s=10,
+        what="the settlements",
+    )
+    settled = {
+        e["orders"][0]["cliOrdId"]: e["result"] for e in second.events() if e.get("event") == "intent_settled"
+    }
+    assert settled == {k: "open" for k in sends if k.startswith("flight")}
     # A bot retrying one of them after the restart does not get a second order.
     async with bot(await second.url()) as retry:
         again = await retry.send_order(**LMT, cliOrdId="flight-0-0")
@@ -300,13 +318,15 @@ async def test_kill_9_mid_forwarding_leaves_a_whole_journal_and_the_restart_take
     unknown = sorted(
         r["params"]["cliOrdId"]
         for r in after
-        if r.get("endpoint") == "sendorder" and r["outcome"] == "unknown"
+        if r.get("endpoint") == "sendorder" and r["outcome"] == "settled:open"
     )
     assert unknown == sorted(k for k in sends if k.startswith("flight"))
+    events = [r for r in after if r.get("type") == "event" and r["kind"] == "intent_settled"]
+    assert sorted(e["detail"]["results"][0]["cliOrdId"] for e in events) == unknown
     with contextlib.closing(sqlite3.connect(f"{journal.as_uri()}?mode=ro", uri=True)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        stored = conn.execute("SELECT count(*) FROM requests WHERE outcome = 'unknown'").fetchone()[0]
-    assert stored == bots * each  # written into the file at the restart, not only shown so
+        stored = conn.execute("SELECT count(*) FROM requests WHERE outcome = 'settled:open'").fetchone()[0]
+    assert stored == bots * each  # written into the file, not only shown so
 
 
 # ---- two daemons on one account --------------------------------------------------------------------------
