@@ -477,6 +477,9 @@ def test_the_dashboard_has_the_panels_the_issue_asks_for() -> None:
         "Refused by reason",
         "Rate budget available",
         "Mode",
+        "Exchange link and state freshness",
+        "Positions (contracts)",
+        "Margin",
     ):
         assert title in titles
     ids = [panel["id"] for panel in doc["panels"]]
