@@ -781,3 +781,65 @@ def test_check_config_names_a_missing_variable_with_exit_78() -> None:
         in (result.stderr)
     )
     assert_clean(result.stdout + result.stderr)
+
+
+# --- the account-state stream ------------------------------------------------------------------------------
+
+
+def stream(lines: str) -> str:
+    return doc(tail=f"[accounts.stream]\n{lines}\n")
+
+
+def test_the_stream_is_on_by_default_with_its_url_derived_from_the_base_url() -> None:
+    account = parse(doc()).accounts[0]
+    assert account.stream.enabled and account.ws_url == "wss://futures.kraken.com/ws/v1"
+    assert (account.stream.link_timeout_s, account.stream.reconcile_s, account.stream.state_max_age_s) == (
+        15,
+        60,
+        10,
+    )
+    local = parse(doc(account='base_url = "http://127.0.0.1:8788"')).accounts[0]
+    assert local.ws_url == "ws://127.0.0.1:8788/ws/v1"
+    summary = parse(doc()).summary()
+    assert "stream: wss://futures.kraken.com/ws/v1, link timeout 15 s, reconcile every 60 s" in summary
+
+
+def test_stream_keys_are_read_and_a_disabled_stream_is_warned_about() -> None:
+    config = parse(
+        stream(
+            'enabled = false\nws_url = "wss://ws.example.test/ws/v1"\nlink_timeout_s = 5\nreconcile_s = 30\nstate_max_age_s = 3'
+        )
+    )
+    settings = config.accounts[0].stream
+    assert settings == type(settings)(False, "wss://ws.example.test/ws/v1", 5, 30, 3)
+    assert config.accounts[0].ws_url == "wss://ws.example.test/ws/v1"
+    assert any("stream.enabled = false" in w for w in config.warnings())
+    assert "stream: disabled" in config.summary()
+
+
+@pytest.mark.parametrize(
+    ("lines", "fragment"),
+    [
+        (
+            'ws_url = "https://futures.kraken.com/ws/v1"',
+            "accounts[0].stream.ws_url must be a ws:// or wss:// URL",
+        ),
+        ('ws_url = "wss://"', "accounts[0].stream.ws_url must be a ws:// or wss:// URL"),
+        ("link_timeout_s = 0", "accounts[0].stream.link_timeout_s must be greater than 0"),
+        ("reconcile_s = -1", "accounts[0].stream.reconcile_s must be greater than 0"),
+        ('state_max_age_s = "10"', "accounts[0].stream.state_max_age_s must be a number, not a string"),
+        ('enabled = "yes"', "accounts[0].stream.enabled must be"),
+        ("reconnect_s = 3", "accounts[0].stream"),
+    ],
+)
+def test_bad_stream_keys_are_refused_naming_them(lines: str, fragment: str) -> None:
+    assert fragment in config_error(stream(lines))
+
+
+def test_maintenance_reduce_only_is_read_and_refused_when_negative() -> None:
+    assert (
+        parse(doc(guard="maintenance_reduce_only_s = 900")).accounts[0].guard.maintenance_reduce_only_s == 900
+    )
+    assert "maintenance_reduce_only_s must be at least 0" in config_error(
+        doc(guard="maintenance_reduce_only_s = -1")
+    )
