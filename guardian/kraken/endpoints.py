@@ -114,6 +114,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _v3("openpositions", "GET", 2, Permission.READ),
     _v3("fills", "GET", 2, Permission.READ, cost_if_param=("lastFillTime", 25)),
     _v3("orders/status", "POST", 1, Permission.READ, other_methods=("GET",)),
+    # Exchange notices (maintenance, settlement...). Cost unconfirmed: ccxt weighs it like accounts.
+    _v3("notifications", "GET", 2, Permission.READ),
     # Money movement: listed so that everything can recognise and refuse it.
     _v3("transfer", "POST", 10, Permission.FUNDS, Risk.FUNDS),
     _v3("transfer/subaccount", "POST", 10, Permission.FUNDS, Risk.FUNDS),
