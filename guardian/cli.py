@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,17 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _fraction(text: str) -> Decimal:
+    """A decimal option (a fee, a depth): finite, written plainly."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guardian", description=__doc__)
     parser.add_argument("--version", action="version", version=f"guardian {__version__}")
@@ -88,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=500.0,
         help="cost units per 10 s per account, as Kraken's (raise it for benchmarks)",
+    )
+    sim.add_argument(
+        "--maker-fee", type=_fraction, default=Decimal("0.0002"), help="fee per maker fill, a fraction"
+    )
+    sim.add_argument(
+        "--taker-fee", type=_fraction, default=Decimal("0.0005"), help="fee per taker fill, a fraction"
+    )
+    sim.add_argument(
+        "--book-depth",
+        type=_fraction,
+        default=None,
+        help="contracts per price level of the simulated book until the market moves (default: unlimited)",
     )
     sim.add_argument("--log-level", default="info", choices=logs.LEVELS)
     sim.add_argument("--log-format", default="auto", choices=logs.FORMATS)
@@ -250,12 +274,19 @@ async def _run_sim(args: argparse.Namespace) -> int:
     logs.REDACTOR.register([key.secret])
     if args.budget <= 0:
         raise ConfigError("--budget must be positive")
+    if not 0 <= args.taker_fee < 1 or not -1 < args.maker_fee < 1:
+        raise ConfigError("--maker-fee and --taker-fee are fractions (0.0005 is 0.05%)")
+    if args.book_depth is not None and args.book_depth <= 0:
+        raise ConfigError("--book-depth must be positive")
     sim = Simulator(
         [key],
         market=Market(seed=args.seed),
         tick_s=args.tick or None,
         control_token=args.control_token,
         budget_capacity=args.budget,
+        maker_fee=args.maker_fee,
+        taker_fee=args.taker_fee,
+        book_depth=args.book_depth,
     )
     host, port = args.listen
     stop = asyncio.Event()
@@ -267,6 +298,7 @@ async def _run_sim(args: argparse.Namespace) -> int:
         if args.key is None:
             print(f"sim api_key={key.api_key} api_secret={key.secret.reveal()}", flush=True)
         print(f"sim base_url={url}", flush=True)
+        print(f"sim ws_url={sim.ws_url}", flush=True)
         await stop.wait()
     finally:
         await sim.close()

@@ -42,10 +42,17 @@ def sign(key: bytes, post_data: str | bytes, nonce: str | None, path: str) -> st
 
 
 def sign_challenge(key: bytes, challenge: str) -> str:
-    """The WebSocket v1 `signed_challenge`: the REST recipe with the challenge (a UUID text) alone as the
-    message. `key` is the decoded secret."""
+    """WebSocket v1's `signed_challenge`: the REST recipe with only the challenge as the message,
+    base64(HMAC-SHA-512(key=decoded secret, msg=SHA-256(challenge))). 88 characters."""
     digest = hashlib.sha256(challenge.encode()).digest()
     return base64.b64encode(hmac.new(key, digest, hashlib.sha512).digest()).decode()
+
+
+def verify_challenge(key: bytes, challenge: str, signed: object) -> bool:
+    """True when `signed` is `challenge` signed with `key` (constant-time; junk is simply False)."""
+    if not isinstance(signed, str) or len(signed) != SIGNATURE_LENGTH or not signed.isascii():
+        return False
+    return hmac.compare_digest(sign_challenge(key, challenge).encode(), signed.encode())
 
 
 def verify(

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -33,6 +35,7 @@ from guardian.sim.faults import Fault, FaultTable
 from guardian.sim.market import Market
 from guardian.sim.market_data import MarketData
 from guardian.sim.preferences import Preferences
+from guardian.sim.ws import StreamServer, StreamSettings
 
 log = structlog.get_logger("guardian.sim")
 
@@ -42,6 +45,7 @@ HISTORY_CAPACITY = 100.0  # the account-history pool: 100 tokens, refilled 100 p
 HISTORY_WINDOW_S = 600.0
 # Answered without Kraken's result/serverTime envelope, as Kraken answers them.
 BARE_PREFIXES = ("charts", "history/")
+WS_PATH = "/ws/v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +98,17 @@ class Simulator:
         nonce_tolerance: int = 3000,
         control_token: str | None = None,
         clock: Callable[[], float] = time.time,
+        maker_fee: Decimal = Decimal(0),
+        taker_fee: Decimal = Decimal(0),
+        book_depth: Decimal | None = None,
+        stream: StreamSettings | None = None,
     ) -> None:
         self.exchange = Exchange(market or Market(), clock=clock)
         self.market_data = MarketData(self.exchange)
         self.preferences = Preferences(self.exchange, self.market_data)
+        self.exchange = Exchange(
+            market or Market(), clock=clock, maker_fee=maker_fee, taker_fee=taker_fee, book_depth=book_depth
+        )
         self.keys: dict[str, SimKey] = {}
         for key in keys:
             self.add_key(key)
@@ -119,6 +130,8 @@ class Simulator:
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
         self.url = ""
+        self.ws_url = ""
+        self.stream = StreamServer(self.exchange, self.keys, stream or StreamSettings())
         self.app = self._build_app()
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -126,15 +139,20 @@ class Simulator:
         self.keys[key.api_key] = key
         self.exchange.account(key.account)
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Listen on host:port (0: any free port); returns the base URL."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> str:
+        """Listen on host:port (0: any free port), over TLS with `ssl_context`; returns the base URL.
+        The WebSocket is on the same port: `ws_url`."""
         self._release = asyncio.Event()
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
         bound = self._runner.addresses[0]
-        self.url = f"http://{bound[0]}:{bound[1]}"
+        secure = "s" if ssl_context is not None else ""
+        self.url = f"http{secure}://{bound[0]}:{bound[1]}"
+        self.ws_url = f"ws{secure}://{bound[0]}:{bound[1]}{WS_PATH}"
         if self.tick_s:
             self._ticker = asyncio.create_task(self._tick_forever(self.tick_s), name="sim-ticker")
         log.info("sim_listening", url=self.url, accounts=sorted(self.exchange.accounts))
@@ -150,6 +168,7 @@ class Simulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
             self._ticker = None
+        await self.stream.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -219,6 +238,7 @@ class Simulator:
         app = web.Application(client_max_size=1024 * 1024)
         for prefix in ep.PREFIXES:
             app.router.add_route("*", prefix + "{tail:.*}", self._handle)
+        app.router.add_get(WS_PATH, self.stream.handle)
         control = [
             ("GET", "/state", self._ctl_state),
             ("POST", "/faults", self._ctl_add_fault),
@@ -228,6 +248,14 @@ class Simulator:
             ("POST", "/suspend", self._ctl_suspend),
             ("POST", "/step", self._ctl_step),
             ("GET", "/requests", self._ctl_requests),
+            ("POST", "/notices", self._ctl_notice),
+            ("DELETE", "/notices", self._ctl_clear_notices),
+            ("GET", "/ws", self._ctl_ws),
+            ("POST", "/ws/drop", self._ctl_ws_drop),
+            ("POST", "/ws/stall", self._ctl_ws_stall),
+            ("DELETE", "/ws/stall", self._ctl_ws_stall),
+            ("POST", "/ws/refuse", self._ctl_ws_refuse),
+            ("DELETE", "/ws/refuse", self._ctl_ws_refuse),
         ]
         for method, path, handler in control:
             app.router.add_route(method, CONTROL_PREFIX + path, self._control(handler))
@@ -446,6 +474,8 @@ class Simulator:
             return {"openPositions": exchange.open_positions_payload(acct)}
         if name == "fills":
             return {"fills": exchange.fills_payload(acct, fields.get("lastFillTime") or None)}
+        if name == "notifications":
+            return {"notifications": exchange.notifications_payload()}
         if name == "orders/status":
             ids = _id_list(fields, "orderIds"), _id_list(fields, "cliOrdIds")
             return {"orders": exchange.order_status_payload(acct, *ids)}
@@ -519,6 +549,9 @@ class Simulator:
                 "open_orders": self.exchange.open_orders_payload(acct),
                 "positions": self.exchange.open_positions_payload(acct),
                 "budget_available": self.budget(name).available(),
+                "balance": float(acct.balance),
+                "realized_pnl": float(acct.realized_pnl),
+                "fees": float(acct.fees),
             }
         marks = {s: float(q.mark) for s, q in self.exchange.market.quotes.items()}
         return web.json_response(
@@ -572,6 +605,52 @@ class Simulator:
         return web.json_response(
             {"marks": {s: float(q.mark) for s, q in self.exchange.market.quotes.items()}}
         )
+
+    async def _ctl_notice(self, request: web.Request) -> web.Response:
+        doc = await self._json(request)
+        unknown = set(doc) - {"note", "type", "priority", "effective_time", "expected_downtime_minutes"}
+        if unknown:
+            raise ValueError(f"unknown notice fields: {', '.join(sorted(unknown))}")
+        when = doc.get("effective_time")
+        if isinstance(when, str):
+            when = int(parse_iso(when) * 1000)
+        downtime = doc.get("expected_downtime_minutes")
+        notice = self.exchange.post_notice(
+            note=str(doc.get("note", "")),
+            notice_type=str(doc.get("type", "general")),
+            priority=str(doc.get("priority", "low")),
+            effective_time_ms=None if when is None else int(when),
+            expected_downtime_minutes=None if downtime is None else int(downtime),
+        )
+        return web.json_response({"notice": notice, "notices": len(self.exchange.notices)})
+
+    async def _ctl_clear_notices(self, request: web.Request) -> web.Response:
+        self.exchange.clear_notices()
+        return web.json_response({"notices": 0})
+
+    async def _ctl_ws(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stream.state())
+
+    async def _ctl_ws_drop(self, request: web.Request) -> web.Response:
+        mode = str((await self._json(request)).get("mode", "abort"))
+        if mode not in ("abort", "close"):
+            raise ValueError("mode must be abort (no close frame) or close (close code 1001)")
+        return web.json_response({"dropped": self.stream.drop_all(clean=mode == "close")})
+
+    async def _ctl_ws_stall(self, request: web.Request) -> web.Response:
+        if request.method == "POST":
+            return web.json_response({"stalled": True, "connections": self.stream.stall()})
+        return web.json_response({"stalled": False, "connections": self.stream.resume()})
+
+    async def _ctl_ws_refuse(self, request: web.Request) -> web.Response:
+        if request.method == "DELETE":
+            self.stream.accept()
+            return web.json_response({"refusing": None})
+        reason = str((await self._json(request)).get("reason", "Failed to subscribe to authenticated feed"))
+        if not reason or len(reason) > 500:
+            raise ValueError("reason must be 1 to 500 characters")
+        self.stream.refuse(reason)
+        return web.json_response({"refusing": reason})
 
     async def _ctl_requests(self, request: web.Request) -> web.Response:
         since = int(request.query.get("since", "0"))

@@ -5,9 +5,16 @@ methods with the request's fields and renders what they return. Envelope errors 
 raised as `SimError(code)`; order outcomes that Kraken reports as a status inside a success envelope
 (`postWouldExecute`, `insufficientAvailableFunds`, ...) are returned as that status.
 
-The book is synthetic: the market's bid and ask have unlimited size, so a crossing order fills whole at
+The book is synthetic. By default its levels have unlimited size, so a crossing order fills whole at
 the touch, a resting limit fills whole when the touch reaches it, and a market order fills at the mark.
-Fees and funding are not modelled.
+With `book_depth` set, each price level (the touch and `book_levels - 1` ticks beyond it) offers that
+many contracts until the market next moves: a crossing order walks the levels up to its limit and rests
+(lmt) or drops (ioc, mkt) the rest, a resting order fills at most that much per level per move, so
+partial fills happen. Fees are charged per fill (`maker_fee`, `taker_fee`: fractions of the notional) and
+realised PnL is booked to the USD balance when a position is reduced; funding is not modelled.
+
+Every change is published on `bus` (see `guardian.sim.events`) as it happens, already rendered in the
+WebSocket feeds' shapes (`guardian.sim.feeds`), so streams show exactly what REST reads show.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from guardian.kraken.times import parse_iso, to_iso
+from guardian.sim import feeds
+from guardian.sim.events import EventBus
 from guardian.sim.market import Instrument, Market
 
 ORDER_TYPES = ("lmt", "post", "ioc", "mkt", "stp", "take_profit", "trailing_stop", "fok")
@@ -32,7 +41,18 @@ TRIGGER_SIGNALS = ("mark", "index", "last", "spot")  # spot: python-kraken-sdk's
 SIGNAL_OUT = {"mark": "mark", "index": "spot", "spot": "spot", "last": "last"}
 MARKET_PROTECTION = Decimal("0.01")  # a mkt order is an ioc limited to 1% through the mark
 TRAILING_UNITS = ("PERCENT", "QUOTE_CURRENCY")
+NOTICE_TYPES = ("market", "general", "new_feature", "bug_fix", "maintenance", "settlement")
+NOTICE_PRIORITIES = ("low", "medium", "high")
 CLI_ORD_ID_MAX = 100
+# The reason an order left the book, as orders/status spells it and as the open_orders feed spells it.
+WS_REASONS = {
+    "CANCELLED_BY_USER": "cancelled_by_user",
+    "DEAD_MAN_SWITCH": "dead_man_switch",
+    "WOULD_NOT_REDUCE_POSITION": "would_not_reduce_position",
+    "IOC_WOULD_NOT_EXECUTE": "ioc_order_failed_because_it_would_not_be_executed",
+    "FULL_FILL": "full_fill",
+    "PARTIAL_FILL": "partial_fill",
+}
 ZERO = Decimal(0)
 
 
@@ -142,14 +162,24 @@ class Position:
 @dataclass
 class Account:
     name: str
-    balance: Decimal = Decimal(100_000)  # USD collateral
+    balance: Decimal = Decimal(100_000)  # USD collateral: the deposit, plus realised PnL, minus fees
+    realized_pnl: Decimal = ZERO  # booked when positions are reduced, since the account opened
+    fees: Decimal = ZERO  # paid since the account opened (a maker rebate counts negative)
     orders: dict[str, Order] = field(default_factory=dict)
     open_ids: dict[str, None] = field(default_factory=dict)  # insertion-ordered set
     positions: dict[str, Position] = field(default_factory=dict)
     fills: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10_000))
+    stream_fills: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=1_000))  # feed shape
     switch_trigger_at: float | None = None  # exchange clock, epoch seconds
     switch_fired: int = 0
     leverage: dict[str, Decimal] = field(default_factory=dict)  # leveragepreferences: symbol -> max leverage
+    # Sequence numbers of the account's streamed messages (fills count fills, the others messages).
+    seq: dict[str, int] = field(default_factory=lambda: {"fills": 0, "positions": 0, "balances": 0})
+    streamed_positions: set[str] = field(default_factory=set)  # symbols the last positions message held
+
+    def next_seq(self, feed: str) -> int:
+        self.seq[feed] += 1
+        return self.seq[feed]
 
     def open_orders(self) -> list[Order]:
         return [self.orders[i] for i in self.open_ids]
@@ -217,7 +247,30 @@ class Exchange:
         max_orders_kept: int = 50_000,
         default_trigger_signal: str = "mark",
         status_retention_s: float = 5.0,
+        maker_fee: Decimal = ZERO,
+        taker_fee: Decimal = ZERO,
+        book_depth: Decimal | None = None,
+        book_levels: int = 10,
     ) -> None:
+        if not (-1 < maker_fee < 1 and 0 <= taker_fee < 1):
+            raise ValueError("fees are fractions of the notional: maker_fee in (-1, 1), taker_fee in [0, 1)")
+        if book_depth is not None and book_depth <= 0:
+            raise ValueError("book_depth must be positive (or None for unlimited)")
+        if not 1 <= book_levels <= 1000:
+            raise ValueError("book_levels must be between 1 and 1000")
+        self.maker_fee = maker_fee
+        self.taker_fee = taker_fee
+        self.book_depth = book_depth
+        self.book_levels = book_levels
+        # Unverified how Kraken shows a closed position on open_positions: once more with balance 0 (on),
+        # or just left out of the next message (off).
+        self.closed_position_rows = True
+        self.bus = EventBus()
+        self.notices: list[dict[str, Any]] = []
+        # Per symbol: the (bid, ask) the counts belong to, and what was taken per (side, price) since.
+        self._taken: dict[str, tuple[tuple[Decimal, Decimal], dict[tuple[str, Decimal], Decimal]]] = {}
+        self._marks_seen: dict[str, Decimal] = {}
+        self._dirty: set[str] = set()  # accounts whose positions or balances changed: stream them
         self.market = market or Market()
         self._clock = clock
         self.clock_offset_s = 0.0
@@ -389,6 +442,23 @@ class Exchange:
         assert instrument is not None
         return acct.leverage.get(symbol, Decimal(instrument.max_leverage))
 
+    def margin_needed(self, acct: Account, order: Order) -> Decimal:
+        """The initial margin an open order holds (at its limit price, or the mark)."""
+        return self._margin_needed(acct, order, self.market.quotes[order.symbol].mark)
+
+    def liquidation_price(self, acct: Account, symbol: str) -> Decimal:
+        """The mark of `symbol` at which the account's equity would fall to its maintenance margin, the
+        other marks staying where they are (0 when no such price exists)."""
+        position = acct.positions.get(symbol)
+        if position is None or position.size == 0:
+            return ZERO
+        mark = self.market.quotes[symbol].mark
+        cushion = acct.balance + self.unrealized(acct) - self.initial_margin(acct) / 2
+        price = mark - cushion / position.size
+        instrument = self.market.instrument(symbol)
+        assert instrument is not None
+        return max(ZERO, instrument.round_price(price))
+
     def unrealized(self, acct: Account) -> Decimal:
         total = ZERO
         for symbol, position in acct.positions.items():
@@ -422,15 +492,74 @@ class Exchange:
             return order.limit_price >= quote.ask
         return order.limit_price <= quote.bid
 
-    def _execute(self, acct: Account, order: Order, price: Decimal, *, maker: bool) -> dict[str, Any]:
-        """Fill the rest of `order` at `price`; return the EXECUTION event."""
+    def _taken_at(self, symbol: str) -> dict[tuple[str, Decimal], Decimal]:
+        """What was taken from the book per (side, price) since the market last moved (then it refills)."""
+        quote = self.market.quotes[symbol]
+        touch = (quote.bid, quote.ask)
+        held = self._taken.get(symbol)
+        if held is None or held[0] != touch:
+            held = (touch, {})
+            self._taken[symbol] = held
+        return held[1]
+
+    def liquidity(self, symbol: str, side: str, price: Decimal) -> Decimal | None:
+        """Contracts a `side` order can still trade at `price` before the market moves (None: unlimited)."""
+        if self.book_depth is None:
+            return None
+        return max(ZERO, self.book_depth - self._taken_at(symbol).get((side, price), ZERO))
+
+    def _levels(self, order: Order) -> list[tuple[Decimal, Decimal | None]]:
+        """The price levels a crossing order takes from, best first, within its limit (if it has one)."""
+        quote = self.market.quotes[order.symbol]
+        instrument = self.market.instrument(order.symbol)
+        assert instrument is not None
+        if self.book_depth is None:
+            if order.order_type == "mkt" or order.limit_price is None:
+                return [(quote.mark, None)]  # unlimited depth: a market order fills at the mark
+            return [(self._taker_price(order), None)]
+        step = instrument.tick_size if order.side == "buy" else -instrument.tick_size
+        touch = quote.ask if order.side == "buy" else quote.bid
+        levels: list[tuple[Decimal, Decimal | None]] = []
+        for i in range(self.book_levels):
+            price = touch + step * i
+            if price <= 0:
+                break
+            if order.limit_price is not None and (
+                price > order.limit_price if order.side == "buy" else price < order.limit_price
+            ):
+                break
+            levels.append((price, self.liquidity(order.symbol, order.side, price)))
+        return levels
+
+    def _wanted(self, acct: Account, order: Order) -> Decimal:
+        """How much of `order` may still trade: its rest, or for reduce-only what the position allows."""
+        if not order.reduce_only:
+            return order.unfilled
+        position = acct.positions.get(order.symbol)
+        return min(order.unfilled, abs(position.size) if position else ZERO)
+
+    def _take(self, acct: Account, order: Order) -> list[dict[str, Any]]:
+        """Trade a crossing order against the book as far as its limit and the levels allow."""
+        events = []
+        for price, available in self._levels(order):
+            want = self._wanted(acct, order)
+            if want <= 0:
+                break
+            amount = want if available is None else min(want, available)
+            if amount > 0:
+                events.append(self._fill(acct, order, price, amount, maker=False))
+        return events
+
+    def _fill(
+        self, acct: Account, order: Order, price: Decimal, amount: Decimal, *, maker: bool
+    ) -> dict[str, Any]:
+        """Trade `amount` of `order` at `price`: position, realised PnL, fee, the fill; the EXECUTION event."""
         before = order.view()
-        amount = order.unfilled
+        was_resting = order.order_id in acct.open_ids
         position = acct.positions.setdefault(order.symbol, Position())
-        if order.reduce_only:
-            amount = min(amount, abs(position.size))
         signed = amount if order.side == "buy" else -amount
         now_ms = self.now_ms()
+        realized = ZERO
         if position.size == 0 or (position.size > 0) == (signed > 0):
             total = position.size + signed
             position.price = (position.price * abs(position.size) + price * amount) / abs(total)
@@ -440,22 +569,33 @@ class Exchange:
         else:
             closing = min(abs(signed), abs(position.size))
             direction = 1 if position.size > 0 else -1
-            acct.balance += (price - position.price) * closing * direction
+            realized = (price - position.price) * closing * direction
             position.size += signed
             if position.size != 0 and (position.size > 0) != (direction > 0):
                 position.price = price  # flipped: the remainder opened at this price
                 position.opened_ms = now_ms
         if position.size == 0:
             del acct.positions[order.symbol]
+        fee = amount * price * (self.maker_fee if maker else self.taker_fee)
+        acct.balance += realized - fee
+        acct.realized_pnl += realized
+        acct.fees += fee
         order.filled += amount
         order.updated_ms = now_ms
-        if order.reduce_only and order.unfilled > 0:
+        if order.reduce_only and order.unfilled > 0 and order.symbol not in acct.positions:
             order.size = order.filled  # the part that would not reduce is dropped, as Kraken does
-        order.state = "filled"
-        order.update_reason = "FULL_FILL"
-        acct.open_ids.pop(order.order_id, None)
+        if order.unfilled == 0:
+            order.state = "filled"
+            order.update_reason = "FULL_FILL"
+            acct.open_ids.pop(order.order_id, None)
+        else:
+            order.update_reason = "PARTIAL_FILL"
+        if self.book_depth is not None:
+            taken = self._taken_at(order.symbol)
+            taken[(order.side, price)] = taken.get((order.side, price), ZERO) + amount
         self.market.record_trade(order.symbol, price)
         fill_id = str(uuid.uuid4())
+        fill_type = "maker" if maker else "taker"
         acct.fills.append(
             {
                 "fill_id": fill_id,
@@ -466,9 +606,17 @@ class Exchange:
                 "size": _num(amount),
                 "price": _num(price),
                 "fillTime": to_iso(now_ms / 1000),
-                "fillType": "maker" if maker else "taker",
+                "fillType": fill_type,
             }
         )
+        row = feeds.fill_row(order, fill_id, price, amount, fee, fill_type, now_ms, acct.next_seq("fills"))
+        acct.stream_fills.append(row)
+        self.bus.publish("fill", acct.name, lambda: {"fill": row})
+        self.bus.publish("trade", None, lambda: feeds.trade_row(order, fill_id, price, amount, now_ms))
+        if was_resting:  # an order that never rested shows only as fills (observed on Kraken)
+            closed = order.state == "filled"
+            self._publish_order(acct, order, "full_fill" if closed else "partial_fill", is_cancel=closed)
+        self._dirty.add(acct.name)
         return {
             "type": "EXECUTION",
             "executionId": fill_id,
@@ -478,6 +626,34 @@ class Exchange:
             "orderPriorExecution": before,
             "takerReducedQuantity": None,
         }
+
+    def _publish_order(
+        self, acct: Account, order: Order, reason: str, *, is_cancel: bool, verbose_only: bool = False
+    ) -> None:
+        self.bus.publish(
+            "order",
+            acct.name,
+            lambda: {
+                "order": feeds.order_row(order),
+                "order_id": order.order_id,
+                "cli_ord_id": order.cli_ord_id,
+                "is_cancel": is_cancel,
+                "reason": reason,
+                "verbose_only": verbose_only,
+            },
+        )
+
+    def _flush(self) -> None:
+        """Stream the positions and balances of every account an operation changed (one message each)."""
+        marks = {s: q.mark for s, q in self.market.quotes.items()}
+        if marks != self._marks_seen:
+            self._marks_seen = marks
+            self._dirty.update(a.name for a in self.accounts.values() if a.positions)
+        dirty, self._dirty = self._dirty, set()
+        for name in sorted(dirty):
+            acct = self.accounts[name]
+            self.bus.publish("positions", name, lambda a=acct: feeds.positions_message(self, a))  # type: ignore[misc]
+            self.bus.publish("balances", name, lambda a=acct: feeds.balances_message(self, a))  # type: ignore[misc]
 
     def _taker_price(self, order: Order) -> Decimal:
         quote = self.market.quotes[order.symbol]
@@ -489,6 +665,7 @@ class Exchange:
         acct.orders[order.order_id] = order
         acct.open_ids[order.order_id] = None
         self._trim(acct)
+        self._dirty.add(acct.name)
 
     def _trim(self, acct: Account) -> None:
         while len(acct.orders) > self.max_orders_kept:
@@ -497,22 +674,55 @@ class Exchange:
                 break
             del acct.orders[oldest]
 
+    def _available_within_limit(self, order: Order) -> Decimal | None:
+        levels = self._levels(order)
+        if any(available is None for _, available in levels):
+            return None
+        return sum((available for _, available in levels if available is not None), ZERO)
+
     def _place(self, acct: Account, order: Order) -> tuple[str, list[dict[str, Any]]]:
         """Run a new valid order; return its status and events."""
         if order.is_trigger:
             self._rest(acct, order)
+            self._publish_order(acct, order, "new_placed_order_by_user", is_cancel=False)
             return "placed", [{"type": "PLACE", "orderTrigger": order.trigger_view()}]
         crosses = self._crosses(order)
         if order.order_type == "post" and crosses:
+            self._publish_order(
+                acct, order, "post_order_failed_because_it_would_be_filled", is_cancel=True, verbose_only=True
+            )
             return "postWouldExecute", [self._reject(order, "POST_WOULD_EXECUTE")]
+        if order.order_type in ("ioc", "fok") and crosses:
+            available = self._available_within_limit(order)
+            short = order.size if order.order_type == "fok" else ZERO
+            if available is not None and (available == 0 or available < short):
+                crosses = False  # nothing (fok: not all of it) to trade within the limit
         if order.order_type in ("ioc", "fok") and not crosses:
+            self._publish_order(
+                acct,
+                order,
+                "ioc_order_failed_because_it_would_not_be_executed",
+                is_cancel=True,
+                verbose_only=True,
+            )
             return "iocWouldNotExecute", [self._reject(order, "IOC_WOULD_NOT_EXECUTE")]
         if crosses:
             acct.orders[order.order_id] = order
-            event = self._execute(acct, order, self._taker_price(order), maker=False)
+            events = self._take(acct, order)
+            if order.state == "open" and order.unfilled > 0:
+                if order.order_type in ("ioc", "fok", "mkt"):  # the rest of an immediate order is dropped
+                    order.state = "cancelled"
+                    order.update_reason = "IOC_WOULD_NOT_EXECUTE" if order.filled == 0 else "PARTIAL_FILL"
+                else:  # the rest of a limit order rests
+                    self._rest(acct, order)
+                    reason = "partial_fill" if order.filled > 0 else "new_placed_order_by_user"
+                    self._publish_order(acct, order, reason, is_cancel=False)
+                    events.append({"type": "PLACE", "order": order.view(), "reducedQuantity": None})
+            self._dirty.add(acct.name)
             self._trim(acct)
-            return "placed", [event]
+            return "placed", events
         self._rest(acct, order)
+        self._publish_order(acct, order, "new_placed_order_by_user", is_cancel=False)
         return "placed", [{"type": "PLACE", "order": order.view(), "reducedQuantity": None}]
 
     @staticmethod
@@ -617,8 +827,10 @@ class Exchange:
         events: list[dict[str, Any]] = [
             {"type": "EDIT", "old": old, "new": order.view(), "reducedQuantity": None}
         ]
+        self._dirty.add(acct.name)
+        self._publish_order(acct, order, "edited_by_user", is_cancel=False)
         if not order.is_trigger and self._crosses(order):
-            events.append(self._execute(acct, order, self._taker_price(order), maker=False))
+            events.extend(self._take(acct, order))
         self.on_prices()
         return {**answer, "status": "edited", "orderEvents": events}
 
@@ -641,6 +853,7 @@ class Exchange:
         if order.state == "cancelled":
             return {**answer, "status": "notFound", "orderEvents": []}
         event = self._cancel(acct, order, "CANCELLED_BY_USER")
+        self._flush()
         return {**answer, "status": "cancelled", "orderEvents": [event]}
 
     def _cancel(self, acct: Account, order: Order, reason: str) -> dict[str, Any]:
@@ -648,6 +861,8 @@ class Exchange:
         order.update_reason = reason
         order.updated_ms = self.now_ms()
         acct.open_ids.pop(order.order_id, None)
+        self._dirty.add(acct.name)
+        self._publish_order(acct, order, WS_REASONS.get(reason, reason.lower()), is_cancel=True)
         if order.is_trigger:  # a trigger order that never fired is shown as the trigger it still is
             return {"type": "CANCEL", "uid": order.order_id, "orderTrigger": order.trigger_view()}
         return {"type": "CANCEL", "uid": order.order_id, "order": order.view()}
@@ -660,6 +875,7 @@ class Exchange:
             symbol = self._instrument(symbol).symbol
         targets = [o for o in acct.open_orders() if symbol is None or o.symbol == symbol]
         events = [self._cancel(acct, o, reason) for o in targets]
+        self._flush()
         return {
             "receivedTime": received,
             "cancelOnly": symbol or "all",
@@ -854,6 +1070,57 @@ class Exchange:
             )
         return rows
 
+    # ---- notices ----------------------------------------------------------------------------------
+    def post_notice(
+        self,
+        *,
+        note: str,
+        notice_type: str = "general",
+        priority: str = "low",
+        effective_time_ms: int | None = None,
+        expected_downtime_minutes: int | None = None,
+    ) -> dict[str, Any]:
+        """Announce a notice to every account (REST `notifications`, the `notifications_auth` feed)."""
+        if notice_type not in NOTICE_TYPES:
+            raise ValueError(f"type must be one of {', '.join(NOTICE_TYPES)}")
+        if priority not in NOTICE_PRIORITIES:
+            raise ValueError(f"priority must be one of {', '.join(NOTICE_PRIORITIES)}")
+        if not note or len(note) > 2000:
+            raise ValueError("a notice needs a note of 1 to 2000 characters")
+        if expected_downtime_minutes is not None and not 0 <= expected_downtime_minutes <= 7 * 24 * 60:
+            raise ValueError("expected_downtime_minutes must be between 0 and 10080")
+        notice: dict[str, Any] = {
+            "id": len(self.notices) + 1,
+            "type": notice_type,
+            "priority": priority,
+            "note": note,
+            "effective_time": self.now_ms() if effective_time_ms is None else effective_time_ms,
+        }
+        if expected_downtime_minutes is not None:
+            notice["expected_downtime_minutes"] = expected_downtime_minutes
+        self.notices.append(notice)
+        for name in sorted(self.accounts):
+            self.bus.publish("notice", name, lambda: {"notification": dict(notice)})
+        return notice
+
+    def clear_notices(self) -> None:
+        self.notices.clear()
+
+    def notifications_payload(self) -> list[dict[str, Any]]:
+        """REST `notifications`: camelCase, an ISO effectiveTime and no id, unlike the feed."""
+        rows = []
+        for notice in self.notices:
+            row = {
+                "type": notice["type"],
+                "priority": notice["priority"],
+                "note": notice["note"],
+                "effectiveTime": to_iso(notice["effective_time"] / 1000),
+            }
+            if "expected_downtime_minutes" in notice:
+                row["expectedDowntimeMinutes"] = notice["expected_downtime_minutes"]
+            rows.append(row)
+        return rows
+
     # ---- the dead man's switch -------------------------------------------------------------------
     def arm_switch(self, acct: Account, timeout_s: int) -> dict[str, str]:
         """Start, push back (timeout > 0) or stop (0) the account's countdown; Kraken's answer."""
@@ -885,7 +1152,12 @@ class Exchange:
                         # The position it was to reduce is gone (or flipped): Kraken cancels it.
                         self._cancel(acct, order, "WOULD_NOT_REDUCE_POSITION")
                         continue
-                    self._execute(acct, order, order.limit_price, maker=True)
+                    available = self.liquidity(order.symbol, order.side, order.limit_price)
+                    want = self._wanted(acct, order)
+                    amount = want if available is None else min(want, available)
+                    if amount > 0:
+                        self._fill(acct, order, order.limit_price, amount, maker=True)
+        self._flush()
 
     def _trailing_trigger(self, order: Order, instrument: Instrument) -> Decimal:
         assert order.trailing_anchor is not None and order.trailing_deviation is not None
@@ -918,6 +1190,10 @@ class Exchange:
         order.update_reason = "STOP_ORDER_TRIGGERED"
         order.updated_ms = self.now_ms()
         if order.limit_price is None:  # a stop without a limit price fires as a market order
-            self._execute(acct, order, self.market.quotes[order.symbol].mark, maker=False)
+            self._take(acct, order)
+            if order.state == "open":  # the book ran out: the rest of a market order is dropped
+                self._cancel(acct, order, "IOC_WOULD_NOT_EXECUTE")
         elif self._crosses(order):
-            self._execute(acct, order, self._taker_price(order), maker=False)
+            self._take(acct, order)
+        else:
+            self._publish_order(acct, order, "stop_order_triggered", is_cancel=False)
