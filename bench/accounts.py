@@ -1,5 +1,9 @@
 """What each additional account costs an idle guardian: CPU and memory with 1, 10 and 50 accounts.
 
+With `--stream on` (the default, as in production) each account has its private WebSocket to the
+simulator's ws/v1 (and its REST reconciliation every reconcile_s), and all of them share one public ticker
+link; `--stream off` measures without them, for comparison.
+
 One simulator holds every account, each with its own exchange key (as `guardian sim` builds its one key,
 here `--accounts` of them), in this script's process; `guardian run` is a separate process. Each account
 has the default switch beat (15-20 s), mark polling (every 2 s), every guard limit and one bot, and the
@@ -55,9 +59,12 @@ class Figures:
     exchange_calls: Counter[str]
     seconds: float
     machine_percent: float
+    websockets: int
 
 
-def config_text(port: int, journal: Path, sim_url: str, accounts: list[tuple[Key, Key]]) -> str:
+def config_text(
+    port: int, journal: Path, sim_url: str, accounts: list[tuple[Key, Key]], *, stream: bool = True
+) -> str:
     text = f"""[server]
 listen = "127.0.0.1:{port}"
 [journal]
@@ -77,6 +84,8 @@ symbols = ["PF_XBTUSD", "PF_ETHUSD"]
 max_order_size = 1
 max_notional = 100000
 price_band_pct = 5
+[accounts.stream]
+enabled = {"true" if stream else "false"}
 """ + bots_toml([bot])
     return text
 
@@ -88,7 +97,11 @@ async def measure(
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="guardian-accounts-") as tmp:
         config = Path(tmp) / "accounts.toml"
-        config.write_text(config_text(port, Path(tmp) / "journal.sqlite3", sim.url, keys[:count]))
+        config.write_text(
+            config_text(
+                port, Path(tmp) / "journal.sqlite3", sim.url, keys[:count], stream=args.stream == "on"
+            )
+        )
         env = guardian_env(**secrets_env([key for pair in keys[:count] for key in pair]))
         daemon = await start_daemon(config, env, log=Path(tmp) / "daemon.log")
         try:
@@ -107,6 +120,7 @@ async def measure(
                 exchange_calls=Counter(r["endpoint"] for r in sim.requests if r["seq"] > since),
                 seconds=args.seconds,
                 machine_percent=whole.percent(),
+                websockets=len(sim.stream.state()["connections"]),
             )
         finally:
             code = await stop(daemon)
@@ -131,7 +145,7 @@ async def main(args: argparse.Namespace) -> int:
             r = results[-1]
             print(
                 f"  {count:3d} accounts: CPU {r.cpu_percent:.2f}%  RSS {r.rss_kb / 1024:.1f} MB  fds {r.fds}  "
-                f"exchange calls {dict(r.exchange_calls)}",
+                f"websockets {r.websockets}  exchange calls {dict(r.exchange_calls)}",
                 flush=True,
             )
     finally:
@@ -139,7 +153,8 @@ async def main(args: argparse.Namespace) -> int:
 
     print()
     print(
-        f"Idle guardian (no bot traffic), default switch beat 15-20 s, marks polled every 2 s, journal on; "
+        f"Idle guardian (no bot traffic), default switch beat 15-20 s, marks polled every 2 s (while the "
+        f"ticker feed does not cover them), stream {args.stream}, journal on; "
         f"{args.seconds:g} s measured per count after {args.settle_s:g} s settling. {machine()}."
     )
     print()
@@ -152,6 +167,7 @@ async def main(args: argparse.Namespace) -> int:
                 "open fds",
                 "threads",
                 "calls to the exchange",
+                "websockets",
                 "whole machine",
             ],
             [
@@ -162,6 +178,7 @@ async def main(args: argparse.Namespace) -> int:
                     str(r.fds),
                     str(r.threads),
                     f"{sum(r.exchange_calls.values()) / r.seconds:.1f}/s",
+                    str(r.websockets),
                     f"{r.machine_percent:.0f}%",
                 ]
                 for r in results
@@ -200,4 +217,5 @@ if __name__ == "__main__":
     parser.add_argument("--accounts", type=counts, default=[1, 10, 50], help="account counts, e.g. 1,10,50")
     parser.add_argument("--seconds", type=float, default=60.0, help="measured window per count")
     parser.add_argument("--settle-s", type=float, default=10.0, help="seconds after ready before measuring")
+    parser.add_argument("--stream", choices=("on", "off"), default="on", help="each account's private feed")
     sys.exit(asyncio.run(main(parser.parse_args())))
