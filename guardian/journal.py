@@ -361,6 +361,23 @@ class Journal:
         found: list[dict[str, Any]] = await self._submit(read)
         return found
 
+    async def answered_since(
+        self, account: str, since: float, endpoints: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """`account`'s forwarded requests to `endpoints` answered with success at or after `since`."""
+        marks = ",".join("?" for _ in endpoints)
+
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE received_at >= ? AND account = ? "  # noqa: S608
+                f"AND verdict = 'forwarded' AND outcome = 'success' AND endpoint IN ({marks}) ORDER BY id",
+                (since, account, *endpoints),
+            ).fetchall()
+            return [_request_row(r) for r in rows]
+
+        found: list[dict[str, Any]] = await self._submit(read)
+        return found
+
     async def unknown_intents(self, since: float, endpoints: Sequence[str]) -> list[dict[str, Any]]:
         """Forwarded requests to `endpoints` received at or after `since` whose outcome is not known: no
         outcome recorded (the process died with them in flight), a timeout or a lost connection. Oldest

@@ -31,7 +31,7 @@ from guardian.journal import Journal, JournalError
 from guardian.kraken.times import to_iso
 from guardian.metrics import Metrics
 from guardian.notify import Notifier
-from guardian.stream.account import AccountStream
+from guardian.stream.account import OWNERS_LOOKBACK_S, PLACING, AccountStream, placed_ids
 from guardian.stream.account import state_json as stream_json
 from guardian.stream.link import TickerLink
 from guardian.stream.maintenance import MaintenancePolicy
@@ -217,8 +217,11 @@ class Service:
             if stream.enabled:
                 try:
                     stream.state.restore_day(await self.journal.events_since("fill", stream.name, midnight))
+                    since = time.time() - OWNERS_LOOKBACK_S
+                    for row in await self.journal.answered_since(stream.name, since, PLACING):
+                        stream.placed(row["bot"], placed_ids(row["answer"] or {}, row["params"] or {}))
                 except JournalError as exc:
-                    log.error("fills_not_restored", account=stream.name, error=str(exc))
+                    log.error("account_state_not_restored", account=stream.name, error=str(exc))
         for account in self.accounts:  # what the last run left unknown, asked of the exchange once
             self._stream_tasks.append(
                 self._supervised(

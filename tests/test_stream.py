@@ -326,3 +326,17 @@ async def test_marks_come_from_the_ticker_feed_while_it_is_up(guardian: Service,
     await asyncio.sleep(1.0)
     assert marks.polls - polls <= 1  # the feed covers the symbols in use: the REST poll rests
     assert json.dumps(marks.snapshot())
+
+
+async def test_after_a_restart_fills_of_orders_placed_before_it_are_still_the_bots(
+    exchange: Simulator, tmp_path: Path
+) -> None:
+    async with guarded(exchange, tmp_path) as first, bot(first) as b:
+        resting = await b.send_order(**LMT)
+    async with guarded(exchange, tmp_path) as second:  # the same journal
+        exchange.exchange.market.set_mark("PF_XBTUSD", Decimal("58900"))
+        exchange.exchange.on_prices()  # the resting buy at 59000 fills
+        await wait_for(lambda: shown_positions(second) == {"PF_XBTUSD": 1.0}, 2.0, "the fill shown")
+        await asyncio.sleep(0.2)  # the fill's journal write
+        fills = await journal_events(second, "fill")
+    assert [(f["order_id"], f["bot"]) for f in fills] == [(resting["sendStatus"]["order_id"], "grid-bot")]

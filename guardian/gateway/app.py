@@ -46,6 +46,7 @@ from guardian.kraken.client import RawAnswer, classify
 from guardian.kraken.times import to_iso
 from guardian.kraken.wire import LIST_FIELDS, WireError, parse_batch, request_fields
 from guardian.ratelimit import CostBudget
+from guardian.stream.account import PLACING, placed_ids
 from guardian.switch import SwitchState
 
 log = structlog.get_logger("guardian.gateway")
@@ -660,7 +661,7 @@ class Gateway:
     def _finish(self, request_id: int, trail: Trail, http_status: int, total_s: float) -> None:
         stream = self.accounts[trail.account].stream if trail.account in self.accounts else None
         if stream is not None and trail.answer is not None and trail.endpoint in _PLACING:
-            stream.placed(trail.bot, _placed_ids(trail.answer, trail.params))
+            stream.placed(trail.bot, placed_ids(trail.answer, trail.params))
         log.debug(
             "request_forwarded",
             account=trail.account,
@@ -769,26 +770,7 @@ def _wire_code(exc: WireError) -> str:
     return exc.code if exc.code in ("invalidArgument", "requiredArgumentMissing") else "invalidArgument"
 
 
-_PLACING = frozenset({"sendorder", "editorder", "batchorder"})
-
-
-def _placed_ids(answer: Mapping[str, Any], params: Mapping[str, Any]) -> list[str]:
-    """The order ids (and cliOrdIds) a forwarded order request's answer names: the orders that request's
-    bot placed, for the account state to attribute fills and closes to."""
-    statuses: list[Any] = [answer.get("sendStatus"), answer.get("editStatus")]
-    batch = answer.get("batchStatus")
-    if isinstance(batch, list):
-        statuses.extend(batch)
-    ids = [
-        str(s.get(key))
-        for s in statuses
-        if isinstance(s, Mapping)
-        for key in ("order_id", "orderId", "cliOrdId")
-        if isinstance(s.get(key), str) and s.get(key)
-    ]
-    if isinstance(params.get("cliOrdId"), str):
-        ids.append(params["cliOrdId"])
-    return ids
+_PLACING = frozenset(PLACING)
 
 
 def _only_cancels(decision: Decision) -> bool:

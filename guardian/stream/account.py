@@ -38,6 +38,27 @@ RECONCILE_TRIES: Final = 3
 RECONCILE_RETRY_S: Final = 0.2
 MAX_OWNERS: Final = 50_000  # order ids whose bot is remembered (the journal keeps every one)
 RECONCILE_READS: Final = ("openorders", "openpositions", "accounts", "notifications")
+PLACING: Final = ("sendorder", "editorder", "batchorder")
+OWNERS_LOOKBACK_S: Final = 7 * 86_400.0  # a restart remembers who placed the orders of the last week
+
+
+def placed_ids(answer: Mapping[str, Any], params: Mapping[str, Any]) -> list[str]:
+    """The order ids (and cliOrdIds) a forwarded order request's answer names: the orders that request's
+    bot placed, for the account state to attribute fills and closes to."""
+    statuses: list[Any] = [answer.get("sendStatus"), answer.get("editStatus")]
+    batch = answer.get("batchStatus")
+    if isinstance(batch, list):
+        statuses.extend(batch)
+    ids = [
+        str(s.get(key))
+        for s in statuses
+        if isinstance(s, Mapping)
+        for key in ("order_id", "orderId", "cliOrdId")
+        if isinstance(s.get(key), str) and s.get(key)
+    ]
+    if isinstance(params.get("cliOrdId"), str):
+        ids.append(params["cliOrdId"])
+    return ids
 
 
 class AccountStream:
