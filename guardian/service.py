@@ -42,6 +42,7 @@ log = structlog.get_logger("guardian.service")
 
 SHUTDOWN_GRACE_S = 3.0  # in-flight local requests get this long to finish
 SHUTDOWN_ACTION_S = 4.0  # each account's on_shutdown calls together (accounts run in parallel)
+STREAMS_STOP_S = 2.0  # the links' close handshakes, all at once
 REPORT_INTERVAL_S = 0.25  # how often state changes are looked for (logs, STATUS=, READY=)
 JOURNAL_PROBE_S = 5.0  # while the journal cannot be written, how often a small write tries it again
 
@@ -204,11 +205,11 @@ class Service:
         )
         for account in self.accounts:
             await account.start()
-        await self._start_streams()
         self._tasks = [
             asyncio.create_task(self._report(), name="report"),
             asyncio.create_task(self.notifier.run_watchdog(self.healthy), name="watchdog"),
         ]
+        await self._start_streams()
 
     async def _start_streams(self) -> None:
         """Today's fills from the journal (so a restart does not reset the day), then the links."""
@@ -222,6 +223,7 @@ class Service:
                         stream.placed(row["bot"], placed_ids(row["answer"] or {}, row["params"] or {}))
                 except JournalError as exc:
                     log.error("account_state_not_restored", account=stream.name, error=str(exc))
+        started = time.time()
         for account in self.accounts:  # what the last run left unknown, asked of the exchange once
             self._stream_tasks.append(
                 self._supervised(
@@ -232,6 +234,7 @@ class Service:
                         account.budget,
                         account.switch_reserve + account.bot_reserve,
                         delay_s=account.config.guard.upstream_timeout_s,
+                        before=started,
                     ),
                     f"settle-{account.name}",
                 )
@@ -262,11 +265,16 @@ class Service:
         return asyncio.create_task(supervise(), name=name)
 
     async def _stop_streams(self) -> None:
+        """Every link closes at once (each waits at most a second for the exchange's close answer)."""
         for task in self._stream_tasks:
             task.cancel()
-        for task in self._stream_tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._stream_tasks:
+            _, pending = await asyncio.wait(self._stream_tasks, timeout=STREAMS_STOP_S)
+            if pending:
+                log.warning("stream_tasks_not_stopped", count=len(pending))
+            for task in self._stream_tasks:  # collected: a failure was logged when it happened
+                if task.done() and not task.cancelled():
+                    task.exception()
         self._stream_tasks = []
         for stream in self.streams:
             await stream.settle()

@@ -35,7 +35,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from guardian.cli import SHUTDOWN_LIMIT_S, build_parser
-from guardian.config import SwitchConfig
+from guardian.config import StreamConfig, SwitchConfig
 from guardian.sim.app import Simulator
 from tests import yaml_subset
 from tests.daemon import account_config, serving, wait_for
@@ -557,7 +557,8 @@ async def test_a_real_prometheus_evaluates_the_rules_and_the_dashboard_against_a
     sim: Simulator, tmp_path: Path
 ) -> None:
     async with (
-        serving(account_config(sim.url, switch=STEADY), admin_token=ADMIN) as service,
+        # The account state's stream on, so that its alerts are evaluated on real series too.
+        serving(account_config(sim.url, switch=STEADY, stream=StreamConfig()), admin_token=ADMIN) as service,
         aiohttp.ClientSession() as http,
         prometheus(tmp_path, service.url.removeprefix("http://"), rules=[ALERTS]) as base,
     ):

@@ -324,7 +324,7 @@ async def test_per_symbol_limits_apply(bot: KrakenClient) -> None:
 
 
 async def test_a_stale_mark_fails_closed(guardian: Service, bot: KrakenClient, exchange: Simulator) -> None:
-    exchange.exchange.market.set_suspended("PF_XBTUSD", True)
+    exchange.faults.add(Fault("tickers", "status", status=503))  # the marks stop coming
     marks = guardian.accounts[0].marks
     await wait_for(lambda: marks.mark("PF_XBTUSD") is None, what="mark dropped")
     assert (await refused(bot.send_order(**LMT), "markPriceUnavailable")).http_status == 503

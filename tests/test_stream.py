@@ -288,6 +288,16 @@ async def test_the_maintenance_policy_moves_to_reduce_only_in_time_and_back_afte
         await post_notice(exchange, 4.0)
         await wait_for(lambda: account_state(service)["notices"], 2.0, "the notice shown")
         assert account.mode.value == "active"  # 4 s ahead: not yet
+        [notice] = account_state(service)["notices"]
+        assert (notice["type"], notice["priority"], notice["note"]) == (
+            "maintenance",
+            "high",
+            "database upgrade",
+        )
+        async with aiohttp.ClientSession() as http:
+            found = await scrape(http, service.url)
+        assert 2.0 < found[("guardian_exchange_maintenance_seconds", frozenset({("account", "main")}))] <= 4.0
+        assert found[("guardian_exchange_last_message_age_seconds", frozenset({("account", "main")}))] < 1.0
         await wait_for(lambda: account.mode.value == "reduce_only", 4.0, "reduce_only ahead of it")
         moved_at = time.time()
         await wait_for(lambda: account.mode.value == "active", 5.0, "active after the window")

@@ -167,7 +167,8 @@ class Link:
         self._ws = ws = await session.ws_connect(
             self.url,
             heartbeat=PING_INTERVAL_S,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+            # A close waits at most a second for the exchange's answer: a shutdown never hangs on it.
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=1.0),
             max_msg_size=MAX_MESSAGE_BYTES,
             autoping=True,
         )

@@ -21,6 +21,7 @@ from guardian.errors import ExchangeError
 from guardian.journal import Journal, JournalError
 from guardian.kraken.client import KrakenClient
 from guardian.kraken.endpoints import endpoint
+from guardian.kraken.times import parse_iso
 from guardian.ratelimit import CostBudget
 
 log = structlog.get_logger("guardian.settle")
@@ -60,16 +61,18 @@ async def settle_unknown(
     reserve: float,
     *,
     delay_s: float = 0.0,
+    before: float | None = None,
 ) -> int:
     """Settle `account`'s unknown intents of the last day; the number settled. `delay_s` (the upstream
     timeout) first: a request sent just before the crash may still be on its way to being acted on, and
-    asked about too early it would read `not_found`."""
+    asked about too early it would read `not_found`. Only intents received before `before` (this run's
+    start) are settled: this run's own unknown outcomes are the retry path's to ask about."""
     if delay_s > 0:
         await asyncio.sleep(delay_s)
     rows = [
         r
         for r in await journal.unknown_intents(time.time() - LOOKBACK_S, ENDPOINTS)
-        if r["account"] == account
+        if r["account"] == account and (before is None or parse_iso(r["time"]) < before)
     ]
     if not rows:
         return 0
