@@ -698,7 +698,16 @@ _PREFERENCE_READS = frozenset(
     for row in ep.ENDPOINTS
     if row.permission is ep.Permission.READ
     and row.pool is ep.Pool.DERIVATIVES
-    and row.name not in ("accounts", "openorders", "openpositions", "fills", "orders/status", "recentorders")
+    and row.name
+    not in (
+        "accounts",
+        "openorders",
+        "openpositions",
+        "fills",
+        "orders/status",
+        "recentorders",
+        "notifications",
+    )
 )
 
 

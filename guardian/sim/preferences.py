@@ -1,7 +1,7 @@
 """The simulator's account settings and the private reads around them, in Kraken's shapes: leverage
 preferences (which change the margin the exchange computes), PnL currency preferences, the self-trade
 strategy, the assignment program, the off-book (RFQ and assignment) leverage cap, offers on open RFQs,
-notifications, subaccounts, the unwind queue, initial margin and maximum order size, fee volumes.
+subaccounts, the unwind queue, initial margin and maximum order size, fee volumes.
 """
 
 from __future__ import annotations
@@ -19,15 +19,6 @@ from guardian.sim.market_data import FEE_SCHEDULE_UID, MarketData
 
 SELF_TRADE_STRATEGIES = ("REJECT_TAKER", "CANCEL_MAKER_SELF", "CANCEL_MAKER_CHILD", "CANCEL_MAKER_ANY")
 SUBACCOUNT_UID = "7f8c1f9e-0000-4000-8000-000000005ab1"  # the one subaccount every simulated account has
-NOTIFICATIONS = (
-    {
-        "type": "general",
-        "priority": "low",
-        "note": "This is guardian's exchange simulator: no real money is at stake.",
-        "effectiveTime": "2022-03-01T00:00:00.000Z",
-        "expectedDowntimeMinutes": None,
-    },
-)
 
 
 @dataclass
@@ -75,8 +66,6 @@ class Preferences:
             return {"participants": list(mine.assignment_history)}
         if name == "rfq-assignment/max-leverage":
             return {"maxLeverage": mine.offbook_max_leverage}
-        if name == "notifications":
-            return {"notifications": list(NOTIFICATIONS)}
         if name == "subaccounts":
             return {
                 "masterAccountUid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sim-account:{acct.name}")),
