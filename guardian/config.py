@@ -219,7 +219,8 @@ class Config:
         """A human summary for `guardian check-config`; secrets masked, api_keys cut to four characters."""
         token = "set" if self.server.admin_token else "not set (no admin endpoints)"
         lines = [
-            f"server: listen {self.server.listen}, admin token {token}",
+            f"server: listen {self.server.listen}, admin token {token}, public requests at most "
+            f"{self.server.public_rate_limit:g}/s",
             f"journal: {self.journal.path}, "
             + (
                 "rows kept forever"
@@ -241,6 +242,14 @@ class Config:
                 + _limits_text(SymbolLimits(guard.max_order_size, guard.max_notional, guard.price_band_pct)),
             ]
             lines += [f"    {symbol}: {_limits_text(own)}" for symbol, own in guard.per_symbol.items()]
+            lines.append(
+                "  settings: "
+                + (
+                    "any leverage"
+                    if guard.max_leverage is None
+                    else f"leverage at most {guard.max_leverage:g}"
+                )
+            )
             if guard.maintenance_reduce_only_s:
                 lines.append(
                     f"  maintenance: reduce_only {guard.maintenance_reduce_only_s:g} s before an announced downtime"
@@ -256,6 +265,7 @@ class Config:
                 f"  client {client.name}: api_key {mask_key(client.api_key)}, api_secret {client.api_secret}, "
                 f"permissions {'+'.join(sorted(p.value for p in client.permissions))}"
                 + ("" if client.rate_budget is None else f", rate budget {client.rate_budget:g}")
+                + f", public requests at most {client.public_rate_limit:g}/s"
                 for client in account.clients
             ] or ["  clients: none"]
         return "\n".join(lines)
