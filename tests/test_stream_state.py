@@ -275,40 +275,45 @@ def test_balances_come_from_the_flex_group_and_a_delta_without_it_changes_nothin
 
 
 def test_notices_from_the_feed_and_rest_are_one_and_the_next_maintenance_is_found() -> None:
+    from structlog.testing import capture_logs
+
     s = state()
     at_ms = MS + 3_600_000
-    s.apply(
-        {
-            "feed": "notifications_auth",
-            "notifications": [
+    with capture_logs() as logged:
+        s.apply(
+            {
+                "feed": "notifications_auth",
+                "notifications": [
+                    {
+                        "id": 7,
+                        "type": "maintenance",
+                        "priority": "high",
+                        "note": "db",
+                        "effective_time": at_ms,
+                        "expected_downtime_minutes": 20,
+                    },
+                    {"id": 8, "type": "market", "priority": "low", "note": "fyi", "effective_time": MS},
+                ],
+            }
+        )
+        from guardian.kraken.times import to_iso
+
+        s.reconcile(
+            None,
+            None,
+            None,
+            [
                 {
-                    "id": 7,
                     "type": "maintenance",
                     "priority": "high",
                     "note": "db",
-                    "effective_time": at_ms,
-                    "expected_downtime_minutes": 20,
-                },
-                {"id": 8, "type": "market", "priority": "low", "note": "fyi", "effective_time": MS},
+                    "effectiveTime": to_iso(at_ms / 1000),
+                    "expectedDowntimeMinutes": 20,
+                }
             ],
-        }
-    )
-    from guardian.kraken.times import to_iso
-
-    s.reconcile(
-        None,
-        None,
-        None,
-        [
-            {
-                "type": "maintenance",
-                "priority": "high",
-                "note": "db",
-                "effectiveTime": to_iso(at_ms / 1000),
-                "expectedDowntimeMinutes": 20,
-            }
-        ],
-    )
+        )
+    # Announced once, though the feed and REST both told it.
+    assert [e["event"] for e in logged if e["event"] == "maintenance_announced"] == ["maintenance_announced"]
     view = s.view()
     assert len(view.notices) == 2
     upcoming = view.next_maintenance(DAY)

@@ -274,7 +274,7 @@ class AccountState:
             for raw in message.get("notifications") or ():
                 notice = _notice(raw)
                 if notice is not None:
-                    self._notices[notice.key] = notice
+                    self._add_notice(notice)
             self._prune_notices()
         else:
             if isinstance(feed, str) and feed not in self.unknown_feeds and feed != "heartbeat":
@@ -383,6 +383,16 @@ class AccountState:
                 unrealized_pnl=number(flex.get("total_unrealized", flex.get("pnl"))),
             )
 
+    def _add_notice(self, notice: Notice) -> None:
+        if notice.key not in self._notices and notice.is_maintenance:
+            log.warning(
+                "maintenance_announced",
+                effective_time=notice.effective_time,
+                expected_downtime_minutes=notice.expected_downtime_minutes,
+                note=notice.note[:200],
+            )
+        self._notices[notice.key] = notice
+
     def _prune_notices(self) -> None:
         now = self._clock()
         for key, notice in list(self._notices.items()):
@@ -433,8 +443,8 @@ class AccountState:
                 self._balances = rest_balances
         if notifications is not None:
             for notice in (_rest_notice(r) for r in notifications):
-                if notice is not None:
-                    self._notices.setdefault(notice.key, notice)
+                if notice is not None and notice.key not in self._notices:
+                    self._add_notice(notice)
             self._prune_notices()
         self._changed()
         return drifts
