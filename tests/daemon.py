@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import tempfile
 import time
@@ -23,6 +24,7 @@ from guardian.config import (
     StreamConfig,
     SwitchConfig,
 )
+from guardian.kraken.signing import sign
 from guardian.notify import Notifier
 from guardian.secret import ApiSecret, Secret
 from guardian.service import Service
@@ -123,3 +125,17 @@ async def scrape(http: aiohttp.ClientSession, url: str) -> Samples:
 def metric(found: Samples, name: str, **labels: str) -> float:
     """One sample's value; a KeyError names the series that is missing."""
     return found[(name, frozenset(labels.items()))]
+
+
+async def signed_post(
+    http: aiohttp.ClientSession, base_url: str, key: str, secret: str, path: str, body: str
+) -> tuple[int, dict[str, str], Any]:
+    """A raw POST signed with a bot's key (Authent over the body, no nonce), for the status, headers and
+    body a client library would hide or turn into an exception."""
+    headers = {
+        "APIKey": key,
+        "Authent": sign(base64.b64decode(secret), body, None, path.removeprefix("/derivatives")),
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    async with http.post(base_url + path, data=body.encode(), headers=headers) as response:
+        return response.status, dict(response.headers), await response.json(content_type=None)

@@ -34,6 +34,7 @@ from guardian.sim.faults import Fault
 from guardian.sim.market import Market
 from tests.conftest import TRADE_KEY, TRADE_SECRET
 from tests.daemon import account_config, serving, wait_for
+from tests.daemon import signed_post as daemon_signed_post
 from tests.test_gateway import ADMIN, CLIENTS, GUARD, SWITCH, admin, refused, until_ready
 
 BOT_B_KEY = "second-bot-local-key-1"
@@ -94,15 +95,7 @@ async def signed_post(
     http: aiohttp.ClientSession, service: Service, key: str, secret: str, path: str, body: str
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
     """A raw signed POST, to see the status and headers a client library would hide."""
-    from guardian.kraken.signing import sign
-
-    headers = {
-        "APIKey": key,
-        "Authent": sign(base64.b64decode(secret), body, None, path.removeprefix("/derivatives")),
-        "Content-Type": "application/x-www-form-urlencoded",
-    }
-    async with http.post(service.url + path, data=body.encode(), headers=headers) as response:
-        return response.status, dict(response.headers), await response.json(content_type=None)
+    return await daemon_signed_post(http, service.url, key, secret, path, body)
 
 
 def sends(exchange: Simulator, account_key: str = TRADE_KEY) -> list[dict[str, Any]]:

@@ -21,12 +21,11 @@ from hypothesis import strategies as st
 
 from guardian.config import ClientConfig, GuardConfig
 from guardian.kraken.endpoints import Permission
-from guardian.kraken.signing import sign
 from guardian.secret import ApiSecret
 from guardian.service import Service
 from guardian.sim.app import Simulator
 from tests.conftest import running_sim
-from tests.daemon import account_config, serving, wait_for
+from tests.daemon import account_config, serving, signed_post, wait_for
 from tests.test_gateway import SWITCH
 
 TRADE = frozenset({Permission.READ, Permission.TRADE})
@@ -86,15 +85,9 @@ async def post(
     http: aiohttp.ClientSession, service: Service, bot: str, endpoint: str, fields: dict[str, str]
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
     key, secret = BOTS[bot]
-    body = urlencode(fields)
-    path = f"/derivatives/api/v3/{endpoint}"
-    headers = {
-        "APIKey": key,
-        "Authent": sign(base64.b64decode(secret), body, None, path.removeprefix("/derivatives")),
-        "Content-Type": "application/x-www-form-urlencoded",
-    }
-    async with http.post(service.url + path, data=body.encode(), headers=headers) as response:
-        return response.status, dict(response.headers), await response.json(content_type=None)
+    return await signed_post(
+        http, service.url, key, secret, f"/derivatives/api/v3/{endpoint}", urlencode(fields)
+    )
 
 
 async def place(
