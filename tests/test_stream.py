@@ -350,3 +350,27 @@ async def test_after_a_restart_fills_of_orders_placed_before_it_are_still_the_bo
         await asyncio.sleep(0.2)  # the fill's journal write
         fills = await journal_events(second, "fill")
     assert [(f["order_id"], f["bot"]) for f in fills] == [(resting["sendStatus"]["order_id"], "grid-bot")]
+
+
+async def test_a_ticker_symbol_the_exchange_refuses_does_not_bring_the_link_down(exchange: Simulator) -> None:
+    from guardian.stream.link import TickerLink
+
+    pushed: list[str] = []
+    link = TickerLink(
+        "t",
+        exchange.url.replace("http", "ws") + "/ws/v1",
+        lambda: {"PF_XBTUSD", "PF_NOSUCH", "PF_ETHUSD"},
+        link_timeout_s=2.0,
+        on_message=lambda m: pushed.append(str(m.get("product_id"))) if m.get("feed") == "ticker" else None,
+    )
+    async with aiohttp.ClientSession() as session:
+        task = asyncio.create_task(link.run(session))
+        try:
+            await wait_for(lambda: link.refused == {"PF_NOSUCH"}, 3.0, "the bad symbol refused")
+            await wait_for(lambda: {"PF_XBTUSD", "PF_ETHUSD"} <= set(pushed), 3.0, "the good ones streamed")
+            await asyncio.sleep(0.5)
+            assert link.up and link.status.connections == 1  # never reconnected over it
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

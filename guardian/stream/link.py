@@ -19,6 +19,7 @@ import enum
 import json
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -272,17 +273,38 @@ class TickerLink(Link):
         super().__init__(name, url, **kwargs)
         self._symbols = symbols
         self.subscribed: set[str] = set()
+        # Symbols the exchange refused ("Invalid product id": not tradeable on the feed): not asked for again
+        # on this connection, so one bad symbol cannot keep the link reconnecting; REST polls cover them.
+        self.refused: set[str] = set()
+        self._unconfirmed: deque[str] = deque()  # asked one per request, in order: an error is the oldest's
 
     async def _open(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.subscribed = set()
+        self.subscribed, self.refused, self._unconfirmed = set(), set(), deque()
         await self._subscribe_new(ws)
         await ws.send_json({"event": "subscribe", "feed": "heartbeat"})
 
     async def _subscribe_new(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        wanted = sorted(set(self._symbols()) - self.subscribed)
-        if wanted:
-            await ws.send_json({"event": "subscribe", "feed": "ticker", "product_ids": wanted})
-            self.subscribed.update(wanted)
+        for symbol in sorted(set(self._symbols()) - self.subscribed - self.refused):
+            await ws.send_json({"event": "subscribe", "feed": "ticker", "product_ids": [symbol]})
+            self.subscribed.add(symbol)
+            self._unconfirmed.append(symbol)
+
+    def _dispatch(self, message: Mapping[str, Any]) -> None:
+        event = message.get("event")
+        if event == "subscribed" and message.get("feed") == "ticker":
+            for symbol in message.get("product_ids") or ():
+                if symbol in self._unconfirmed:
+                    self._unconfirmed.remove(symbol)
+            return
+        if event == "error" and self._unconfirmed:  # a subscription refused: not the link's end
+            symbol = self._unconfirmed.popleft()
+            log.warning(
+                "ticker_subscription_refused", symbol=symbol, message=str(message.get("message"))[:200]
+            )
+            self.refused.add(symbol)
+            self.subscribed.discard(symbol)
+            return
+        super()._dispatch(message)
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> Mapping[str, Any]:
         message = await super()._receive(ws)
