@@ -27,6 +27,7 @@ from guardian.journal import Journal, JournalError
 from guardian.kraken.times import to_iso
 from guardian.metrics import Metrics
 from guardian.notify import Notifier
+from guardian.server import Runner
 from guardian.switch import Switch, SwitchState
 
 log = structlog.get_logger("guardian.service")
@@ -110,7 +111,7 @@ class Service:
             if account.mode is not Mode.ACTIVE:
                 log.warning("mode_restored", account=account.name, mode=account.mode.value)
         server = self.config.server
-        self._runner = web.AppRunner(
+        self._runner = Runner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
         )
         await self._runner.setup()
