@@ -80,11 +80,12 @@ class Service:
 
     # ---- the local server ---------------------------------------------------------------------------
     def _build_app(self) -> web.Application:
-        from guardian import ops
+        from guardian import ops, statuspage
 
         app = web.Application(client_max_size=64 * 1024)
         app[SERVICE_KEY] = self
         app.add_routes(ops.routes())
+        app.add_routes(statuspage.routes())
         app.add_routes(self.gateway.routes())
         token = self.config.server.admin_token
         if token is not None:
