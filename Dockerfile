@@ -29,7 +29,7 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/guardian/bin:$PATH
 # A fixed, unprivileged uid: compose file secrets are bind mounts, readable only if the host file is
-# (chown 10001 on the host, see README.md).
+# (chown 10001 on the host, see docs/docker.md).
 RUN groupadd --system --gid 10001 guardian \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /var/lib/guardian \
       --shell /usr/sbin/nologin guardian \

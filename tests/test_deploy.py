@@ -4,7 +4,7 @@
   every directive the contract asks for, and loads exactly the credentials its example config names.
 - The example configs pass `guardian check-config` with their secrets given as files, as they will be.
 - Prometheus' config and alert rules pass promtool (`check config`, `check rules`, `test rules`); every
-  alert has unit tests both ways, a runbook annotation and a README entry.
+  alert has unit tests both ways, a runbook annotation and an entry in docs/runbook.md.
 - The Grafana dashboard and the alert rules use only metric names a real scrape of the daemon shows, and
   every dashboard query is PromQL that promtool accepts; a real Prometheus evaluates the rules and the
   dashboard's queries against a live guardian, and an alert fires when the daemon gives it cause.
@@ -52,7 +52,8 @@ ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
 DASHBOARD = DEPLOY / "grafana" / "guardian.json"
 GRAFANA_PROVISIONING = DEPLOY / "grafana" / "provisioning"
 DOCKERFILE = ROOT / "Dockerfile"
-README = ROOT / "README.md"
+RUNBOOK = ROOT / "docs" / "runbook.md"
+OPERATING_SYSTEMD = ROOT / "docs" / "systemd.md"
 
 # The guardian console script of the virtualenv running the tests.
 GUARDIAN = Path(sys.executable).parent / "guardian"
@@ -137,7 +138,7 @@ def unit_with_real_guardian(tmp_path: Path) -> Path:
     """A copy of the unit whose ExecStart= runs the virtualenv's guardian instead of /opt/guardian's.
 
     `systemd-analyze verify` checks that ExecStart='s program exists and is executable; /opt/guardian is
-    where README's install puts it, which this machine does not have. Only that path is changed."""
+    where docs/systemd.md's install puts it, which this machine does not have. Only that path is changed."""
     assert GUARDIAN.is_file(), GUARDIAN
     text = UNIT.read_text()
     assert text.count("ExecStart=/opt/guardian/bin/guardian ") == 1
@@ -176,7 +177,7 @@ def test_systemd_analyze_verify_would_catch_a_misspelt_directive(tmp_path: Path)
     assert "Failed to parse mode value, ignoring: 0999" in said, said
 
 
-def test_the_exposure_score_is_the_one_the_readme_quotes(tmp_path: Path) -> None:
+def test_the_exposure_score_is_the_one_the_docs_quote(tmp_path: Path) -> None:
     analyze = need_systemd_analyze()
     # --threshold is the exposure level times ten: fail above 2.0 ("OK" is up to 4.9).
     status, said = run(
@@ -185,9 +186,9 @@ def test_the_exposure_score_is_the_one_the_readme_quotes(tmp_path: Path) -> None
     assert status == 0, said
     score = re.search(r"Overall exposure level for guardian\.service: (\d+\.\d+) (\w+)", said)
     assert score is not None, said
-    quoted = re.search(r"exposure level of (\d+\.\d+)", README.read_text())
-    assert quoted is not None, "README.md quotes no `systemd-analyze security` exposure level"
-    assert quoted[1] == score[1], f"systemd-analyze says {score[1]} {score[2]}; README.md says {quoted[1]}"
+    quoted = re.search(r"exposure level of (\d+\.\d+)", OPERATING_SYSTEMD.read_text())
+    assert quoted is not None, "docs/systemd.md quotes no `systemd-analyze security` exposure level"
+    assert quoted[1] == score[1], f"systemd-analyze says {score[1]} {score[2]}; docs/systemd.md says {quoted[1]}"
 
 
 def need_systemd_analyze() -> str:
@@ -372,23 +373,15 @@ def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
     assert names - quiet == set(), "no test shows these staying quiet"
 
 
-def readme_runbook() -> str:
-    text = README.read_text()
-    start = text.find("### Runbook")
-    assert start >= 0, "README.md has no Runbook section"
-    end = text.find("\n## ", start)
-    return text[start : end if end >= 0 else None]
-
-
-def test_every_alert_has_a_severity_a_summary_a_runbook_and_a_readme_entry() -> None:
-    runbook = readme_runbook()
+def test_every_alert_has_a_severity_a_summary_a_runbook_and_a_runbook_entry() -> None:
+    runbook = RUNBOOK.read_text()
     for rule in alert_rules():
         name = rule["alert"]
         assert rule["labels"]["severity"] in ("critical", "warning"), name
         annotations = rule["annotations"]
         assert annotations["summary"], name
-        assert annotations["runbook"].endswith(f"README.md#{name.lower()}"), name
-        assert f"\n#### {name}\n" in runbook, f"README.md's runbook has no entry for {name}"
+        assert annotations["runbook"].endswith(f"docs/runbook.md#{name.lower()}"), name
+        assert f"\n## {name}\n" in runbook, f"docs/runbook.md has no entry for {name}"
 
 
 # ---- the metric names in PromQL ----------------------------------------------------------------------
