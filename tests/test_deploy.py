@@ -188,7 +188,9 @@ def test_the_exposure_score_is_the_one_the_docs_quote(tmp_path: Path) -> None:
     assert score is not None, said
     quoted = re.search(r"exposure level of (\d+\.\d+)", OPERATING_SYSTEMD.read_text())
     assert quoted is not None, "docs/systemd.md quotes no `systemd-analyze security` exposure level"
-    assert quoted[1] == score[1], f"systemd-analyze says {score[1]} {score[2]}; docs/systemd.md says {quoted[1]}"
+    assert quoted[1] == score[1], (
+        f"systemd-analyze says {score[1]} {score[2]}; docs/systemd.md says {quoted[1]}"
+    )
 
 
 def need_systemd_analyze() -> str:
