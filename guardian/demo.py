@@ -100,6 +100,7 @@ def how_to(demo: Demo, guardian_url: str) -> str:
     return "\n".join(
         [
             f"guardian is running against its built-in exchange simulator ({demo.simulator.url}).",
+            f"  page:     {guardian_url}/ (open it in a browser: each switch, its time left, the marks)",
             f"  state:    curl -s {guardian_url}/guardian/state",
             f"  ready:    curl -s {guardian_url}/readyz",
             f"  metrics:  curl -s {guardian_url}/metrics | grep ^guardian_switch",

@@ -29,13 +29,14 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from guardian import __version__
+from guardian import __version__, statuspage
 from guardian.account import Mode
 from guardian.gateway import orders
 from guardian.gateway.app import MAX_BODY, ORDER_ENDPOINTS, REPLAYED_HEADER
 from guardian.gateway.refusal import CODES
 from guardian.kraken import endpoints as ep
 from guardian.kraken.wire import BATCH_FIELD, LIST_FIELDS
+from guardian.server import MAX_HEADER_FIELD, MAX_HEADERS, MAX_REQUEST_LINE
 
 PATH: Final = "/openapi.json"
 
@@ -632,7 +633,12 @@ def _own_paths() -> dict[str, Schema]:
         "description": "Prometheus text format.",
         "content": {"text/plain": {"schema": {"type": "string"}}},
     }
+    page = {
+        "description": "The status page: one self-contained HTML page that reads /guardian/state every second.",
+        "content": {"text/html": {"schema": {"type": "string"}}},
+    }
     return {
+        statuspage.PATH: _read("The status page, for a person", {"200": page}),
         "/healthz": _read(
             "Liveness",
             {
@@ -669,19 +675,22 @@ def _own_paths() -> dict[str, Schema]:
     }
 
 
-_UNREADABLE: Final = (
-    "The HTTP request itself could not be read (a request line or a header over 8190 bytes, malformed "
-    "HTTP): the HTTP server answers in plain text before guardian sees the request."
-)
+_UNREADABLE: Final[Mapping[str, str]] = {
+    "400": "invalidArgument: the HTTP request itself could not be read (not well-formed HTTP/1.1).",
+    "413": f"requestTooLarge: the request line (method, path and query) is over {MAX_REQUEST_LINE // 1024} KiB.",
+    "431": f"headersTooLarge: a header is over {MAX_HEADER_FIELD} bytes, or there are more than "
+    f"{MAX_HEADERS} headers.",
+}
 
 
 def _unreadable(responses: Schema, *, with_body: bool) -> None:
-    """Any operation can get the HTTP server's own plain-text 400."""
-    answer = responses.setdefault("400", {"description": _UNREADABLE})
-    if answer["description"] != _UNREADABLE:
-        answer["description"] += " Or: " + _UNREADABLE
-    if with_body:
-        answer.setdefault("content", {})["text/plain"] = {"schema": {"type": "string"}}
+    """Any operation can get the refusals of guardian.server, sent before any handler sees the request."""
+    for status, text in _UNREADABLE.items():
+        answer = responses.setdefault(status, {"description": text})
+        if text not in answer["description"]:
+            answer["description"] += " Or: " + text
+        if with_body:  # an operation's own 4xx schema is looser than the envelope, or is the envelope
+            answer.setdefault("content", {}).setdefault("application/json", {"schema": _ref("Refusal")})
 
 
 # ---- the document --------------------------------------------------------------------------------------

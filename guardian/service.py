@@ -31,6 +31,7 @@ from guardian.journal import Journal, JournalError
 from guardian.kraken.times import to_iso
 from guardian.metrics import Metrics
 from guardian.notify import Notifier
+from guardian.server import Runner
 from guardian.stream.account import OWNERS_LOOKBACK_S, PLACING, AccountStream, placed_ids
 from guardian.stream.account import state_json as stream_json
 from guardian.stream.link import TickerLink
@@ -152,11 +153,12 @@ class Service:
 
     # ---- the local server ---------------------------------------------------------------------------
     def _build_app(self) -> web.Application:
-        from guardian import ops
+        from guardian import ops, statuspage
 
         app = web.Application(client_max_size=64 * 1024)
         app[SERVICE_KEY] = self
         app.add_routes(ops.routes())
+        app.add_routes(statuspage.routes())
         app.add_routes(self.gateway.routes())
         token = self.config.server.admin_token
         if token is not None:
@@ -183,7 +185,7 @@ class Service:
             if account.mode is not Mode.ACTIVE:
                 log.warning("mode_restored", account=account.name, mode=account.mode.value)
         server = self.config.server
-        self._runner = web.AppRunner(
+        self._runner = Runner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
         )
         await self._runner.setup()

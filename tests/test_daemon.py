@@ -496,8 +496,12 @@ async def test_run_sim_prints_the_demo_bot_key_and_a_how_to_and_stops_on_sigint(
     assert len(base64.b64decode(match.group(2), validate=True)) >= 16
     url = await daemon.url()
     assert f"curl -s {url}/guardian/state\n" in "".join(daemon.stdout)
-    async with aiohttp.ClientSession() as http, http.get(url + "/guardian/state") as response:
-        state = await response.json()
+    assert f"  page:     {url}/ " in "".join(daemon.stdout)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "/guardian/state") as response:
+            state = await response.json()
+        async with http.get(url + "/") as response:
+            assert response.status == 200 and "<title>guardian</title>" in await response.text()
     assert [(a["name"], a["switch"]["state"]) for a in state["accounts"]] == [("demo", "armed")]
     assert state["accounts"][0]["switch"]["timeout_s"] == 60
     code, elapsed = await daemon.signal_and_wait(signal.SIGINT)

@@ -36,6 +36,7 @@ CODES: Final[Mapping[str, int]] = MappingProxyType(
         # Kraken's word too: the exchange's ticker says the market is suspended; no new order goes to it.
         "marketSuspended": 503,
         "requestTooLarge": 413,
+        "headersTooLarge": 431,  # guardian.server: a header over its limit, or too many
         "apiLimitExceeded": 429,
         # Also used by the local API's other parts (auth, app): Kraken's nonce codes for a bot that signs
         # with a Nonce, Kraken's notFound for a path or method guardian does not serve, and the two
