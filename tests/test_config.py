@@ -78,6 +78,8 @@ symbols = ["PF_XBTUSD", "PF_ETHUSD"]
 max_order_size = 10
 max_notional = 50000
 price_band_pct = 5
+max_position = 50
+max_daily_loss = 5000
 {guard}
 [[accounts.clients]]
 name = "grid"
@@ -363,8 +365,8 @@ def test_everything_is_read() -> None:
     assert account.base_url == "http://127.0.0.1:8788"
     assert account.switch == cfg.SwitchConfig(1.5, 2.0, 5, 2.0, OnShutdown.DISARM)
     assert account.guard.symbols == ("PF_XBTUSD", "PF_ETHUSD")
-    assert account.guard.limits_for("PF_XBTUSD") == SymbolLimits(0.5, 50000, 2)
-    assert account.guard.limits_for("PF_ETHUSD") == SymbolLimits(10, 50000, 5)
+    assert account.guard.limits_for("PF_XBTUSD") == SymbolLimits(0.5, 50000, 2, 50)
+    assert account.guard.limits_for("PF_ETHUSD") == SymbolLimits(10, 50000, 5, 50)
     grid, watcher = account.clients
     assert (grid.name, grid.api_key) == ("grid", BOT_KEY)
     assert grid.permissions == frozenset({Permission.READ, Permission.TRADE})
@@ -675,6 +677,7 @@ def test_the_example_documents_every_key() -> None:
         *cfg._SWITCH_KEYS,
         *cfg._LIMIT_KEYS,
         *cfg._GUARD_SETTINGS,
+        *cfg._EXPOSURE_KEYS,
         *cfg._CLIENT_KEYS,
     }
     keys |= set(cfg._secret_keys("admin_token")) | set(cfg._JOURNAL_KEYS)
@@ -756,7 +759,7 @@ def test_the_example_passes_check_config_and_its_warnings_are_printed() -> None:
 def test_the_example_parses_in_process_as_well() -> None:
     config = load_config(EXAMPLE, env=EXAMPLE_ENV, secrets_dirs=[])
     main = config.accounts[0]
-    assert main.guard.limits_for("PF_XBTUSD") == SymbolLimits(0.5, 40000, 2)
+    assert main.guard.limits_for("PF_XBTUSD") == SymbolLimits(0.5, 40000, 2, 20, 50)
     assert [client.name for client in main.clients] == ["grid-bot"]
 
 

@@ -101,6 +101,7 @@ nonce = "{nonce}"
 [accounts.guard]
 rate_budget = 100000  # the FAST beat alone would take Kraken's whole 500 per 10 s
 upstream_timeout_s = {upstream_timeout_s}
+allow_unlimited = true  # these drills are about the process, not the exposure limits
 [accounts.switch]
 refresh_min_s = {REFRESH_MIN_S}
 refresh_max_s = {REFRESH_MAX_S}
