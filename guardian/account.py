@@ -15,6 +15,7 @@ import structlog
 from guardian.config import AccountConfig, OnShutdown
 from guardian.errors import ExchangeError
 from guardian.gateway.dedupe import RecentOrders
+from guardian.gateway.exposure import Book
 from guardian.gateway.inflight import InFlight
 from guardian.gateway.marks import Marks
 from guardian.kraken.client import Credentials, KrakenClient
@@ -76,6 +77,7 @@ class Account:
         self.budget = CostBudget(guard.rate_budget, guard.rate_window_s + RATE_WINDOW_MARGIN_S)
         self.recent = RecentOrders(guard.dedupe_window_s)
         self.in_flight = InFlight()  # new-risk requests forwarded and not yet settled, for a halt to watch
+        self.exposure = Book()  # orders let out that the stream has not shown yet, and the bots' rates
         self.stream: AccountStream | None = None  # the account's picture of itself (set by the service)
         refresh = endpoint("cancelallordersafter").cost
         # What the switch may spend in any one window: every refresh that fits, plus one retry. Its spends

@@ -100,6 +100,7 @@ class Service:
             reserve=lambda: account.switch_reserve + account.bot_reserve,
             on_drift=lambda kind, _detail: self.metrics.on_drift(account.name, kind),
             on_fill=lambda fill: self.metrics.on_fill(account.name, fill),
+            on_events=account.exposure.observe,
         )
         account.stream = stream
         return stream
