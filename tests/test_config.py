@@ -775,6 +775,90 @@ def test_check_config_refuses_a_bad_file_with_exit_78(tmp_path: Path) -> None:
     assert_clean(result.stdout + result.stderr)
 
 
+def test_an_account_with_bots_but_no_position_or_loss_limit_exits_78_naming_the_keys(tmp_path: Path) -> None:
+    path = tmp_path / "unlimited.toml"
+    path.write_text(doc().replace("max_position = 50\n", "").replace("max_daily_loss = 5000\n", ""))
+    result = check_config(path, {})
+    assert result.returncode == EX_CONFIG
+    assert (
+        "account main has bots but no accounts[0].guard.max_position and accounts[0].guard.max_daily_loss"
+        in result.stderr
+    )
+    assert "accounts[0].guard.allow_unlimited = true" in result.stderr
+    # One of the two is enough to name only the other.
+    path.write_text(doc().replace("max_daily_loss = 5000\n", ""))
+    result = check_config(path, {})
+    assert result.returncode == EX_CONFIG and "but no accounts[0].guard.max_daily_loss:" in result.stderr
+    assert_clean(result.stdout + result.stderr)
+
+
+def test_allow_unlimited_is_a_choice_said_out_loud() -> None:
+    text = doc(guard="allow_unlimited = true").replace("max_position = 50\n", "")
+    config = parse(text)
+    assert config.accounts[0].guard.allow_unlimited
+    assert (
+        "account main: accounts[0].guard.allow_unlimited = true: no max_position, by choice"
+        in config.warnings()
+    )
+
+
+def test_max_position_per_symbol_for_every_listed_symbol_counts_as_set() -> None:
+    tail = "[accounts.guard.symbol.PF_XBTUSD]\nmax_position = 3\n[accounts.guard.symbol.PF_ETHUSD]\nmax_position = 30"
+    guard = parse(doc(tail=tail).replace("max_position = 50\n", "")).accounts[0].guard
+    assert (
+        guard.limits_for("PF_XBTUSD").max_position == 3 and guard.limits_for("PF_ETHUSD").max_position == 30
+    )
+    only_one = doc(tail=tail.split("[accounts.guard.symbol.PF_ETHUSD]")[0]).replace("max_position = 50\n", "")
+    assert "but no accounts[0].guard.max_position:" in config_error(only_one)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            "max_open_orders = 0",
+            "accounts[0].guard.max_open_orders must be a whole number of at least 1, got 0",
+        ),
+        ("max_open_orders_total = 2.5", "accounts[0].guard.max_open_orders_total must be an integer"),
+        ("max_orders_per_minute = true", "accounts[0].guard.max_orders_per_minute must be an integer"),
+        ("max_fills_per_minute = -1", "accounts[0].guard.max_fills_per_minute must be a whole number"),
+        ("max_gross_notional = 0", "accounts[0].guard.max_gross_notional must be greater than 0"),
+        ('on_loss_limit = "flatten"', "accounts[0].guard.on_loss_limit must be one of reduce_only, halted"),
+        ("duplicate_window_s = -1", "accounts[0].guard.duplicate_window_s must be at least 0"),
+        ('allow_unlimited = "yes"', "accounts[0].guard.allow_unlimited must be a boolean"),
+    ],
+)
+def test_bad_exposure_limits_are_refused_naming_the_key(line: str, message: str) -> None:
+    assert message in config_error(doc(guard=line))
+
+
+def test_the_exposure_limits_are_read() -> None:
+    guard_lines = "\n".join(
+        [
+            "max_open_orders = 7",
+            "max_open_orders_total = 9",
+            "max_gross_notional = 100000",
+            "max_orders_per_minute = 30",
+            "max_fills_per_minute = 20",
+            'on_loss_limit = "halted_and_cancel"',
+            "duplicate_window_s = 1.5",
+        ]
+    )
+    config = parse(doc(guard=guard_lines, client="max_orders_per_minute = 10\nmax_open_orders = 4"))
+    guard, bot = config.accounts[0].guard, config.accounts[0].clients[0]
+    assert (guard.max_position, guard.max_daily_loss, guard.max_open_orders) == (50, 5000, 7)
+    assert (guard.max_open_orders_total, guard.max_gross_notional) == (9, 100000)
+    assert (guard.max_orders_per_minute, guard.max_fills_per_minute) == (30, 20)
+    assert (guard.on_loss_limit.value, guard.duplicate_window_s, guard.allow_unlimited) == (
+        "halted_and_cancel",
+        1.5,
+        False,
+    )
+    assert (bot.max_orders_per_minute, bot.max_open_orders) == (10, 4)
+    summary = config.summary()
+    assert "max position 50" in summary and "max daily loss 5000 (then halted_and_cancel)" in summary
+
+
 def test_check_config_names_a_missing_variable_with_exit_78() -> None:
     env = {k: v for k, v in EXAMPLE_ENV.items() if k != "GUARDIAN_GRID_BOT_SECRET"}
     result = check_config(EXAMPLE, env)

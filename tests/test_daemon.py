@@ -413,6 +413,20 @@ async def test_a_bad_configuration_exits_78_before_touching_the_exchange(
     assert_no_secret(daemon.output())
 
 
+async def test_run_refuses_an_account_with_bots_and_no_limits_with_exit_78(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, sim.url)
+    config.write_text(config.read_text().replace("allow_unlimited = true\n", ""))
+    daemon = await Daemon.start("run", "--config", str(config), env=clean_env(**CONFIG_ENV), cwd=tmp_path)
+    code = await asyncio.wait_for(daemon.proc.wait(), 30)
+    await daemon.kill()
+    assert code == EX_CONFIG
+    assert "account main has bots but no accounts[0].guard.max_position and" in daemon.output()
+    assert list(sim.requests) == []
+    assert_no_secret(daemon.output())
+
+
 async def test_a_busy_port_exits_1_before_touching_the_exchange(sim: Simulator, tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 import pytest
 
 from guardian.config import ClientConfig, GuardConfig, StreamConfig, SwitchConfig
+from guardian.demo import start_demo
 from guardian.errors import ExchangeError
 from guardian.gateway.refusal import CODES
 from guardian.kraken.client import Credentials, KrakenClient
@@ -330,3 +331,16 @@ async def test_a_stale_state_refuses_new_risk_and_lets_cancels_and_reduce_only_o
         exchange.stream.resume()
         await wait_for(lambda: service.streams[0].fresh(), 10.0, "fresh again")
         await b.send_order(**MKT)
+
+
+# ---- configuration -------------------------------------------------------------------------------------
+
+
+async def test_run_sim_configures_the_limits_an_account_with_bots_needs() -> None:
+    demo = await start_demo("127.0.0.1", 0)
+    try:
+        guard = demo.config.accounts[0].guard
+        assert guard.unlimited() == [] and not guard.allow_unlimited
+        assert guard.max_orders_per_minute and guard.max_fills_per_minute and guard.max_open_orders_total
+    finally:
+        await demo.close()
