@@ -8,6 +8,7 @@ import contextlib
 import enum
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
@@ -20,6 +21,7 @@ from guardian.gateway.inflight import InFlight
 from guardian.gateway.marks import Marks
 from guardian.kraken.client import Credentials, KrakenClient
 from guardian.kraken.endpoints import endpoint
+from guardian.kraken.times import to_iso
 from guardian.ratelimit import CostBudget
 from guardian.switch import Switch
 
@@ -43,6 +45,28 @@ class Mode(enum.StrEnum):
     HALTED = "halted"
 
 
+_STRICTNESS = {Mode.ACTIVE: 0, Mode.REDUCE_ONLY: 1, Mode.HALTED: 2}
+
+
+def stricter(a: Mode, b: Mode) -> Mode:
+    """The stricter of two modes."""
+    return a if _STRICTNESS[a] >= _STRICTNESS[b] else b
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    """A latched limit trip: which limit (`max_fills_per_minute`, `max_daily_loss`), why, when (epoch s),
+    and the mode it moved the account to. Only POST /guardian/mode lifts it."""
+
+    limit: str
+    reason: str
+    at: float
+    mode: Mode
+
+    def as_json(self) -> dict[str, object]:
+        return {"limit": self.limit, "reason": self.reason, "at": to_iso(self.at), "mode": self.mode.value}
+
+
 class Account:
     """An account's moving parts. `start()` begins the switch's beat; `stop_switch()` ends it."""
 
@@ -57,6 +81,9 @@ class Account:
         self.name = config.name
         self.mode = Mode.ACTIVE
         self.mode_by = "start"  # who set the mode last: admin, kill, maintenance (whose choice it is)
+        self.trip: Trip | None = (
+            None  # a latched limit trip (fill burst, daily loss), until a person lifts it
+        )
         self._on_refresh = on_refresh
         self.switch_client = self.client("switch", pool_size=SWITCH_POOL_SIZE)
         self.switch = Switch(
@@ -221,6 +248,7 @@ class Account:
         return {
             "name": self.name,
             "mode": self.mode.value,
+            "trip": None if self.trip is None else self.trip.as_json(),
             "switch": self.switch.snapshot().as_json(),
             "rate_budget_available": round(self.budget.available(), 1),
             "rate_budget_kept_for_switch": round(self.switch_reserve, 1),

@@ -45,6 +45,9 @@ KNOWN_ERROR_CODES = frozenset(
 )  # fmt: skip
 
 
+TRIP_LIMITS = ("max_fills_per_minute", "max_daily_loss")
+
+
 class AccountView(Protocol):
     """What the account gauges read."""
 
@@ -380,6 +383,12 @@ class Metrics:
             ["account", "symbol", "side"],
             registry=self.registry,
         )
+        self.trips = Counter(
+            "guardian_limit_trips",
+            "Latched limit trips (max_fills_per_minute halts and cancels; max_daily_loss moves to on_loss_limit)",
+            ["account", "limit"],
+            registry=self.registry,
+        )
         self.drift = Counter(
             "guardian_account_drift",
             "Reconciliations that found the stream's picture differing from REST (REST wins), by kind",
@@ -414,6 +423,11 @@ class Metrics:
             self.refreshes.labels(account, outcome)
         self.refresh_duration.labels(account)
         self.beat_delay.labels(account)
+        for limit in TRIP_LIMITS:
+            self.trips.labels(account, limit)
+
+    def on_trip(self, account: str, limit: str) -> None:
+        self.trips.labels(account, limit).inc()
 
     def on_refresh(self, switch: Switch, outcome: str, duration_s: float) -> None:
         """The keeper's callback after every attempt."""

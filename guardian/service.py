@@ -27,6 +27,7 @@ from guardian.gateway.admin import Admin
 from guardian.gateway.app import Gateway, Trail
 from guardian.gateway.auth import LocalKeys
 from guardian.gateway.halt import Halts
+from guardian.gateway.trips import Trips
 from guardian.journal import Journal, JournalError
 from guardian.kraken.times import to_iso
 from guardian.metrics import Metrics
@@ -36,6 +37,7 @@ from guardian.stream.account import state_json as stream_json
 from guardian.stream.link import TickerLink
 from guardian.stream.maintenance import MaintenancePolicy
 from guardian.stream.settle import settle_unknown
+from guardian.stream.state import Fill, OrderClosed
 from guardian.switch import Switch, SwitchState
 
 log = structlog.get_logger("guardian.service")
@@ -71,7 +73,8 @@ class Service:
             observe=self._observe,
             public_rate_limit=config.server.public_rate_limit,
         )
-        self.halts = Halts(self.journal)  # the kill's follow-up watches (and, later, automatic halts)
+        self.halts = Halts(self.journal)  # the kill's follow-up watches, and the trips'
+        self.trips = Trips(self.journal, self.halts, on_trip=self.metrics.on_trip)
         # Each account's picture of itself (its private WebSocket, reconciled with REST), and one public
         # ticker link per exchange URL, shared by the accounts on it.
         self.streams = [self._stream(account) for account in self.accounts]
@@ -100,10 +103,16 @@ class Service:
             reserve=lambda: account.switch_reserve + account.bot_reserve,
             on_drift=lambda kind, _detail: self.metrics.on_drift(account.name, kind),
             on_fill=lambda fill: self.metrics.on_fill(account.name, fill),
-            on_events=account.exposure.observe,
+            on_events=lambda events: self._stream_events(account, events),
         )
         account.stream = stream
         return stream
+
+    def _stream_events(self, account: Account, events: list[Fill | OrderClosed]) -> None:
+        account.exposure.observe(events)
+        self.trips.on_events(account, events)
+        if any(isinstance(e, Fill) for e in events):
+            self.trips.check_loss(account)
 
     def _ticker_links(self) -> list[TickerLink]:
         """One public ticker link per exchange WebSocket URL, for the symbols in use by its accounts."""
@@ -161,7 +170,7 @@ class Service:
         token = self.config.server.admin_token
         if token is not None:
             accounts = {account.name: account for account in self.accounts}
-            app.add_routes(Admin(token, accounts, self.journal, self.halts).routes())
+            app.add_routes(Admin(token, accounts, self.journal, self.halts, self.trips).routes())
         return app
 
     def _observe(self, trail: Trail, total_s: float) -> None:
@@ -182,6 +191,7 @@ class Service:
                 account.mode = Mode.HALTED
             if account.mode is not Mode.ACTIVE:
                 log.warning("mode_restored", account=account.name, mode=account.mode.value)
+            self.trips.restore(account, self.journal.mode_rows().get(account.name))
         server = self.config.server
         self._runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
@@ -218,6 +228,10 @@ class Service:
             if stream.enabled:
                 try:
                     stream.state.restore_day(await self.journal.events_since("fill", stream.name, midnight))
+                    account = self.account(stream.name)
+                    for lift in await self.journal.events_since("trip_lifted", stream.name, midnight):
+                        if account is not None:
+                            self.trips.restore_lift(account, str(lift.get("limit")), midnight)
                     since = time.time() - OWNERS_LOOKBACK_S
                     for row in await self.journal.answered_since(stream.name, since, PLACING):
                         stream.placed(row["bot"], placed_ids(row["answer"] or {}, row["params"] or {}))
@@ -296,6 +310,7 @@ class Service:
             self._runner = None
         # A kill's follow-up cancels are about money: they finish (bounded) before the clients close.
         await self.halts.drain(SHUTDOWN_ACTION_S)
+        await self.trips.drain(SHUTDOWN_ACTION_S)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -405,6 +420,8 @@ class Service:
             await self._probe_journal()
             for policy in self.maintenance:
                 await policy.check()
+            for account in self.accounts:
+                self.trips.check_loss(account)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), REPORT_INTERVAL_S)
             self._wake.clear()

@@ -23,12 +23,10 @@ import structlog
 from aiohttp import web
 
 from guardian.account import Account, Mode
-from guardian.errors import ExchangeError
 from guardian.gateway.halt import Halts
 from guardian.gateway.http import read_capped
+from guardian.gateway.trips import Trips
 from guardian.journal import Journal, JournalError
-from guardian.kraken.client import classify
-from guardian.kraken.endpoints import endpoint
 from guardian.secret import Secret
 
 log = structlog.get_logger("guardian.admin")
@@ -48,12 +46,18 @@ class Admin:
     """The admin routes of one daemon."""
 
     def __init__(
-        self, token: Secret, accounts: Mapping[str, Account], journal: Journal, halts: Halts | None = None
+        self,
+        token: Secret,
+        accounts: Mapping[str, Account],
+        journal: Journal,
+        halts: Halts | None = None,
+        trips: Trips | None = None,
     ) -> None:
         self._token = token.reveal().encode()
         self._accounts = accounts
         self._journal = journal
         self._halts = halts or Halts(journal)
+        self._trips = trips
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -97,8 +101,22 @@ class Admin:
             raise AdminError(
                 400, "invalidArgument", f"mode must be one of {', '.join(m.value for m in Mode)}"
             ) from None
-        previous = await self._change(account, mode, reason=str(doc.get("reason") or "admin request"))
-        return 200, {"account": account.name, "mode": mode.value, "previous": previous.value}
+        reason = str(doc.get("reason") or "admin request")[:200]
+        trip = account.trip
+        if trip is not None:
+            reason = f"{reason}; lifts the {trip.limit} trip ({trip.reason})"
+        previous = await self._change(account, mode, reason=reason)
+        answer: dict[str, Any] = {"account": account.name, "mode": mode.value, "previous": previous.value}
+        if trip is not None and self._trips is not None:
+            self._trips.lift(account)
+            answer["lifted"] = trip.as_json()
+            log.warning("trip_lifted", account=account.name, limit=trip.limit, mode=mode.value, by="admin")
+            await self._journal_event(
+                "trip_lifted",
+                account,
+                {"limit": trip.limit, "trip": trip.reason, "mode": mode.value, "by": "admin"},
+            )
+        return 200, answer
 
     async def kill(self, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         account = self._account(doc)
@@ -113,16 +131,12 @@ class Admin:
             "previous": previous.value,
             "in_flight": len(flights),
         }
-        try:
-            raw = await account.gateway_client.send(endpoint("cancelallorders"))
-            account.budget.spend(endpoint("cancelallorders").cost)
-            answer["exchange"] = json.loads(raw.body) if raw.body else None
-            classify("cancelallorders", raw.status, raw.body)  # raises on an error answer
-        except (ExchangeError, ValueError) as exc:
-            answer["error"] = str(exc)
-            log.error("admin_kill_cancel_failed", account=account.name, error=str(exc))
+        answer["exchange"], error = await self._halts.cancel_everything(account)
+        if error is not None:
+            answer["error"] = error
+            log.error("admin_kill_cancel_failed", account=account.name, error=error)
             await self._journal_event(
-                "admin_kill", account, {"cancel": "failed", "error": str(exc), "in_flight": len(flights)}
+                "admin_kill", account, {"cancel": "failed", "error": error, "in_flight": len(flights)}
             )
             return 502, answer
         log.warning("admin_kill", account=account.name, exchange=answer["exchange"], in_flight=len(flights))

@@ -35,7 +35,6 @@ from guardian.gateway.refusal import Refusal
 from guardian.stream.state import Event, Fill, OrderClosed, StateView
 
 ZERO: Final = Decimal(0)
-_TINY: Final = Decimal("1e-18")
 _T = TypeVar("_T")
 RATE_WINDOW_S: Final = 60.0
 MAX_REMEMBERED: Final = 20_000  # fills and closes by order id, for answers that arrive after the stream
@@ -138,6 +137,7 @@ class Rule:
     figure: Callable[[Exposure, Candidate], Decimal]
     explain: Callable[[Exposure, Candidate, Decimal, Decimal], str]
     exempt: Callable[[Candidate], bool] = lambda c: False
+    at_limit_refuses: bool = False  # a figure exactly at the limit passes, except where this says
 
 
 def _same_side(view: Exposure, c: Candidate) -> Decimal:
@@ -317,13 +317,11 @@ RULES: Final[tuple[Rule, ...]] = (
         "max_daily_loss",
         "dailyLossLimitReached",
         True,
-        # At the limit: refused (a value exactly at a limit passes elsewhere; a loss at it has tripped).
-        lambda lim, c: (
-            None if lim.guard.max_daily_loss is None else Decimal(str(lim.guard.max_daily_loss)) - _TINY
-        ),
+        lambda lim, c: _dec(lim.guard.max_daily_loss),
         _loss_figure,
         _loss_why,
         _reduce_only,
+        at_limit_refuses=True,  # a loss at the limit has reached it
     ),
     Rule(
         "max_orders_per_minute",
@@ -357,7 +355,7 @@ def judge(view: Exposure, candidate: Candidate, limits: Limits, *, fresh: bool) 
                 f"{rule.name} needs it: no new risk until it is fresh again; reduce-only orders and cancels pass",
             )
         figure = rule.figure(view, candidate)
-        if figure > limit:
+        if figure > limit or (rule.at_limit_refuses and figure == limit):
             raise Refusal(rule.code, rule.explain(view, candidate, figure, limit))
 
 

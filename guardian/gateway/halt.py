@@ -29,7 +29,7 @@ from guardian.errors import ExchangeError
 from guardian.gateway.inflight import Flight
 from guardian.gateway.orders import OrderIntent
 from guardian.journal import Journal, JournalError
-from guardian.kraken.client import RawAnswer
+from guardian.kraken.client import RawAnswer, classify
 from guardian.kraken.endpoints import endpoint
 
 log = structlog.get_logger("guardian.halt")
@@ -139,6 +139,20 @@ class Halts:
         account.mode = Mode.HALTED
         account.mode_by = "halt"
         return account.in_flight.snapshot(bot)
+
+    async def cancel_everything(self, account: Account) -> tuple[Any, str | None]:
+        """`cancelallorders` at the exchange, now: (what the exchange said, None), or (what it said, the
+        error) when it failed or refused. Cancels always go out: the budget is spent, never asked."""
+        cancel = endpoint("cancelallorders")
+        doc: Any = None
+        try:
+            raw = await account.gateway_client.send(cancel)
+            account.budget.spend(cancel.cost)
+            doc = json.loads(raw.body) if raw.body else None
+            classify("cancelallorders", raw.status, raw.body)  # raises on an error answer
+        except (ExchangeError, ValueError) as exc:
+            return doc, str(exc)
+        return doc, None
 
     def follow(self, account: Account, flights: Sequence[Flight], *, why: str) -> None:
         """Watch each flight to its end and cancel what it left open (see the module's doc)."""
