@@ -45,6 +45,11 @@ class Mode(enum.StrEnum):
     HALTED = "halted"
 
 
+def bot_mode_key(account: str, bot: str) -> str:
+    """Where a bot's own mode is persisted in the journal's modes (account names never hold a '/')."""
+    return f"{account}/{bot}"
+
+
 _STRICTNESS = {Mode.ACTIVE: 0, Mode.REDUCE_ONLY: 1, Mode.HALTED: 2}
 
 
@@ -81,9 +86,8 @@ class Account:
         self.name = config.name
         self.mode = Mode.ACTIVE
         self.mode_by = "start"  # who set the mode last: admin, kill, maintenance (whose choice it is)
-        self.trip: Trip | None = (
-            None  # a latched limit trip (fill burst, daily loss), until a person lifts it
-        )
+        self.trip: Trip | None = None  # a latched limit trip (fill burst, daily loss), until lifted
+        self.bot_modes: dict[str, Mode] = {}  # each bot's own mode (POST /guardian/mode with "bot")
         self._on_refresh = on_refresh
         self.switch_client = self.client("switch", pool_size=SWITCH_POOL_SIZE)
         self.switch = Switch(
@@ -233,6 +237,11 @@ class Account:
             return False
         return True
 
+    def mode_for(self, bot: str | None) -> Mode:
+        """The mode a bot's request is judged by: the stricter of the account's and the bot's own."""
+        own = self.bot_modes.get(bot) if bot is not None else None
+        return self.mode if own is None else stricter(self.mode, own)
+
     @property
     def mode_value(self) -> str:
         return self.mode.value
@@ -249,6 +258,10 @@ class Account:
             "name": self.name,
             "mode": self.mode.value,
             "trip": None if self.trip is None else self.trip.as_json(),
+            "bots": [
+                {"name": c.name, "mode": self.bot_modes.get(c.name, Mode.ACTIVE).value}
+                for c in self.config.clients
+            ],
             "switch": self.switch.snapshot().as_json(),
             "rate_budget_available": round(self.budget.available(), 1),
             "rate_budget_kept_for_switch": round(self.switch_reserve, 1),

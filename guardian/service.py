@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 
 from guardian import __version__
-from guardian.account import Account, Mode
+from guardian.account import Account, Mode, bot_mode_key
 from guardian.config import Config
 from guardian.gateway.admin import Admin
 from guardian.gateway.app import Gateway, Trail
@@ -192,6 +192,11 @@ class Service:
             if account.mode is not Mode.ACTIVE:
                 log.warning("mode_restored", account=account.name, mode=account.mode.value)
             self.trips.restore(account, self.journal.mode_rows().get(account.name))
+            for client in account.config.clients:
+                own = modes.get(bot_mode_key(account.name, client.name))
+                if own is not None and own != Mode.ACTIVE.value:
+                    account.bot_modes[client.name] = Mode(own) if own in tuple(Mode) else Mode.HALTED
+                    log.warning("mode_restored", account=account.name, bot=client.name, mode=own)
         server = self.config.server
         self._runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S

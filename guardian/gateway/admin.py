@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from guardian.account import Account, Mode
+from guardian.account import Account, Mode, bot_mode_key
 from guardian.gateway.halt import Halts
 from guardian.gateway.http import read_capped
 from guardian.gateway.trips import Trips
@@ -92,8 +92,24 @@ class Admin:
             )
         return self._accounts[name]
 
+    @staticmethod
+    def _bot(account: Account, doc: Mapping[str, Any]) -> str | None:
+        """The `bot` a request names (None: the whole account); it must be one of the account's."""
+        if "bot" not in doc or doc["bot"] is None:
+            return None
+        names = [client.name for client in account.config.clients]
+        bot = doc["bot"]
+        if not isinstance(bot, str) or bot not in names:
+            raise AdminError(
+                400,
+                "invalidArgument",
+                f"bot must be one of account {account.name}'s: {', '.join(names) or 'none'}",
+            )
+        return bot
+
     async def set_mode(self, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         account = self._account(doc)
+        bot = self._bot(account, doc)
         raw = doc.get("mode")
         try:
             mode = Mode(str(raw))
@@ -102,6 +118,9 @@ class Admin:
                 400, "invalidArgument", f"mode must be one of {', '.join(m.value for m in Mode)}"
             ) from None
         reason = str(doc.get("reason") or "admin request")[:200]
+        if bot is not None:
+            previous = await self._change_bot(account, bot, mode, reason=reason)
+            return 200, {"account": account.name, "bot": bot, "mode": mode.value, "previous": previous.value}
         trip = account.trip
         if trip is not None:
             reason = f"{reason}; lifts the {trip.limit} trip ({trip.reason})"
@@ -120,6 +139,9 @@ class Admin:
 
     async def kill(self, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         account = self._account(doc)
+        bot = self._bot(account, doc)
+        if bot is not None:
+            return await self._kill_bot(account, bot)
         previous = account.mode
         # Halted now, and what was already forwarded is watched: the two in one step (see Halts.halt).
         flights = self._halts.halt(account)
@@ -146,6 +168,53 @@ class Admin:
             {"cancel": "done", "exchange": answer["exchange"], "in_flight": len(flights)},
         )
         return 200, answer
+
+    async def _kill_bot(self, account: Account, bot: str) -> tuple[int, dict[str, Any]]:
+        """That bot halted, and exactly its open orders cancelled; its requests in flight followed (by
+        cliOrdId where their outcome is unknown). Other bots trade on."""
+        previous = account.bot_modes.get(bot, Mode.ACTIVE)
+        flights = self._halts.halt(account, bot=bot)  # the bot's halt and its in-flight snapshot: one step
+        self._halts.follow(account, flights, why=f"kill of bot {bot}", one_bot=True)
+        await self._change_bot(account, bot, Mode.HALTED, reason="kill", previous=previous)
+        done = await self._halts.cancel_bot(account, bot)
+        answer: dict[str, Any] = {
+            "account": account.name,
+            "bot": bot,
+            "mode": Mode.HALTED.value,
+            "previous": previous.value,
+            "in_flight": len(flights),
+            **done,
+        }
+        failed = "error" in done or done["failed"]
+        (log.error if failed else log.warning)("admin_kill", account=account.name, bot=bot, **done)
+        await self._journal_event("admin_kill", account, {"bot": bot, "in_flight": len(flights), **done})
+        return (502 if failed else 200), answer
+
+    async def _change_bot(
+        self, account: Account, bot: str, mode: Mode, *, reason: str, previous: Mode | None = None
+    ) -> Mode:
+        """One bot's mode, persisted (the journal's modes, under `account/bot`) before it is answered."""
+        previous = account.bot_modes.get(bot, Mode.ACTIVE) if previous is None else previous
+        if mode is Mode.HALTED:
+            account.bot_modes[bot] = mode  # at once
+        try:
+            await self._journal.set_mode(
+                bot_mode_key(account.name, bot), mode.value, by="admin", reason=reason
+            )
+        except JournalError as exc:
+            if mode is not Mode.HALTED:
+                raise AdminError(503, "journalUnavailable", f"the mode was not changed: {exc}") from None
+            log.error("mode_not_persisted", account=account.name, bot=bot, mode=mode.value, error=str(exc))
+        account.bot_modes[bot] = mode
+        log.warning(
+            "mode_changed",
+            account=account.name,
+            bot=bot,
+            mode=mode.value,
+            previous=previous.value,
+            reason=reason,
+        )
+        return previous
 
     async def _change(
         self, account: Account, mode: Mode, *, reason: str, previous: Mode | None = None

@@ -90,6 +90,7 @@ class Decision:
     key_items: tuple[int, ...] = ()
     content: Hashable = None
     hold: exposure.Hold | None = None  # what the exposure guard holds for this request until it settles
+    bot: str | None = None  # the bot that sent it (its own mode applies too)
 
 
 class Gateway:
@@ -242,9 +243,14 @@ class Gateway:
         body = trail.body
         if endpoint.name not in ORDER_ENDPOINTS and endpoint.risk is not ep.Risk.NONE:
             decision.new_risk = await settings.judge(
-                account, endpoint, fields, path_params, lambda uid: self._rfq(account, uid)
+                account,
+                endpoint,
+                fields,
+                path_params,
+                lambda uid: self._rfq(account, uid),
+                mode=account.mode_for(caller.bot),
             )
-            decision.mode = account.mode
+            decision.mode = account.mode_for(caller.bot)
         out = Outbound(account, endpoint, query, body, request.method, request.path)
         cost = endpoint.cost_for(fields, decision.items)
         if endpoint.pool is ep.Pool.HISTORY:
@@ -313,7 +319,7 @@ class Gateway:
         self, account: Account, caller: Caller, endpoint: ep.Endpoint, fields: dict[str, str], trail: Trail
     ) -> Decision:
         name = endpoint.name
-        decision = Decision()
+        decision = Decision(bot=caller.bot)
         if name not in ORDER_ENDPOINTS:
             return decision  # reads: authentication and permission were the whole check
         if name == "sendorder":
@@ -361,14 +367,17 @@ class Gateway:
             originals = await self._batch_originals(account, decision.intents)
             marks = {s: account.marks.mark(s) for s in _symbols(decision.intents, originals)}
             self._gate(account, decision)
-            decision.mode = account.mode
+            decision.mode = account.mode_for(caller.bot)
             self._suspended(account, decision)
-            rules.check_batch(decision.intents, account.mode, account.config.guard, marks, originals)
+            try:
+                rules.check_batch(decision.intents, decision.mode, account.config.guard, marks, originals)
+            except Refusal as refusal:
+                raise _named(account, caller.bot, refusal) from None
             decision.hold = self._hold(account, caller, decision, _merged_batch(decision.intents, originals))
             return decision
         [intent] = decision.intents
-        decision.mode = account.mode
-        rules.check_mode(account.mode, intent)
+        decision.mode = account.mode_for(caller.bot)
+        _check_mode(account, caller.bot, intent)
         self._gate(account, decision)
         self._suspended(account, decision)
         if isinstance(intent, OrderIntent):
@@ -449,12 +458,12 @@ class Gateway:
 
     @staticmethod
     def _halted(account: Account, decision: Decision) -> None:
-        if account.mode is not Mode.HALTED:
+        if account.mode_for(decision.bot) is not Mode.HALTED:
             return
         for index, intent in enumerate(decision.intents):
             if isinstance(intent, OrderIntent):
                 try:
-                    rules.check_mode(account.mode, intent)
+                    _check_mode(account, decision.bot, intent)
                 except Refusal as refusal:
                     raise (refusal.for_item(index, intent.order_tag) if decision.items else refusal) from None
 
@@ -463,13 +472,14 @@ class Gateway:
         """The last look before new risk leaves (journaling it was a wait): a halt, a stricter mode or a
         switch no longer armed that took effect meanwhile still stops it. The caller registers the
         request as in flight right after, with no wait between: a halt either refuses it here or sees it."""
-        if account.mode is not decision.mode and endpoint.name not in ORDER_ENDPOINTS:
-            settings.check_mode_and_gate(account, endpoint)  # a setting or an RFQ offer
-        elif account.mode is not decision.mode:
+        mode = account.mode_for(decision.bot)
+        if mode is not decision.mode and endpoint.name not in ORDER_ENDPOINTS:
+            settings.check_mode_and_gate(account, endpoint, mode)  # a setting or an RFQ offer
+        elif mode is not decision.mode:
             for index, intent in enumerate(decision.intents):
                 if isinstance(intent, OrderIntent):
                     try:
-                        rules.check_mode(account.mode, intent)
+                        _check_mode(account, decision.bot, intent)
                     except Refusal as refusal:
                         raise (
                             refusal.for_item(index, intent.order_tag) if decision.items else refusal
@@ -918,6 +928,28 @@ def _decimal(value: object) -> Decimal | None:
     except InvalidOperation:
         return None
     return number if number.is_finite() else None
+
+
+def _check_mode(account: Account, bot: str | None, intent: GuardedIntent) -> None:
+    """The mode check for `bot`'s request: the stricter of the account's mode and the bot's own."""
+    try:
+        rules.check_mode(account.mode_for(bot), intent)
+    except Refusal as refusal:
+        raise _named(account, bot, refusal) from None
+
+
+def _named(account: Account, bot: str | None, refusal: Refusal) -> Refusal:
+    """A mode refusal that the bot's own mode caused says so (rather than "this account")."""
+    if refusal.code not in ("tradingHalted", "reduceOnlyMode") or account.mode_for(bot) is account.mode:
+        return refusal
+    mode = account.mode_for(bot).value
+    return Refusal(
+        refusal.code,
+        f"bot {bot!r} is {mode} (POST /guardian/mode with its name sets it back); other bots are not: "
+        + ("only cancels pass" if mode == "halted" else "only reduce-only orders and cancels pass"),
+        item=refusal.item,
+        order_tag=refusal.order_tag,
+    )
 
 
 def _no_owner(order_id: str | None, cli_ord_id: str | None) -> str | None:
