@@ -23,6 +23,7 @@ from aiohttp import web
 from guardian import __version__
 from guardian.account import Account, Mode, bot_mode_key
 from guardian.config import Config
+from guardian.gateway import exposure
 from guardian.gateway.admin import Admin
 from guardian.gateway.app import Gateway, Trail
 from guardian.gateway.auth import LocalKeys
@@ -37,7 +38,7 @@ from guardian.stream.account import state_json as stream_json
 from guardian.stream.link import TickerLink
 from guardian.stream.maintenance import MaintenancePolicy
 from guardian.stream.settle import settle_unknown
-from guardian.stream.state import Fill, OrderClosed
+from guardian.stream.state import Fill, OrderClosed, StateView
 from guardian.switch import Switch, SwitchState
 
 log = structlog.get_logger("guardian.service")
@@ -79,6 +80,7 @@ class Service:
         # ticker link per exchange URL, shared by the accounts on it.
         self.streams = [self._stream(account) for account in self.accounts]
         self.metrics.watch_streams(lambda: self.streams)
+        self.metrics.watch_limits(self.limit_records)
         self.tickers = self._ticker_links()
         self.maintenance = [MaintenancePolicy(account, self.journal) for account in self.accounts]
         self._ws_session: aiohttp.ClientSession | None = None
@@ -383,10 +385,64 @@ class Service:
                 "last_error": self.journal.last_error,
             },
             "accounts": [
-                {**account.as_json(), **(stream_json(account.stream) if account.stream else {})}
+                {
+                    **account.as_json(),
+                    **(stream_json(account.stream) if account.stream else {}),
+                    **self.limits_json(account),
+                }
                 for account in self.accounts
             ],
         }
+
+    def exposure_view(self, account: Account, bot: str | None = None) -> exposure.Exposure:
+        """The account as the exposure guard sees it now (for a bot's own figures, with `bot`)."""
+        stream = account.stream
+        return account.exposure.exposure(
+            stream.view() if stream is not None else StateView(),
+            marks=account.marks.mark,
+            owner=stream.owner if stream is not None else (lambda _o, _c: None),
+            reconciles=stream.reconciles if stream is not None else 0,
+            bot=bot,
+        )
+
+    def limits(self, account: Account) -> list[exposure.Usage]:
+        view = self.exposure_view(account)
+        return exposure.usage(view, account.config.guard, fills_in_window=self.trips.fills_in_window(account))
+
+    def limits_json(self, account: Account) -> dict[str, object]:
+        """The exposure fields of `/guardian/state` (contract names): `limits`, `daily_pnl`, and each bot's
+        mode and own limits under `bots`."""
+        view = self.exposure_view(account)
+        bots = []
+        for client in account.config.clients:
+            own = exposure.bot_usage(
+                self.exposure_view(account, client.name),
+                exposure.Limits(account.config.guard, client),
+                client.name,
+            )
+            bots.append(
+                {
+                    "name": client.name,
+                    "mode": account.bot_modes.get(client.name, Mode.ACTIVE).value,
+                    "limits": [u.as_json() for u in own],
+                }
+            )
+        fresh = account.stream is not None and account.stream.fresh()
+        return {
+            "limits": [u.as_json() for u in self.limits(account)],
+            "daily_pnl": float(view.daily_pnl) if view.daily_pnl is not None and fresh else None,
+            "bots": bots,
+        }
+
+    def limit_records(self) -> list[tuple[str, list[exposure.Usage], float | None, dict[str, str]]]:
+        """For the metrics, at scrape time: each account's limits' usage, daily PnL, and bots' modes."""
+        found = []
+        for account in self.accounts:
+            fresh = account.stream is not None and account.stream.fresh()
+            pnl = exposure.daily_pnl(account.stream.view()) if account.stream is not None and fresh else None
+            modes = {c.name: account.bot_modes.get(c.name, Mode.ACTIVE).value for c in account.config.clients}
+            found.append((account.name, self.limits(account), None if pnl is None else float(pnl), modes))
+        return found
 
     def status_line(self, states: Mapping[str, SwitchState] | None = None) -> str:
         """One line for systemd's STATUS=: each account's switch state (as observed, or now)."""

@@ -9,12 +9,14 @@ import asyncio
 import base64
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import aiohttp
 import pytest
 
 from guardian.config import ClientConfig, GuardConfig, StreamConfig, SwitchConfig
@@ -30,7 +32,7 @@ from guardian.sim.faults import Fault
 from guardian.sim.ws import StreamSettings
 from guardian.switch import SwitchState
 from tests.conftest import running_sim
-from tests.daemon import account_config, serving, wait_for
+from tests.daemon import account_config, scrape, serving, wait_for
 
 ADMIN = "admin-token-for-the-exposure-tests"
 SWITCH = SwitchConfig(refresh_min_s=1.0, refresh_max_s=1.5, timeout_s=5, min_remaining_s=1.0)
@@ -344,3 +346,53 @@ async def test_run_sim_configures_the_limits_an_account_with_bots_needs() -> Non
         assert guard.max_orders_per_minute and guard.max_fills_per_minute and guard.max_open_orders_total
     finally:
         await demo.close()
+
+
+# ---- what guardian shows -------------------------------------------------------------------------------
+
+
+async def test_the_limits_usage_shows_in_the_state_the_metrics_and_guardian_status(
+    exchange: Simulator, tmp_path: Path
+) -> None:
+    bots = (client(0, max_orders_per_minute=10, max_open_orders=4), client(1))
+    limits = {
+        "max_position": 5,
+        "max_open_orders_total": 10,
+        "max_daily_loss": 1000.0,
+        "max_fills_per_minute": 50,
+    }
+    async with guarded(exchange, tmp_path, clients=bots, **limits) as service, bot(service) as b:
+        await b.send_order(**{**MKT, "size": 3})
+        await b.send_order(**limit_buy(below(exchange)))
+        await shown(service, orders=1, pos=Decimal(3))
+        state = service.state_json()["accounts"][0]  # type: ignore[index]
+        found = {(u["name"], u.get("symbol")): (u["used"], u["limit"], u["ratio"]) for u in state["limits"]}
+        assert found[("max_position", SYMBOL)] == (4.0, 5.0, 0.8)
+        assert found[("max_open_orders_total", None)] == (1.0, 10.0, 0.1)
+        assert found[("max_fills_per_minute", None)] == (1.0, 50.0, 0.02)
+        assert found[("max_daily_loss", None)][1] == 1000.0
+        assert state["daily_pnl"] is not None
+        [bot0, bot1] = state["bots"]
+        assert bot0["mode"] == "active" and bot1 == {"name": "bot-1", "mode": "active", "limits": []}
+        own = {u["name"]: (u["used"], u["limit"]) for u in bot0["limits"]}
+        assert own == {"max_orders_per_minute": (2.0, 10.0), "max_open_orders": (1.0, 4.0)}
+        async with aiohttp.ClientSession() as http:
+            samples = await scrape(http, service.url)
+        labels = frozenset({("account", "main"), ("limit", "max_position"), ("symbol", SYMBOL)})
+        assert samples[("guardian_limit_usage_ratio", labels)] == 0.8
+        total = frozenset({("account", "main"), ("limit", "max_open_orders_total"), ("symbol", "")})
+        assert samples[("guardian_limit_usage_ratio", total)] == 0.1
+        assert ("guardian_daily_pnl", frozenset({("account", "main")})) in samples
+        mode = frozenset({("account", "main"), ("bot", "bot-0"), ("mode", "active")})
+        assert samples[("guardian_bot_mode", mode)] == 1
+        trips = frozenset({("account", "main"), ("limit", "max_daily_loss")})
+        assert samples[("guardian_limit_trips_total", trips)] == 0
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "guardian", "status", "--url", service.url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode()
+    assert f"max_position {SYMBOL}: 4 of 5 (80 %)" in text
+    assert "max_open_orders_total: 1 of 10 (10 %)" in text
+    assert "bot     bot-0: active (max_orders_per_minute 2/10, max_open_orders 1/4)" in text

@@ -359,6 +359,79 @@ def judge(view: Exposure, candidate: Candidate, limits: Limits, *, fresh: bool) 
             raise Refusal(rule.code, rule.explain(view, candidate, figure, limit))
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One limit's usage, for /guardian/state, the metrics and `guardian status`."""
+
+    name: str
+    used: Decimal
+    limit: Decimal
+    symbol: str = ""  # "" for account-wide (and per-bot) limits
+    bot: str | None = None
+
+    @property
+    def ratio(self) -> float:
+        return float(self.used / self.limit) if self.limit else 0.0
+
+    def as_json(self) -> dict[str, object]:
+        found: dict[str, object] = {"name": self.name, "used": float(self.used), "limit": float(self.limit)}
+        if self.symbol:
+            found["symbol"] = self.symbol
+        found["ratio"] = round(self.ratio, 4)
+        return found
+
+
+def usage(view: Exposure, guard: GuardConfig, *, fills_in_window: int) -> list[Usage]:
+    """How much of each account-wide and per-symbol limit that is on is used now (the worst case, as the
+    rules count it: a new order of size 0 would lead to these figures). Symbols: those configured, held
+    or worked."""
+    found: list[Usage] = []
+    symbols = sorted({*(guard.symbols or ()), *view.positions, *(w.symbol for w in view.working)})
+    for symbol in symbols:
+        limits = guard.limits_for(symbol)
+        if limits.max_position is not None:
+            buy = Candidate(symbol, "buy", ZERO, False, None, None)
+            sell = Candidate(symbol, "sell", ZERO, False, None, None)
+            used = max(_position_figure(view, buy), _position_figure(view, sell), ZERO)
+            found.append(Usage("max_position", used, _dec(limits.max_position) or ZERO, symbol))
+        if limits.max_open_orders is not None:
+            count = Decimal(sum(1 for w in view.working if w.symbol == symbol))
+            found.append(Usage("max_open_orders", count, Decimal(limits.max_open_orders), symbol))
+    if guard.max_open_orders_total is not None:
+        found.append(
+            Usage("max_open_orders_total", Decimal(len(view.working)), Decimal(guard.max_open_orders_total))
+        )
+    if guard.max_gross_notional is not None:
+        nothing = Candidate(symbols[0] if symbols else "", "buy", ZERO, False, ZERO, None)
+        try:
+            gross = _gross_figure(view, nothing)
+        except Refusal:  # a mark is missing: no figure rather than a wrong one
+            gross = None
+        if gross is not None:
+            found.append(Usage("max_gross_notional", gross, _dec(guard.max_gross_notional) or ZERO))
+    if guard.max_daily_loss is not None and view.daily_pnl is not None:
+        loss = max(ZERO, -view.daily_pnl)
+        found.append(Usage("max_daily_loss", loss, _dec(guard.max_daily_loss) or ZERO))
+    if guard.max_fills_per_minute is not None:
+        found.append(
+            Usage("max_fills_per_minute", Decimal(fills_in_window), Decimal(guard.max_fills_per_minute))
+        )
+    return found
+
+
+def bot_usage(view: Exposure, limits: Limits, bot: str) -> list[Usage]:
+    """A bot's own limits' usage: its orders in the last minute, its open orders."""
+    found: list[Usage] = []
+    rate = limits.orders_per_minute()
+    if rate is not None:
+        found.append(Usage("max_orders_per_minute", Decimal(view.bot_orders), rate, bot=bot))
+    own = limits.bot_open_orders()
+    if own is not None:
+        count = Decimal(sum(1 for w in view.working if w.bot == bot))
+        found.append(Usage("max_open_orders", count, own, bot=bot))
+    return found
+
+
 def daily_pnl(state: StateView) -> Decimal:
     """Realised PnL since 00:00 UTC, plus unrealised, net of fees."""
     unrealised = state.balances.unrealized_pnl
