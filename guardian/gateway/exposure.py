@@ -11,8 +11,9 @@ Worst case, on purpose:
 - the check and the hold are one synchronous step (`Book.judge`): two bots' orders judged at the same
   moment see each other, so together they can never overshoot a limit.
 
-A hold ends when the exchange's answer shows nothing placed (a rejection), when the order is closed or
-filled in the stream, or, whatever happened (an outcome unknown, a market order's unfilled rest), once two
+A hold ends when the exchange's answer shows nothing placed (a rejection), when the stream shows the
+order open at least as large (it counts there from then on), when the order is closed or filled in the
+stream, or, whatever happened (an outcome unknown, a market order's unfilled rest), once two
 reconciliations with REST have completed after the answer: REST's picture then has it.
 
 Orders that can only reduce a position (`reduceOnly=true`) are exempt from `max_position` and the
@@ -478,6 +479,7 @@ class Held:
     cli_ord_id: str | None
     order_id: str | None = None
     tag: str | None = None  # a batch send item's order_tag, to find its status in the answer
+    edit: bool = False  # an edit of the open order `order_id`
     answered: bool = False
     settle_at: int | None = None  # released once the stream has completed this many reconciliations
 
@@ -541,10 +543,12 @@ class Book:
             if order.cli_ord_id:
                 working[order.cli_ord_id] = working[order.order_id]
         extra: list[Working] = []
-        for held in self._held:
+        for held in list(self._held):
             shown = next((working[k] for k in held.keys if k in working), None)
             if shown is None:
                 extra.append(held.order)
+            elif held.answered and shown.remaining >= held.order.remaining:
+                self._drop(held)  # the stream shows it at least as large: the open order counts it now
             elif held.order.remaining > shown.remaining:
                 bigger = replace(shown, remaining=held.order.remaining)
                 for key in {shown.key, *held.keys}:
@@ -601,6 +605,7 @@ class Book:
                 c.cli_ord_id,
                 order_id=c.replaces,
                 tag=c.order_tag,
+                edit=c.replaces is not None,
             )
             self._held.append(held)
             hold.items.append(held)
@@ -632,6 +637,9 @@ class Book:
                 self._drop(held)
                 continue
             held.order_id = order_id or held.order_id
+            if held.edit:  # applied: the order's earlier holds (its send, older edits) no longer say its size
+                for other in [h for h in self._held if h is not held and held.order_id in h.keys]:
+                    self._drop(other)
             if held.order_id:
                 self._apply_known(held, held.order_id)
 
