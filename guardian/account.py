@@ -8,6 +8,7 @@ import contextlib
 import enum
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
@@ -15,10 +16,12 @@ import structlog
 from guardian.config import AccountConfig, OnShutdown
 from guardian.errors import ExchangeError
 from guardian.gateway.dedupe import RecentOrders
+from guardian.gateway.exposure import Book
 from guardian.gateway.inflight import InFlight
 from guardian.gateway.marks import Marks
 from guardian.kraken.client import Credentials, KrakenClient
 from guardian.kraken.endpoints import endpoint
+from guardian.kraken.times import to_iso
 from guardian.ratelimit import CostBudget
 from guardian.switch import Switch
 
@@ -42,6 +45,33 @@ class Mode(enum.StrEnum):
     HALTED = "halted"
 
 
+def bot_mode_key(account: str, bot: str) -> str:
+    """Where a bot's own mode is persisted in the journal's modes (account names never hold a '/')."""
+    return f"{account}/{bot}"
+
+
+_STRICTNESS = {Mode.ACTIVE: 0, Mode.REDUCE_ONLY: 1, Mode.HALTED: 2}
+
+
+def stricter(a: Mode, b: Mode) -> Mode:
+    """The stricter of two modes."""
+    return a if _STRICTNESS[a] >= _STRICTNESS[b] else b
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    """A latched limit trip: which limit (`max_fills_per_minute`, `max_daily_loss`), why, when (epoch s),
+    and the mode it moved the account to. Only POST /guardian/mode lifts it."""
+
+    limit: str
+    reason: str
+    at: float
+    mode: Mode
+
+    def as_json(self) -> dict[str, object]:
+        return {"limit": self.limit, "reason": self.reason, "at": to_iso(self.at), "mode": self.mode.value}
+
+
 class Account:
     """An account's moving parts. `start()` begins the switch's beat; `stop_switch()` ends it."""
 
@@ -56,6 +86,8 @@ class Account:
         self.name = config.name
         self.mode = Mode.ACTIVE
         self.mode_by = "start"  # who set the mode last: admin, kill, maintenance (whose choice it is)
+        self.trip: Trip | None = None  # a latched limit trip (fill burst, daily loss), until lifted
+        self.bot_modes: dict[str, Mode] = {}  # each bot's own mode (POST /guardian/mode with "bot")
         self._on_refresh = on_refresh
         self.switch_client = self.client("switch", pool_size=SWITCH_POOL_SIZE)
         self.switch = Switch(
@@ -76,6 +108,7 @@ class Account:
         self.budget = CostBudget(guard.rate_budget, guard.rate_window_s + RATE_WINDOW_MARGIN_S)
         self.recent = RecentOrders(guard.dedupe_window_s)
         self.in_flight = InFlight()  # new-risk requests forwarded and not yet settled, for a halt to watch
+        self.exposure = Book()  # orders let out that the stream has not shown yet, and the bots' rates
         self.stream: AccountStream | None = None  # the account's picture of itself (set by the service)
         refresh = endpoint("cancelallordersafter").cost
         # What the switch may spend in any one window: every refresh that fits, plus one retry. Its spends
@@ -204,6 +237,11 @@ class Account:
             return False
         return True
 
+    def mode_for(self, bot: str | None) -> Mode:
+        """The mode a bot's request is judged by: the stricter of the account's and the bot's own."""
+        own = self.bot_modes.get(bot) if bot is not None else None
+        return self.mode if own is None else stricter(self.mode, own)
+
     @property
     def mode_value(self) -> str:
         return self.mode.value
@@ -219,6 +257,11 @@ class Account:
         return {
             "name": self.name,
             "mode": self.mode.value,
+            "trip": None if self.trip is None else self.trip.as_json(),
+            "bots": [
+                {"name": c.name, "mode": self.bot_modes.get(c.name, Mode.ACTIVE).value}
+                for c in self.config.clients
+            ],
             "switch": self.switch.snapshot().as_json(),
             "rate_budget_available": round(self.budget.available(), 1),
             "rate_budget_kept_for_switch": round(self.switch_reserve, 1),

@@ -106,6 +106,16 @@ class SymbolLimits:
     max_order_size: float | None = None
     max_notional: float | None = None
     price_band_pct: float | None = None
+    max_position: float | None = None  # contracts: the largest absolute net position, counted worst case
+    max_open_orders: int | None = None  # open orders in the symbol (worst case: unsettled ones count)
+
+
+class LossAction(enum.StrEnum):
+    """What the account moves to when the daily loss limit trips (`on_loss_limit`)."""
+
+    REDUCE_ONLY = "reduce_only"
+    HALTED = "halted"
+    HALTED_AND_CANCEL = "halted_and_cancel"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +126,17 @@ class GuardConfig:
     price_band_pct: float | None = None
     max_leverage: float | None = None  # the highest leverage a settings call may set; None: any
     per_symbol: Mapping[str, SymbolLimits] = field(default_factory=lambda: MappingProxyType({}))
+    # The exposure limits (guardian.gateway.exposure); None: off.
+    max_position: float | None = None
+    max_open_orders: int | None = None
+    max_open_orders_total: int | None = None
+    max_gross_notional: float | None = None
+    max_orders_per_minute: int | None = None  # each bot's, unless its client table sets its own
+    max_fills_per_minute: int | None = None  # the account's: a burst halts it (latched) and cancels
+    max_daily_loss: float | None = None  # quote currency: at the limit the account moves to on_loss_limit
+    on_loss_limit: LossAction = LossAction.REDUCE_ONLY
+    duplicate_window_s: float = 0.0  # the same order again from the same bot under a new cliOrdId; 0: off
+    allow_unlimited: bool = False  # an account with bots may run without max_position and max_daily_loss
     # How the guard works, rather than what it allows:
     mark_poll_s: float = 2.0  # how often the marks are read from the exchange's tickers
     mark_max_age_s: float = 10.0  # an older mark is no mark: rules needing one refuse (fail closed)
@@ -132,11 +153,27 @@ class GuardConfig:
     def limits_for(self, symbol: str) -> SymbolLimits:
         """The limits that apply to `symbol`: its own override where set, else the account's."""
         own = self.per_symbol.get(symbol, SymbolLimits())
+        open_orders = own.max_open_orders if own.max_open_orders is not None else self.max_open_orders
         return SymbolLimits(
             max_order_size=_first(own.max_order_size, self.max_order_size),
             max_notional=_first(own.max_notional, self.max_notional),
             price_band_pct=_first(own.price_band_pct, self.price_band_pct),
+            max_position=_first(own.max_position, self.max_position),
+            max_open_orders=open_orders,
         )
+
+    def unlimited(self) -> list[str]:
+        """The limits an account with bots must set unless `allow_unlimited` says it is a choice: the keys
+        missing (max_position counts as set when every listed symbol has its own)."""
+        missing = []
+        per_symbol = self.symbols is not None and all(
+            self.per_symbol.get(s, SymbolLimits()).max_position is not None for s in self.symbols
+        )
+        if self.max_position is None and not per_symbol:
+            missing.append("max_position")
+        if self.max_daily_loss is None:
+            missing.append("max_daily_loss")
+        return missing
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +204,8 @@ class ClientConfig:
     permissions: frozenset[Permission]
     rate_budget: float | None = None  # this bot's own share: cost units per the account's rate_window_s
     public_rate_limit: float = DEFAULT_BOT_PUBLIC_RATE_LIMIT  # its public requests per second to the exchange
+    max_orders_per_minute: int | None = None  # new orders and edits; None: the account's guard value
+    max_open_orders: int | None = None  # the open orders this bot placed; None: no limit of its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +278,16 @@ class Config:
                 "  guard: symbols "
                 + (", ".join(guard.symbols) if guard.symbols else "any")
                 + "; "
-                + _limits_text(SymbolLimits(guard.max_order_size, guard.max_notional, guard.price_band_pct)),
+                + _limits_text(
+                    SymbolLimits(
+                        guard.max_order_size,
+                        guard.max_notional,
+                        guard.price_band_pct,
+                        guard.max_position,
+                        guard.max_open_orders,
+                    )
+                ),
+                f"  exposure: {_exposure_text(guard)}",
             ]
             lines += [f"    {symbol}: {_limits_text(own)}" for symbol, own in guard.per_symbol.items()]
             lines.append(
@@ -369,6 +417,8 @@ def parse_config(
         )
     accounts = tuple(_account(table, found) for table in tables)
     _check_unique(accounts)
+    for i, account in enumerate(accounts):
+        _check_limited(f"accounts[{i}].guard", account)
     return Config(
         accounts=accounts,
         server=ServerConfig(host, port, admin_token, public_rate_limit),
@@ -388,7 +438,17 @@ _JOURNAL_KEYS = ("path", "retention_days")
 _ACCOUNT_KEYS = ("name", "base_url", *_secret_keys("api_key"), *_secret_keys("api_secret"), "nonce")
 NONCE_CHOICES: Final = (*NONCE_UNITS, "off")
 _SWITCH_KEYS = ("refresh_min_s", "refresh_max_s", "timeout_s", "min_remaining_s", "on_shutdown")
-_LIMIT_KEYS = ("max_order_size", "max_notional", "price_band_pct")
+_LIMIT_KEYS = ("max_order_size", "max_notional", "price_band_pct", "max_position", "max_open_orders")
+_EXPOSURE_KEYS = (
+    "max_open_orders_total",
+    "max_gross_notional",
+    "max_orders_per_minute",
+    "max_fills_per_minute",
+    "max_daily_loss",
+    "on_loss_limit",
+    "duplicate_window_s",
+    "allow_unlimited",
+)
 _GUARD_SETTINGS = (
     "mark_poll_s",
     "mark_max_age_s",
@@ -406,6 +466,8 @@ _CLIENT_KEYS = (
     "permissions",
     "rate_budget",
     "public_rate_limit",
+    "max_orders_per_minute",
+    "max_open_orders",
 )
 
 
@@ -425,7 +487,9 @@ def _account(table: _Table, found: _Secrets) -> AccountConfig:
     api_secret = found.api_secret(table)
     switch = _switch(table.table("switch", _SWITCH_KEYS))
     guard = _guard(
-        table.table("guard", ("symbols", *_LIMIT_KEYS, "max_leverage", *_GUARD_SETTINGS, "symbol"))
+        table.table(
+            "guard", ("symbols", *_LIMIT_KEYS, *_EXPOSURE_KEYS, "max_leverage", *_GUARD_SETTINGS, "symbol")
+        )
     )
     clients = tuple(_client(client, found) for client in table.array("clients"))
     nonce = table.choice("nonce", NONCE_CHOICES, "milliseconds")
@@ -500,8 +564,20 @@ def _limits(table: _Table) -> SymbolLimits:
             f"{table.key('price_band_pct')} must be below 100 (a percentage away from the mark), got {band:g}"
         )
     return SymbolLimits(
-        table.optional_number("max_order_size", above=0), table.optional_number("max_notional", above=0), band
+        table.optional_number("max_order_size", above=0),
+        table.optional_number("max_notional", above=0),
+        band,
+        table.optional_number("max_position", above=0),
+        _count(table, "max_open_orders"),
     )
+
+
+def _count(table: _Table, name: str) -> int | None:
+    """A limit that counts things: a whole number, at least 1, or absent (off)."""
+    value = table.get(name, int, None)
+    if value is not None and value < 1:
+        raise ConfigError(f"{table.key(name)} must be a whole number of at least 1, got {value}")
+    return value  # type: ignore[no-any-return]
 
 
 def _guard(table: _Table) -> GuardConfig:
@@ -555,6 +631,16 @@ def _guard(table: _Table) -> GuardConfig:
         maintenance_reduce_only_s=table.number(
             "maintenance_reduce_only_s", defaults.maintenance_reduce_only_s, at_least=0
         ),
+        max_position=limits.max_position,
+        max_open_orders=limits.max_open_orders,
+        max_open_orders_total=_count(table, "max_open_orders_total"),
+        max_gross_notional=table.optional_number("max_gross_notional", above=0),
+        max_orders_per_minute=_count(table, "max_orders_per_minute"),
+        max_fills_per_minute=_count(table, "max_fills_per_minute"),
+        max_daily_loss=table.optional_number("max_daily_loss", above=0),
+        on_loss_limit=LossAction(table.choice("on_loss_limit", tuple(LossAction), "reduce_only")),
+        duplicate_window_s=table.number("duplicate_window_s", 0.0, at_least=0),
+        allow_unlimited=table.get("allow_unlimited", bool, False),
     )
 
 
@@ -582,7 +668,28 @@ def _client(table: _Table, found: _Secrets) -> ClientConfig:
         )
     rate_budget = table.optional_number("rate_budget", above=0)
     public = table.number("public_rate_limit", DEFAULT_BOT_PUBLIC_RATE_LIMIT, above=0)
-    return ClientConfig(name, api_key, api_secret, frozenset(Permission(p) for p in raw), rate_budget, public)
+    return ClientConfig(
+        name,
+        api_key,
+        api_secret,
+        frozenset(Permission(p) for p in raw),
+        rate_budget,
+        public,
+        max_orders_per_minute=_count(table, "max_orders_per_minute"),
+        max_open_orders=_count(table, "max_open_orders"),
+    )
+
+
+def _check_limited(where: str, account: AccountConfig) -> None:
+    """An account with bots has max_position and max_daily_loss, or says out loud that it runs without."""
+    missing = account.guard.unlimited()
+    if account.clients and missing and not account.guard.allow_unlimited:
+        keys = " and ".join(f"{where}.{key}" for key in missing)
+        raise ConfigError(
+            f"account {account.name} has bots but no {keys}: a runaway bot of small orders would meet no "
+            f"limit. Set {'them' if len(missing) > 1 else 'it'}, or say the choice out loud with "
+            f"{where}.allow_unlimited = true"
+        )
 
 
 def _check_unique(accounts: Sequence[AccountConfig]) -> None:
@@ -670,8 +777,27 @@ def _limits_text(limits: SymbolLimits) -> str:
         f"max order size {limits.max_order_size:g}" if limits.max_order_size is not None else None,
         f"max notional {limits.max_notional:g}" if limits.max_notional is not None else None,
         f"price band {limits.price_band_pct:g}%" if limits.price_band_pct is not None else None,
+        f"max position {limits.max_position:g}" if limits.max_position is not None else None,
+        f"max open orders {limits.max_open_orders}" if limits.max_open_orders is not None else None,
     ]
     return ", ".join(p for p in parts if p) or "no limits"
+
+
+def _exposure_text(guard: GuardConfig) -> str:
+    parts = [
+        f"max open orders total {guard.max_open_orders_total}" if guard.max_open_orders_total else None,
+        f"max gross notional {guard.max_gross_notional:g}" if guard.max_gross_notional else None,
+        f"max orders per minute per bot {guard.max_orders_per_minute}"
+        if guard.max_orders_per_minute
+        else None,
+        f"max fills per minute {guard.max_fills_per_minute}" if guard.max_fills_per_minute else None,
+        f"max daily loss {guard.max_daily_loss:g} (then {guard.on_loss_limit.value})"
+        if guard.max_daily_loss
+        else None,
+        f"duplicates refused within {guard.duplicate_window_s:g} s" if guard.duplicate_window_s else None,
+        "allow_unlimited" if guard.allow_unlimited else None,
+    ]
+    return ", ".join(p for p in parts if p) or "no account-wide limits"
 
 
 def _account_warnings(where: str, account: AccountConfig) -> Iterator[str]:
@@ -704,6 +830,9 @@ def _account_warnings(where: str, account: AccountConfig) -> Iterator[str]:
                 yield f"{label}: {where}.guard.{limit} is not set: {effect}{scope}"
     if not account.clients:
         yield f"{label}: no [[accounts.clients]]: no bot can trade through guardian for this account"
+    elif guard.allow_unlimited and guard.unlimited():
+        missing = " and ".join(guard.unlimited())
+        yield f"{label}: {where}.guard.allow_unlimited = true: no {missing}, by choice"
     if not account.stream.enabled:
         yield (
             f"{label}: {where}.stream.enabled = false: guardian does not watch this account's fills, positions, "

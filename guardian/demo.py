@@ -69,6 +69,13 @@ async def start_demo(host: str, port: int, *, seed: int | None = None, log: LogC
             max_notional=1_000_000.0,
             price_band_pct=10.0,
             max_leverage=10.0,
+            # The exposure limits a demo bot meets: a loop of small orders stops at these.
+            max_position=100.0,
+            max_open_orders_total=200,
+            max_gross_notional=50_000_000.0,
+            max_orders_per_minute=600,
+            max_fills_per_minute=300,
+            max_daily_loss=100_000.0,
         ),
         clients=(bot,),
     )

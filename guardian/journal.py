@@ -186,6 +186,7 @@ class Journal:
         self._thread: threading.Thread | None = None
         self._open = False
         self._modes: dict[str, str] = {}
+        self._mode_rows: dict[str, dict[str, Any]] = {}  # who set each mode, when, why
         self._failures = 0  # failed transactions since the last success
         self._failure_logged_at = -math.inf
         self._outcomes: list[Write] = []  # finish() writes not yet handed to the writer
@@ -211,13 +212,16 @@ class Journal:
                 f"cannot open journal {self.path}: directory {directory} is not writable by this user "
                 "(SQLite writes its WAL beside the file); fix its owner or journal.path"
             )
-        opened: asyncio.Future[tuple[int, dict[str, str]]] = asyncio.get_running_loop().create_future()
+        opened: asyncio.Future[tuple[int, dict[str, dict[str, Any]]]] = (
+            asyncio.get_running_loop().create_future()
+        )
         self._thread = threading.Thread(
             target=self._run, args=(opened,), name="guardian-journal", daemon=True
         )
         self._thread.start()
         try:
-            self.unfinished_at_open, self._modes = await opened
+            self.unfinished_at_open, self._mode_rows = await opened
+            self._modes = {account: str(row["mode"]) for account, row in self._mode_rows.items()}
         except JournalError:
             self._thread.join()
             self._thread = None
@@ -322,10 +326,15 @@ class Journal:
 
         await self._submit(write)
         self._modes[account] = str(mode)
+        self._mode_rows[account] = {"mode": str(mode), "changed_at": now, "by": by, "reason": reason}
 
     def modes(self) -> dict[str, str]:
         """The last persisted mode of each account: as read at open(), updated by set_mode()."""
         return dict(self._modes)
+
+    def mode_rows(self) -> dict[str, dict[str, Any]]:
+        """Each persisted mode with who set it (`by`), when (`changed_at`, epoch s) and why (`reason`)."""
+        return {account: dict(row) for account, row in self._mode_rows.items()}
 
     async def flush(self) -> None:
         """Return once everything enqueued before this call is committed; JournalError if it could not be."""
@@ -417,7 +426,7 @@ class Journal:
         return await future
 
     # ---- the writer thread --------------------------------------------------------------------------
-    def _run(self, opened: asyncio.Future[tuple[int, dict[str, str]]]) -> None:
+    def _run(self, opened: asyncio.Future[tuple[int, dict[str, dict[str, Any]]]]) -> None:
         try:
             conn = self._connect()
         except JournalError as exc:
@@ -459,7 +468,7 @@ class Journal:
         except sqlite3.Error as exc:
             raise self._error("cannot open", exc) from None
 
-    def _prepare(self, conn: sqlite3.Connection) -> tuple[int, dict[str, str]]:
+    def _prepare(self, conn: sqlite3.Connection) -> tuple[int, dict[str, dict[str, Any]]]:
         """WAL, schema, unfinished requests of earlier runs (now marked unknown), retention, the modes."""
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":
@@ -484,7 +493,8 @@ class Journal:
         conn.execute("COMMIT")
         while self._prune(conn):
             pass
-        modes = dict(conn.execute("SELECT account, mode FROM modes").fetchall())
+        rows = conn.execute('SELECT account, mode, changed_at, "by", reason FROM modes').fetchall()
+        modes = {r[0]: {"mode": r[1], "changed_at": r[2], "by": r[3], "reason": r[4]} for r in rows}
         return unfinished, modes
 
     def _serve(self, conn: sqlite3.Connection) -> tuple[_Job | None, int]:

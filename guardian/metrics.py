@@ -9,8 +9,8 @@ outcome, their durations) is counted as it happens.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
@@ -43,6 +43,9 @@ KNOWN_ERROR_CODES = frozenset(
         "Unavailable", "unknownError",
     }
 )  # fmt: skip
+
+
+TRIP_LIMITS = ("max_fills_per_minute", "max_daily_loss")
 
 
 class AccountView(Protocol):
@@ -208,6 +211,52 @@ class AccountCollector(Collector):
             labels=["account"],
         )
         return mode, budget, capacity
+
+
+LimitRecord = tuple[str, Sequence[Any], float | None, Mapping[str, str]]  # account, usages, pnl, bot modes
+
+
+class LimitCollector(Collector):
+    """The exposure limits' usage, the day's PnL and each bot's mode, read at scrape time."""
+
+    def __init__(self, records: Callable[[], Iterable[LimitRecord]]) -> None:
+        self._records = records
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ratio, pnl, bot_mode = self._families()
+        for account, usages, daily, modes in self._records():
+            for usage in usages:
+                if usage.bot is None:
+                    ratio.add_metric([account, usage.name, usage.symbol], usage.ratio)
+            if daily is not None:
+                pnl.add_metric([account], daily)
+            for bot, current in modes.items():
+                for each in MODES:
+                    bot_mode.add_metric([account, bot, each], 1.0 if each == current else 0.0)
+        yield from (ratio, pnl, bot_mode)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "guardian_limit_usage_ratio",
+                'How much of an exposure limit is used, worst case (1 = at the limit); symbol "" for account-wide',
+                labels=["account", "limit", "symbol"],
+            ),
+            GaugeMetricFamily(
+                "guardian_daily_pnl",
+                "Realised PnL since 00:00 UTC plus unrealised, net of fees (absent while the state is stale)",
+                labels=["account"],
+            ),
+            GaugeMetricFamily(
+                "guardian_bot_mode",
+                "1 for the bot's own mode, 0 for the others",
+                labels=["account", "bot", "mode"],
+            ),
+        )
 
 
 class StreamCollector(Collector):
@@ -380,12 +429,21 @@ class Metrics:
             ["account", "symbol", "side"],
             registry=self.registry,
         )
+        self.trips = Counter(
+            "guardian_limit_trips",
+            "Latched limit trips (max_fills_per_minute halts and cancels; max_daily_loss moves to on_loss_limit)",
+            ["account", "limit"],
+            registry=self.registry,
+        )
         self.drift = Counter(
             "guardian_account_drift",
             "Reconciliations that found the stream's picture differing from REST (REST wins), by kind",
             ["account", "kind"],
             registry=self.registry,
         )
+
+    def watch_limits(self, records: Callable[[], Iterable[LimitRecord]]) -> None:
+        self.registry.register(LimitCollector(records))
 
     def watch_streams(self, streams: Callable[[], Iterable[AccountStream]]) -> None:
         self.registry.register(StreamCollector(streams))
@@ -414,6 +472,11 @@ class Metrics:
             self.refreshes.labels(account, outcome)
         self.refresh_duration.labels(account)
         self.beat_delay.labels(account)
+        for limit in TRIP_LIMITS:
+            self.trips.labels(account, limit)
+
+    def on_trip(self, account: str, limit: str) -> None:
+        self.trips.labels(account, limit).inc()
 
     def on_refresh(self, switch: Switch, outcome: str, duration_s: float) -> None:
         """The keeper's callback after every attempt."""

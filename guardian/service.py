@@ -21,12 +21,14 @@ import structlog
 from aiohttp import web
 
 from guardian import __version__
-from guardian.account import Account, Mode
+from guardian.account import Account, Mode, bot_mode_key
 from guardian.config import Config
+from guardian.gateway import exposure
 from guardian.gateway.admin import Admin
 from guardian.gateway.app import Gateway, Trail
 from guardian.gateway.auth import LocalKeys
 from guardian.gateway.halt import Halts
+from guardian.gateway.trips import Trips
 from guardian.journal import Journal, JournalError
 from guardian.kraken.times import to_iso
 from guardian.metrics import Metrics
@@ -37,6 +39,7 @@ from guardian.stream.account import state_json as stream_json
 from guardian.stream.link import TickerLink
 from guardian.stream.maintenance import MaintenancePolicy
 from guardian.stream.settle import settle_unknown
+from guardian.stream.state import Fill, OrderClosed, StateView
 from guardian.switch import Switch, SwitchState
 
 log = structlog.get_logger("guardian.service")
@@ -73,11 +76,13 @@ class Service:
             observe=self._observe,
             public_rate_limit=config.server.public_rate_limit,
         )
-        self.halts = Halts(self.journal)  # the kill's follow-up watches (and, later, automatic halts)
+        self.halts = Halts(self.journal)  # the kill's follow-up watches, and the trips'
+        self.trips = Trips(self.journal, self.halts, on_trip=self.metrics.on_trip)
         # Each account's picture of itself (its private WebSocket, reconciled with REST), and one public
         # ticker link per exchange URL, shared by the accounts on it.
         self.streams = [self._stream(account) for account in self.accounts]
         self.metrics.watch_streams(lambda: self.streams)
+        self.metrics.watch_limits(self.limit_records)
         self.tickers = self._ticker_links()
         self.maintenance = [MaintenancePolicy(account, self.journal) for account in self.accounts]
         self._ws_session: aiohttp.ClientSession | None = None
@@ -102,9 +107,16 @@ class Service:
             reserve=lambda: account.switch_reserve + account.bot_reserve,
             on_drift=lambda kind, _detail: self.metrics.on_drift(account.name, kind),
             on_fill=lambda fill: self.metrics.on_fill(account.name, fill),
+            on_events=lambda events: self._stream_events(account, events),
         )
         account.stream = stream
         return stream
+
+    def _stream_events(self, account: Account, events: list[Fill | OrderClosed]) -> None:
+        account.exposure.observe(events)
+        self.trips.on_events(account, events)
+        if any(isinstance(e, Fill) for e in events):
+            self.trips.check_loss(account)
 
     def _ticker_links(self) -> list[TickerLink]:
         """One public ticker link per exchange WebSocket URL, for the symbols in use by its accounts."""
@@ -163,7 +175,7 @@ class Service:
         token = self.config.server.admin_token
         if token is not None:
             accounts = {account.name: account for account in self.accounts}
-            app.add_routes(Admin(token, accounts, self.journal, self.halts).routes())
+            app.add_routes(Admin(token, accounts, self.journal, self.halts, self.trips).routes())
         return app
 
     def _observe(self, trail: Trail, total_s: float) -> None:
@@ -184,6 +196,12 @@ class Service:
                 account.mode = Mode.HALTED
             if account.mode is not Mode.ACTIVE:
                 log.warning("mode_restored", account=account.name, mode=account.mode.value)
+            self.trips.restore(account, self.journal.mode_rows().get(account.name))
+            for client in account.config.clients:
+                own = modes.get(bot_mode_key(account.name, client.name))
+                if own is not None and own != Mode.ACTIVE.value:
+                    account.bot_modes[client.name] = Mode(own) if own in tuple(Mode) else Mode.HALTED
+                    log.warning("mode_restored", account=account.name, bot=client.name, mode=own)
         server = self.config.server
         self._runner = Runner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
@@ -220,6 +238,10 @@ class Service:
             if stream.enabled:
                 try:
                     stream.state.restore_day(await self.journal.events_since("fill", stream.name, midnight))
+                    account = self.account(stream.name)
+                    for lift in await self.journal.events_since("trip_lifted", stream.name, midnight):
+                        if account is not None:
+                            self.trips.restore_lift(account, str(lift.get("limit")), midnight)
                     since = time.time() - OWNERS_LOOKBACK_S
                     for row in await self.journal.answered_since(stream.name, since, PLACING):
                         stream.placed(row["bot"], placed_ids(row["answer"] or {}, row["params"] or {}))
@@ -305,6 +327,7 @@ class Service:
             self._runner = None
         # A kill's follow-up cancels are about money: they finish (bounded) before the clients close.
         await self.halts.drain(SHUTDOWN_ACTION_S)
+        await self.trips.drain(SHUTDOWN_ACTION_S)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -372,10 +395,64 @@ class Service:
                 "last_error": self.journal.last_error,
             },
             "accounts": [
-                {**account.as_json(), **(stream_json(account.stream) if account.stream else {})}
+                {
+                    **account.as_json(),
+                    **(stream_json(account.stream) if account.stream else {}),
+                    **self.limits_json(account),
+                }
                 for account in self.accounts
             ],
         }
+
+    def exposure_view(self, account: Account, bot: str | None = None) -> exposure.Exposure:
+        """The account as the exposure guard sees it now (for a bot's own figures, with `bot`)."""
+        stream = account.stream
+        return account.exposure.exposure(
+            stream.view() if stream is not None else StateView(),
+            marks=account.marks.mark,
+            owner=stream.owner if stream is not None else (lambda _o, _c: None),
+            reconciles=stream.reconciles if stream is not None else 0,
+            bot=bot,
+        )
+
+    def limits(self, account: Account) -> list[exposure.Usage]:
+        view = self.exposure_view(account)
+        return exposure.usage(view, account.config.guard, fills_in_window=self.trips.fills_in_window(account))
+
+    def limits_json(self, account: Account) -> dict[str, object]:
+        """The exposure fields of `/guardian/state` (contract names): `limits`, `daily_pnl`, and each bot's
+        mode and own limits under `bots`."""
+        view = self.exposure_view(account)
+        bots = []
+        for client in account.config.clients:
+            own = exposure.bot_usage(
+                self.exposure_view(account, client.name),
+                exposure.Limits(account.config.guard, client),
+                client.name,
+            )
+            bots.append(
+                {
+                    "name": client.name,
+                    "mode": account.bot_modes.get(client.name, Mode.ACTIVE).value,
+                    "limits": [u.as_json() for u in own],
+                }
+            )
+        fresh = account.stream is not None and account.stream.fresh()
+        return {
+            "limits": [u.as_json() for u in self.limits(account)],
+            "daily_pnl": float(view.daily_pnl) if view.daily_pnl is not None and fresh else None,
+            "bots": bots,
+        }
+
+    def limit_records(self) -> list[tuple[str, list[exposure.Usage], float | None, dict[str, str]]]:
+        """For the metrics, at scrape time: each account's limits' usage, daily PnL, and bots' modes."""
+        found = []
+        for account in self.accounts:
+            fresh = account.stream is not None and account.stream.fresh()
+            pnl = exposure.daily_pnl(account.stream.view()) if account.stream is not None and fresh else None
+            modes = {c.name: account.bot_modes.get(c.name, Mode.ACTIVE).value for c in account.config.clients}
+            found.append((account.name, self.limits(account), None if pnl is None else float(pnl), modes))
+        return found
 
     def status_line(self, states: Mapping[str, SwitchState] | None = None) -> str:
         """One line for systemd's STATUS=: each account's switch state (as observed, or now)."""
@@ -414,6 +491,10 @@ class Service:
             await self._probe_journal()
             for policy in self.maintenance:
                 await policy.check()
+            for account in self.accounts:
+                if account.stream is not None:
+                    account.stream.state.roll_day()  # a new UTC day: today's PnL starts again at 0
+                self.trips.check_loss(account)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), REPORT_INTERVAL_S)
             self._wake.clear()

@@ -95,6 +95,29 @@ def _account_lines(account: Mapping[str, Any], ok: bool) -> list[str]:
             f"  today   {fills.get('count', 0)} fills, realised {_n(fills.get('realized_pnl'))}, fees "
             f"{_n(fills.get('fees'))}"
         )
+    trip = account.get("trip")
+    if isinstance(trip, Mapping):
+        lines.append(
+            f"  TRIPPED {trip.get('limit')} at {trip.get('at')}: {trip.get('reason')} (mode {trip.get('mode')})"
+        )
+    if account.get("daily_pnl") is not None:
+        lines.append(f"  pnl     {_n(account.get('daily_pnl'))} today (realised, unrealised, fees)")
+    limits = account.get("limits") or []
+    if limits:
+        lines.append("  limits")
+        for limit in limits:
+            where = f" {limit['symbol']}" if limit.get("symbol") else ""
+            ratio = float(limit.get("ratio") or 0)
+            flag = "  <- over 80 %" if ratio > 0.8 else ""
+            lines.append(
+                f"    {limit.get('name')}{where}: {_n(limit.get('used'))} of {_n(limit.get('limit'))} "
+                f"({ratio * 100:.0f} %){flag}"
+            )
+    for bot in account.get("bots") or []:
+        own = ", ".join(
+            f"{u.get('name')} {_n(u.get('used'))}/{_n(u.get('limit'))}" for u in bot.get("limits") or []
+        )
+        lines.append(f"  bot     {bot.get('name')}: {bot.get('mode')}" + (f" ({own})" if own else ""))
     for notice in account.get("notices") or []:
         downtime = notice.get("expected_downtime_minutes")
         lines.append(

@@ -78,6 +78,8 @@ symbols = ["PF_XBTUSD", "PF_ETHUSD"]
 max_order_size = 10
 max_notional = 50000
 price_band_pct = 5
+max_position = 50
+max_daily_loss = 5000
 {guard}
 [[accounts.clients]]
 name = "grid"
@@ -363,8 +365,8 @@ def test_everything_is_read() -> None:
     assert account.base_url == "http://127.0.0.1:8788"
     assert account.switch == cfg.SwitchConfig(1.5, 2.0, 5, 2.0, OnShutdown.DISARM)
     assert account.guard.symbols == ("PF_XBTUSD", "PF_ETHUSD")
-    assert account.guard.limits_for("PF_XBTUSD") == SymbolLimits(0.5, 50000, 2)
-    assert account.guard.limits_for("PF_ETHUSD") == SymbolLimits(10, 50000, 5)
+    assert account.guard.limits_for("PF_XBTUSD") == SymbolLimits(0.5, 50000, 2, 50)
+    assert account.guard.limits_for("PF_ETHUSD") == SymbolLimits(10, 50000, 5, 50)
     grid, watcher = account.clients
     assert (grid.name, grid.api_key) == ("grid", BOT_KEY)
     assert grid.permissions == frozenset({Permission.READ, Permission.TRADE})
@@ -675,6 +677,7 @@ def test_the_example_documents_every_key() -> None:
         *cfg._SWITCH_KEYS,
         *cfg._LIMIT_KEYS,
         *cfg._GUARD_SETTINGS,
+        *cfg._EXPOSURE_KEYS,
         *cfg._CLIENT_KEYS,
     }
     keys |= set(cfg._secret_keys("admin_token")) | set(cfg._JOURNAL_KEYS)
@@ -756,7 +759,7 @@ def test_the_example_passes_check_config_and_its_warnings_are_printed() -> None:
 def test_the_example_parses_in_process_as_well() -> None:
     config = load_config(EXAMPLE, env=EXAMPLE_ENV, secrets_dirs=[])
     main = config.accounts[0]
-    assert main.guard.limits_for("PF_XBTUSD") == SymbolLimits(0.5, 40000, 2)
+    assert main.guard.limits_for("PF_XBTUSD") == SymbolLimits(0.5, 40000, 2, 20, 50)
     assert [client.name for client in main.clients] == ["grid-bot"]
 
 
@@ -770,6 +773,90 @@ def test_check_config_refuses_a_bad_file_with_exit_78(tmp_path: Path) -> None:
         f"guardian: configuration error: {path}: accounts[0].api_secret is not valid base64"
     )
     assert_clean(result.stdout + result.stderr)
+
+
+def test_an_account_with_bots_but_no_position_or_loss_limit_exits_78_naming_the_keys(tmp_path: Path) -> None:
+    path = tmp_path / "unlimited.toml"
+    path.write_text(doc().replace("max_position = 50\n", "").replace("max_daily_loss = 5000\n", ""))
+    result = check_config(path, {})
+    assert result.returncode == EX_CONFIG
+    assert (
+        "account main has bots but no accounts[0].guard.max_position and accounts[0].guard.max_daily_loss"
+        in result.stderr
+    )
+    assert "accounts[0].guard.allow_unlimited = true" in result.stderr
+    # One of the two is enough to name only the other.
+    path.write_text(doc().replace("max_daily_loss = 5000\n", ""))
+    result = check_config(path, {})
+    assert result.returncode == EX_CONFIG and "but no accounts[0].guard.max_daily_loss:" in result.stderr
+    assert_clean(result.stdout + result.stderr)
+
+
+def test_allow_unlimited_is_a_choice_said_out_loud() -> None:
+    text = doc(guard="allow_unlimited = true").replace("max_position = 50\n", "")
+    config = parse(text)
+    assert config.accounts[0].guard.allow_unlimited
+    assert (
+        "account main: accounts[0].guard.allow_unlimited = true: no max_position, by choice"
+        in config.warnings()
+    )
+
+
+def test_max_position_per_symbol_for_every_listed_symbol_counts_as_set() -> None:
+    tail = "[accounts.guard.symbol.PF_XBTUSD]\nmax_position = 3\n[accounts.guard.symbol.PF_ETHUSD]\nmax_position = 30"
+    guard = parse(doc(tail=tail).replace("max_position = 50\n", "")).accounts[0].guard
+    assert (
+        guard.limits_for("PF_XBTUSD").max_position == 3 and guard.limits_for("PF_ETHUSD").max_position == 30
+    )
+    only_one = doc(tail=tail.split("[accounts.guard.symbol.PF_ETHUSD]")[0]).replace("max_position = 50\n", "")
+    assert "but no accounts[0].guard.max_position:" in config_error(only_one)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            "max_open_orders = 0",
+            "accounts[0].guard.max_open_orders must be a whole number of at least 1, got 0",
+        ),
+        ("max_open_orders_total = 2.5", "accounts[0].guard.max_open_orders_total must be an integer"),
+        ("max_orders_per_minute = true", "accounts[0].guard.max_orders_per_minute must be an integer"),
+        ("max_fills_per_minute = -1", "accounts[0].guard.max_fills_per_minute must be a whole number"),
+        ("max_gross_notional = 0", "accounts[0].guard.max_gross_notional must be greater than 0"),
+        ('on_loss_limit = "flatten"', "accounts[0].guard.on_loss_limit must be one of reduce_only, halted"),
+        ("duplicate_window_s = -1", "accounts[0].guard.duplicate_window_s must be at least 0"),
+        ('allow_unlimited = "yes"', "accounts[0].guard.allow_unlimited must be a boolean"),
+    ],
+)
+def test_bad_exposure_limits_are_refused_naming_the_key(line: str, message: str) -> None:
+    assert message in config_error(doc(guard=line))
+
+
+def test_the_exposure_limits_are_read() -> None:
+    guard_lines = "\n".join(
+        [
+            "max_open_orders = 7",
+            "max_open_orders_total = 9",
+            "max_gross_notional = 100000",
+            "max_orders_per_minute = 30",
+            "max_fills_per_minute = 20",
+            'on_loss_limit = "halted_and_cancel"',
+            "duplicate_window_s = 1.5",
+        ]
+    )
+    config = parse(doc(guard=guard_lines, client="max_orders_per_minute = 10\nmax_open_orders = 4"))
+    guard, bot = config.accounts[0].guard, config.accounts[0].clients[0]
+    assert (guard.max_position, guard.max_daily_loss, guard.max_open_orders) == (50, 5000, 7)
+    assert (guard.max_open_orders_total, guard.max_gross_notional) == (9, 100000)
+    assert (guard.max_orders_per_minute, guard.max_fills_per_minute) == (30, 20)
+    assert (guard.on_loss_limit.value, guard.duplicate_window_s, guard.allow_unlimited) == (
+        "halted_and_cancel",
+        1.5,
+        False,
+    )
+    assert (bot.max_orders_per_minute, bot.max_open_orders) == (10, 4)
+    summary = config.summary()
+    assert "max position 50" in summary and "max daily loss 5000 (then halted_and_cancel)" in summary
 
 
 def test_check_config_names_a_missing_variable_with_exit_78() -> None:

@@ -67,6 +67,8 @@ base_url = "{base_url}"
 api_key_env = "GUARDIAN_TEST_API_KEY"
 api_secret_file = "main.secret"
 [accounts.guard]
+# These tests are about the daemon, not the exposure limits: off, by choice.
+allow_unlimited = true
 # The 0.3-0.5 s beat alone would take the whole of Kraken's 500 per 10 s: bots' budget is raised so
 # that the tests' few bot requests are judged by everything else.
 rate_budget = 5000
@@ -407,6 +409,20 @@ async def test_a_bad_configuration_exits_78_before_touching_the_exchange(
     await daemon.kill()
     assert code == EX_CONFIG
     assert "accounts[0].switch.on_shutdown must be one of keep, disarm, cancel" in daemon.output()
+    assert list(sim.requests) == []
+    assert_no_secret(daemon.output())
+
+
+async def test_run_refuses_an_account_with_bots_and_no_limits_with_exit_78(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, sim.url)
+    config.write_text(config.read_text().replace("allow_unlimited = true\n", ""))
+    daemon = await Daemon.start("run", "--config", str(config), env=clean_env(**CONFIG_ENV), cwd=tmp_path)
+    code = await asyncio.wait_for(daemon.proc.wait(), 30)
+    await daemon.kill()
+    assert code == EX_CONFIG
+    assert "account main has bots but no accounts[0].guard.max_position and" in daemon.output()
     assert list(sim.requests) == []
     assert_no_secret(daemon.output())
 

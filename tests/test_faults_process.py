@@ -67,9 +67,11 @@ def write_config(
     bots: int = 1,
     nonce: str = "milliseconds",
     upstream_timeout_s: float = 10,
+    guard: str = "allow_unlimited = true  # these drills are about the process, not the exposure limits",
 ) -> Path:
     """A configuration with the FAST beat (0.3-0.5 s), `timeout_s`, `bots` local keys (their secrets in
-    the environment, see config_env) and `on_shutdown = "keep"`; the journal beside it."""
+    the environment, see config_env) and `on_shutdown = "keep"`; the journal beside it. `guard`: more
+    lines for the account's guard table (the exposure limits)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "main.secret").write_text(TRADE_SECRET + "\n")
     clients = "".join(
@@ -101,6 +103,7 @@ nonce = "{nonce}"
 [accounts.guard]
 rate_budget = 100000  # the FAST beat alone would take Kraken's whole 500 per 10 s
 upstream_timeout_s = {upstream_timeout_s}
+{guard}
 [accounts.switch]
 refresh_min_s = {REFRESH_MIN_S}
 refresh_max_s = {REFRESH_MAX_S}

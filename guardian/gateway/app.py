@@ -20,6 +20,7 @@ key over the same bytes, forwarded, and the exchange's answer goes back unchange
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Hashable, Mapping, Sequence
@@ -33,9 +34,10 @@ from aiohttp import web
 from guardian.account import RATE_WINDOW_MARGIN_S, Account, Mode
 from guardian.config import ServerConfig
 from guardian.errors import ExchangeError, ExchangeRejected, ExchangeTimeout
-from guardian.gateway import orders, rules, settings
+from guardian.gateway import exposure, orders, rules, settings
 from guardian.gateway.auth import Caller, LocalKeys
 from guardian.gateway.dedupe import Outcome
+from guardian.gateway.halt import CLOSED_STATUSES
 from guardian.gateway.http import read_capped
 from guardian.gateway.orders import CancelAllIntent, CancelIntent, OrderIntent
 from guardian.gateway.public import PublicGate
@@ -47,6 +49,7 @@ from guardian.kraken.times import to_iso
 from guardian.kraken.wire import LIST_FIELDS, WireError, parse_batch, request_fields
 from guardian.ratelimit import CostBudget
 from guardian.stream.account import PLACING, placed_ids
+from guardian.stream.state import StateView
 from guardian.switch import SwitchState
 
 log = structlog.get_logger("guardian.gateway")
@@ -86,6 +89,8 @@ class Decision:
     keys: tuple[str, ...] = ()
     key_items: tuple[int, ...] = ()
     content: Hashable = None
+    hold: exposure.Hold | None = None  # what the exposure guard holds for this request until it settles
+    bot: str | None = None  # the bot that sent it (its own mode applies too)
 
 
 class Gateway:
@@ -202,15 +207,50 @@ class Gateway:
         if is_json:
             fields = settings.fields_with_json(fields, body)
         trail.params = dict(fields)
+        trail.body = body
         if endpoint.name == "cancelallordersafter":
             return await self._switch_answer(account, fields, trail)
 
         decision = await self._guard(account, caller, endpoint, fields, trail)
+        if decision.hold is None:
+            return await self._send(account, caller, endpoint, fields, path_params, request, decision, trail)
+        try:
+            response = await self._send(
+                account, caller, endpoint, fields, path_params, request, decision, trail
+            )
+        except Refusal:
+            account.exposure.release(decision.hold)
+            raise
+        except BaseException:
+            self._settle(account, decision.hold, None)
+            raise
+        self._settle(account, decision.hold, trail)
+        return response
+
+    async def _send(
+        self,
+        account: Account,
+        caller: Caller,
+        endpoint: ep.Endpoint,
+        fields: dict[str, str],
+        path_params: Mapping[str, str],
+        request: web.Request,
+        decision: Decision,
+        trail: Trail,
+    ) -> web.StreamResponse:
+        """Budget, journal, forward: what follows the guard's decision."""
+        query = request.rel_url.raw_query_string
+        body = trail.body
         if endpoint.name not in ORDER_ENDPOINTS and endpoint.risk is not ep.Risk.NONE:
             decision.new_risk = await settings.judge(
-                account, endpoint, fields, path_params, lambda uid: self._rfq(account, uid)
+                account,
+                endpoint,
+                fields,
+                path_params,
+                lambda uid: self._rfq(account, uid),
+                mode=account.mode_for(caller.bot),
             )
-            decision.mode = account.mode
+            decision.mode = account.mode_for(caller.bot)
         out = Outbound(account, endpoint, query, body, request.method, request.path)
         cost = endpoint.cost_for(fields, decision.items)
         if endpoint.pool is ep.Pool.HISTORY:
@@ -279,7 +319,7 @@ class Gateway:
         self, account: Account, caller: Caller, endpoint: ep.Endpoint, fields: dict[str, str], trail: Trail
     ) -> Decision:
         name = endpoint.name
-        decision = Decision()
+        decision = Decision(bot=caller.bot)
         if name not in ORDER_ENDPOINTS:
             return decision  # reads: authentication and permission were the whole check
         if name == "sendorder":
@@ -327,13 +367,17 @@ class Gateway:
             originals = await self._batch_originals(account, decision.intents)
             marks = {s: account.marks.mark(s) for s in _symbols(decision.intents, originals)}
             self._gate(account, decision)
-            decision.mode = account.mode
+            decision.mode = account.mode_for(caller.bot)
             self._suspended(account, decision)
-            rules.check_batch(decision.intents, account.mode, account.config.guard, marks, originals)
+            try:
+                rules.check_batch(decision.intents, decision.mode, account.config.guard, marks, originals)
+            except Refusal as refusal:
+                raise _named(account, caller.bot, refusal) from None
+            decision.hold = self._hold(account, caller, decision, _merged_batch(decision.intents, originals))
             return decision
         [intent] = decision.intents
-        decision.mode = account.mode
-        rules.check_mode(account.mode, intent)
+        decision.mode = account.mode_for(caller.bot)
+        _check_mode(account, caller.bot, intent)
         self._gate(account, decision)
         self._suspended(account, decision)
         if isinstance(intent, OrderIntent):
@@ -343,8 +387,61 @@ class Gateway:
                     "the order to edit is not open at the exchange (orders/status does not know it)",
                 )
             symbol = intent.symbol or ""
-            rules.check_limits(intent, account.config.guard, account.marks.mark(symbol))
+            rules.check_limits(
+                intent,
+                account.config.guard,
+                account.marks.mark(symbol),
+                reducible=_reducible(account, intent),
+            )
+            decision.hold = self._hold(account, caller, decision, [(0, intent, intent.kind == "edit")])
         return decision
+
+    @staticmethod
+    def _hold(
+        account: Account,
+        caller: Caller,
+        decision: Decision,
+        judged: Sequence[tuple[int, OrderIntent, bool]],
+    ) -> exposure.Hold | None:
+        """The exposure limits, checked and held in one step (nothing is awaited here): None when the
+        request has no order to hold."""
+        if not judged:
+            return None
+        stream = account.stream
+        view = account.exposure.exposure(
+            stream.view() if stream is not None else StateView(),
+            marks=account.marks.mark,
+            owner=stream.owner if stream is not None else _no_owner,
+            reconciles=stream.reconciles if stream is not None else 0,
+            bot=caller.bot,
+            window_s=account.config.guard.duplicate_window_s,
+            symbols={intent.symbol.upper() for _, intent, _ in judged if intent.symbol},
+        )
+        candidates = []
+        for index, intent, replaces in judged:
+            found = exposure.candidate(intent, caller.bot)
+            if not replaces:
+                found = dataclasses.replace(found, replaces=None)
+            candidates.append((index, found))
+        tags = [i.order_tag if isinstance(i, OrderIntent) else None for i in decision.intents]
+        return account.exposure.judge(
+            view,
+            candidates,
+            exposure.Limits(account.config.guard, caller.client),
+            fresh=stream is not None and stream.fresh(),
+            item=lambda index, refusal: refusal.for_item(index, tags[index]) if decision.items else refusal,
+        )
+
+    @staticmethod
+    def _settle(account: Account, hold: exposure.Hold, trail: Trail | None) -> None:
+        """The answer is in: release what it shows was not placed, bind the rest to its order ids."""
+        stream = account.stream
+        reconciles = stream.reconciles if stream is not None else 0
+        if trail is not None and trail.outcome == "replayed":  # the first attempt holds the orders
+            account.exposure.release(hold)
+            return
+        placed = None if trail is None else _placed(trail, hold)
+        account.exposure.answered(hold, placed, reconciles)
 
     @staticmethod
     def _suspended(account: Account, decision: Decision) -> None:
@@ -361,12 +458,12 @@ class Gateway:
 
     @staticmethod
     def _halted(account: Account, decision: Decision) -> None:
-        if account.mode is not Mode.HALTED:
+        if account.mode_for(decision.bot) is not Mode.HALTED:
             return
         for index, intent in enumerate(decision.intents):
             if isinstance(intent, OrderIntent):
                 try:
-                    rules.check_mode(account.mode, intent)
+                    _check_mode(account, decision.bot, intent)
                 except Refusal as refusal:
                     raise (refusal.for_item(index, intent.order_tag) if decision.items else refusal) from None
 
@@ -375,13 +472,14 @@ class Gateway:
         """The last look before new risk leaves (journaling it was a wait): a halt, a stricter mode or a
         switch no longer armed that took effect meanwhile still stops it. The caller registers the
         request as in flight right after, with no wait between: a halt either refuses it here or sees it."""
-        if account.mode is not decision.mode and endpoint.name not in ORDER_ENDPOINTS:
-            settings.check_mode_and_gate(account, endpoint)  # a setting or an RFQ offer
-        elif account.mode is not decision.mode:
+        mode = account.mode_for(decision.bot)
+        if mode is not decision.mode and endpoint.name not in ORDER_ENDPOINTS:
+            settings.check_mode_and_gate(account, endpoint, mode)  # a setting or an RFQ offer
+        elif mode is not decision.mode:
             for index, intent in enumerate(decision.intents):
                 if isinstance(intent, OrderIntent):
                     try:
-                        rules.check_mode(account.mode, intent)
+                        _check_mode(account, decision.bot, intent)
                     except Refusal as refusal:
                         raise (
                             refusal.for_item(index, intent.order_tag) if decision.items else refusal
@@ -739,6 +837,7 @@ class Trail:
     reason: str | None = None
     upstream_s: float | None = None
     answer: dict[str, Any] | None = None  # the exchange's answer, parsed, for the journal
+    body: str = field(default="", repr=False)  # the request's body as the bot sent it
 
 
 def _response(answer: RawAnswer) -> web.Response:
@@ -829,3 +928,101 @@ def _decimal(value: object) -> Decimal | None:
     except InvalidOperation:
         return None
     return number if number.is_finite() else None
+
+
+def _check_mode(account: Account, bot: str | None, intent: GuardedIntent) -> None:
+    """The mode check for `bot`'s request: the stricter of the account's mode and the bot's own."""
+    try:
+        rules.check_mode(account.mode_for(bot), intent)
+    except Refusal as refusal:
+        raise _named(account, bot, refusal) from None
+
+
+def _named(account: Account, bot: str | None, refusal: Refusal) -> Refusal:
+    """A mode refusal that the bot's own mode caused says so (rather than "this account")."""
+    if refusal.code not in ("tradingHalted", "reduceOnlyMode") or account.mode_for(bot) is account.mode:
+        return refusal
+    mode = account.mode_for(bot).value
+    return Refusal(
+        refusal.code,
+        f"bot {bot!r} is {mode} (POST /guardian/mode with its name sets it back); other bots are not: "
+        + ("only cancels pass" if mode == "halted" else "only reduce-only orders and cancels pass"),
+        item=refusal.item,
+        order_tag=refusal.order_tag,
+    )
+
+
+def _no_owner(order_id: str | None, cli_ord_id: str | None) -> str | None:
+    return None
+
+
+def _reducible(account: Account, intent: OrderIntent) -> Decimal | None:
+    """How much a reduce-only order may close: the position's size, from a fresh account state (None
+    otherwise, and for orders that are not reduce-only)."""
+    stream = account.stream
+    if intent.reduce_only is not True or stream is None or not stream.fresh() or intent.symbol is None:
+        return None
+    state = stream.view()
+    symbol = intent.symbol.upper()
+    feed = state.positions[symbol].size if symbol in state.positions else Decimal(0)
+    fills = state.fill_positions.get(symbol, Decimal(0))
+    return min(abs(feed), abs(fills))  # the smaller reading: never more than is surely there
+
+
+def _merged_batch(
+    intents: Sequence[GuardedIntent], originals: Mapping[str, OrderIntent]
+) -> list[tuple[int, OrderIntent, bool]]:
+    """A batch's sends and edits as whole orders (an edit merged with what it changes), with whether
+    each replaces an open order (an edit of an earlier item of the batch is counted as one more)."""
+    tags = {i.order_tag for i in intents if isinstance(i, OrderIntent) and i.kind == "send" and i.order_tag}
+    judged: list[tuple[int, OrderIntent, bool]] = []
+    for index, intent in enumerate(intents):
+        if not isinstance(intent, OrderIntent):
+            continue
+        if intent.kind == "send":
+            judged.append((index, intent, False))
+            continue
+        original = originals.get(intent.order_id or intent.cli_ord_id or "")
+        if original is not None:
+            judged.append((index, rules.merge_edit(original, intent), intent.order_id not in tags))
+    return judged
+
+
+_STATUS_KEYS = {"sendorder": "sendStatus", "editorder": "editStatus", "batchorder": "batchStatus"}
+
+
+def _placed(trail: Trail, hold: exposure.Hold) -> list[tuple[str | None, bool] | None] | None:
+    """For each held item: the order id the answer names and whether the item left anything at the
+    exchange (a rejection leaves nothing); None for an item the answer does not say (unknown). The whole
+    result is None when the outcome is unknown."""
+    if trail.outcome in ("timeout", "unavailable", "unknown") or trail.answer is None:
+        return None
+    if trail.outcome.startswith("error:"):
+        return [(None, False)] * len(hold.items)  # an error envelope: nothing placed
+    if trail.outcome != "success":
+        return None
+    statuses = trail.answer.get(_STATUS_KEYS.get(trail.endpoint, ""))
+    if isinstance(statuses, Mapping):
+        statuses = [statuses]
+    if not isinstance(statuses, list):
+        return None
+    rows = [s for s in statuses if isinstance(s, Mapping)]
+    found: list[tuple[str | None, bool] | None] = []
+    for held in hold.items:
+        if trail.endpoint != "batchorder":
+            row = rows[0] if rows else None
+        elif held.tag is not None:
+            row = next((r for r in rows if str(r.get("order_tag")) == held.tag), None)
+        else:  # an edit item: its status names the order it edited
+            row = next((r for r in rows if held.order_id and _order_id(r) == held.order_id), None)
+        if row is None:
+            found.append(None)
+            continue
+        word = row.get("status")
+        found.append((_order_id(row), word == "filled" or word not in CLOSED_STATUSES))
+    return found
+
+
+def _order_id(row: Mapping[str, Any]) -> str | None:
+    found = row.get("order_id") or row.get("orderId")
+    return found if isinstance(found, str) else None

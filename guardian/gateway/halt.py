@@ -29,7 +29,7 @@ from guardian.errors import ExchangeError
 from guardian.gateway.inflight import Flight
 from guardian.gateway.orders import OrderIntent
 from guardian.journal import Journal, JournalError
-from guardian.kraken.client import RawAnswer
+from guardian.kraken.client import RawAnswer, classify
 from guardian.kraken.endpoints import endpoint
 
 log = structlog.get_logger("guardian.halt")
@@ -133,17 +133,67 @@ class Halts:
         return len(self._tasks)
 
     def halt(self, account: Account, *, bot: str | None = None) -> list[Flight]:
-        """Halt `account` now, before any other request can be let through, and return the new-risk
-        requests already forwarded (only `bot`'s, if given). Synchronous on purpose: the halt and the
+        """Halt `account` (or only its bot `bot`) now, before any other request can be let through, and
+        return the new-risk requests already forwarded (only `bot`'s, if given). Synchronous on purpose: the halt and the
         snapshot are one step, so each request is either refused by the halt or in the snapshot."""
-        account.mode = Mode.HALTED
-        account.mode_by = "halt"
+        if bot is None:
+            account.mode = Mode.HALTED
+            account.mode_by = "halt"
+        else:  # that bot alone: the others keep trading
+            account.bot_modes[bot] = Mode.HALTED
         return account.in_flight.snapshot(bot)
 
-    def follow(self, account: Account, flights: Sequence[Flight], *, why: str) -> None:
-        """Watch each flight to its end and cancel what it left open (see the module's doc)."""
+    async def cancel_everything(self, account: Account) -> tuple[Any, str | None]:
+        """`cancelallorders` at the exchange, now: (what the exchange said, None), or (what it said, the
+        error) when it failed or refused. Cancels always go out: the budget is spent, never asked."""
+        cancel = endpoint("cancelallorders")
+        doc: Any = None
+        try:
+            raw = await account.gateway_client.send(cancel)
+            account.budget.spend(cancel.cost)
+            doc = json.loads(raw.body) if raw.body else None
+            classify("cancelallorders", raw.status, raw.body)  # raises on an error answer
+        except (ExchangeError, ValueError) as exc:
+            return doc, str(exc)
+        return doc, None
+
+    async def cancel_bot(self, account: Account, bot: str) -> dict[str, Any]:
+        """Cancel exactly the open orders `bot` placed (the exchange's openorders, attributed by the
+        account stream's record of who placed what); other bots' orders are left alone. What it did:
+        `cancelled` and `failed` (order ids), `error` if the open orders could not be read."""
+        done: dict[str, Any] = {"cancelled": [], "failed": [], "others_left": 0}
+        stream = account.stream
+        read = endpoint("openorders")
+        account.budget.spend(read.cost)
+        try:
+            rows = await account.gateway_client.open_orders()
+        except ExchangeError as exc:
+            done["error"] = f"the open orders could not be read: {exc}"
+            return done
+        for row in rows:
+            order_id, cli = row.get("order_id"), row.get("cliOrdId")
+            owner = None if stream is None else stream.owner(order_id, cli)
+            if owner != bot or not isinstance(order_id, str):
+                done["others_left"] += 1
+                continue
+            cancel = endpoint("cancelorder")
+            account.budget.spend(cancel.cost)
+            try:
+                raw = await account.gateway_client.send(cancel, body=urlencode({"order_id": order_id}))
+                status = _status(raw, "cancelStatus")
+            except ExchangeError as exc:
+                status = f"failed: {exc}"
+            done["cancelled" if status == "cancelled" else "failed"].append(order_id)
+        return done
+
+    def follow(self, account: Account, flights: Sequence[Flight], *, why: str, one_bot: bool = False) -> None:
+        """Watch each flight to its end and cancel what it left open (see the module's doc). `one_bot`:
+        a per-bot halt, whose unknown outcomes are cancelled by cliOrdId where every order of the request
+        has one, so that other bots' orders are left alone."""
         for flight in flights:
-            task = asyncio.create_task(self._follow(account, flight, why), name=f"halt-follow-{account.name}")
+            task = asyncio.create_task(
+                self._follow(account, flight, why, one_bot), name=f"halt-follow-{account.name}"
+            )
             self._tasks.add(task)
             task.add_done_callback(self._collect)
 
@@ -167,7 +217,7 @@ class Halts:
             log.error("halt_follow_ups_abandoned", count=len(pending))
         return not pending
 
-    async def _follow(self, account: Account, flight: Flight, why: str) -> None:
+    async def _follow(self, account: Account, flight: Flight, why: str, one_bot: bool = False) -> None:
         upstream_timeout_s = account.config.guard.upstream_timeout_s
         try:
             # The gateway's own client gives up after upstream_timeout_s; the margin is a backstop only.
@@ -176,8 +226,17 @@ class Halts:
             answer = None
         targets = None if answer is None else left_open(flight, answer)
         base = {"why": why, "bot": flight.bot, "endpoint": flight.endpoint}
+        named = _named_orders(flight) if one_bot else None
+        if targets is None and named is not None:  # a per-bot halt: that bot's orders, by name, twice
+            for sweep in ("outcome unknown", "outcome unknown: the last sweep"):
+                for field, order_id in named:
+                    await self._cancel(account, field, order_id, {**base, "because": sweep})
+                if sweep == "outcome unknown":
+                    await asyncio.sleep(upstream_timeout_s)
+            return
         if targets is None:
-            await self._cancel_all(account, {**base, "because": "outcome unknown"})
+            because = "outcome unknown" if not one_bot else "outcome unknown, and an order without a cliOrdId"
+            await self._cancel_all(account, {**base, "because": because})
             await asyncio.sleep(upstream_timeout_s)
             await self._cancel_all(account, {**base, "because": "outcome unknown: the last sweep"})
             return
@@ -236,6 +295,22 @@ class Halts:
             await self._journal.event("kill_follow_up", account.name, detail)
         except JournalError as exc:
             log.error("journal_event_failed", kind="kill_follow_up", error=str(exc))
+
+
+def _named_orders(flight: Flight) -> list[Target] | None:
+    """The orders a request would have placed or changed, by cliOrdId (sends) or id (edits); None when
+    one of them has no name (then only a cancel of everything is sure to reach it)."""
+    found: list[Target] = []
+    for intent in flight.intents:
+        if not isinstance(intent, OrderIntent):
+            continue
+        if intent.kind == "edit" and intent.order_id:
+            found.append(("order_id", intent.order_id))
+        elif intent.cli_ord_id:
+            found.append(("cliOrdId", intent.cli_ord_id))
+        else:
+            return None
+    return found or None
 
 
 def _status(raw: RawAnswer, key: str) -> str:

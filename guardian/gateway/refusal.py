@@ -46,6 +46,14 @@ CODES: Final[Mapping[str, int]] = MappingProxyType(
         "notFound": 404,
         "upstreamUnavailable": 503,
         "journalUnavailable": 503,
+        # The exposure guard (guardian.gateway.exposure): what the account holds and has working.
+        "positionLimitExceeded": 403,
+        "openOrdersLimitExceeded": 403,
+        "exposureLimitExceeded": 403,
+        "dailyLossLimitReached": 403,
+        "orderRateExceeded": 429,
+        "accountStateUnavailable": 503,
+        "duplicateOrder": 409,
     }
 )
 

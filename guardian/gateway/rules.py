@@ -135,8 +135,14 @@ def limits_for(guard: GuardConfig, symbol: str) -> SymbolLimits:
     return guard.limits_for(symbol)
 
 
-def check_limits(intent: OrderIntent, guard: GuardConfig, mark: Decimal | None) -> None:
+def check_limits(
+    intent: OrderIntent, guard: GuardConfig, mark: Decimal | None, *, reducible: Decimal | None = None
+) -> None:
     """Refuse a send or merged edit that breaks one of the account's limits for its symbol.
+
+    `reducible`: for a reduce-only order, the size of the position it can close (from a fresh account
+    state): such an order may exceed max_order_size up to that size (closing a large position in one
+    order is never blocked by the order-size limit).
 
     Raises Refusal: symbolNotAllowed, orderSizeTooLarge, notionalTooLarge, priceOutsideBand, or
     markPriceUnavailable when a limit that is on needs the mark and `mark` is None (or not a price).
@@ -155,7 +161,8 @@ def check_limits(intent: OrderIntent, guard: GuardConfig, mark: Decimal | None) 
     usable = mark if mark is not None and mark.is_finite() and mark > 0 else None
     with localcontext() as ctx:
         ctx.prec = _PRECISION
-        _check_size(intent.size, limits, symbol)
+        if reducible is None or intent.reduce_only is not True or intent.size > reducible:
+            _check_size(intent.size, limits, symbol)
         _check_notional(intent, limits, symbol, usable)
         _check_band(intent, limits, symbol, usable)
 

@@ -69,8 +69,11 @@ async def judge(
     fields: Mapping[str, str],
     path_params: Mapping[str, str],
     rfq: RfqLookup,
+    *,
+    mode: Mode | None = None,
 ) -> bool:
-    """Refuse what the account's mode, switch or limits do not allow; True when the call adds risk."""
+    """Refuse what the account's mode (or `mode`, the bot's if stricter), switch or limits do not
+    allow; True when the call adds risk."""
     if reduces(endpoint, fields):
         return False
     guard = account.config.guard
@@ -78,14 +81,14 @@ async def judge(
     offers: list[OrderIntent] = []
     if endpoint.name in ("rfqs/{rfqUid}/place-offer", "rfqs/{rfqUid}/replace-offer"):
         prices = _offer_prices(fields)
-        check_mode_and_gate(account, endpoint)
+        check_mode_and_gate(account, endpoint, mode)
         offers = await _offers(path_params.get("rfqUid", ""), prices, rfq)
         for offer in offers:
             assert offer.symbol is not None
             rules.check_limits(offer, guard, account.marks.mark(offer.symbol))
         return True
     leverage = _leverage(endpoint, fields)
-    check_mode_and_gate(account, endpoint)
+    check_mode_and_gate(account, endpoint, mode)
     if endpoint.name in LEVERAGE_ENDPOINTS or endpoint.name == "rfq-assignment/max-leverage:delete":
         _check_leverage(endpoint, leverage, guard.max_leverage)
     if "symbol" in fields and endpoint.name in ("leveragepreferences:put", "pnlpreferences:put"):
@@ -95,14 +98,16 @@ async def judge(
     return True
 
 
-def check_mode_and_gate(account: Account, endpoint: ep.Endpoint) -> None:
-    if account.mode is Mode.HALTED:
+def check_mode_and_gate(account: Account, endpoint: ep.Endpoint, mode: Mode | None = None) -> None:
+    """`mode`: the mode the request is judged by (its bot's, if stricter); the account's by default."""
+    mode = account.mode if mode is None else mode
+    if mode is Mode.HALTED:
         raise Refusal(
             "tradingHalted",
             f"trading is halted on this account: {endpoint.name} would add risk, and only what takes risk "
             "away passes until a person sets the mode back (POST /guardian/mode)",
         )
-    if account.mode is Mode.REDUCE_ONLY:
+    if mode is Mode.REDUCE_ONLY:
         raise Refusal(
             "reduceOnlyMode",
             f"this account is in reduce_only mode: {endpoint.name} may add risk, so it is refused",

@@ -75,6 +75,7 @@ class AccountStream:
         on_drift: Callable[[str, str], None] | None = None,
         on_fill: Callable[[Fill], None] | None = None,
         on_link: Callable[[LinkState, LinkState], None] | None = None,
+        on_events: Callable[[list[Fill | OrderClosed]], None] | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -87,6 +88,7 @@ class AccountStream:
         self._on_drift = on_drift
         self._on_fill = on_fill
         self._on_link = on_link
+        self._on_events = on_events
         self.link = PrivateLink(
             self.name,
             config.ws_url,
@@ -250,6 +252,8 @@ class AccountStream:
         for event in events:
             if isinstance(event, Fill) and self._on_fill is not None:
                 self._on_fill(event)
+        if events and self._on_events is not None:
+            self._on_events(events)
         if events:
             task = asyncio.create_task(self._journal_events(events), name=f"stream-journal-{self.name}")
             self._pending.add(task)

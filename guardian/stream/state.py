@@ -161,6 +161,9 @@ class StateView:
     fills_by_side: Mapping[tuple[str, str], int] = field(default_factory=lambda: MappingProxyType({}))
     notices: tuple[Notice, ...] = ()
     recent_fills: tuple[Fill, ...] = ()
+    # Signed net positions as the fills applied so far make them (reseeded from REST at each
+    # reconciliation): a fill moves these at once, while the positions feed may follow a moment later.
+    fill_positions: Mapping[str, Decimal] = field(default_factory=lambda: MappingProxyType({}))
     changed_at: float = 0.0  # monotonic: the last change applied
     day: str = ""
 
@@ -220,6 +223,7 @@ class AccountState:
             fills_by_side=MappingProxyType(dict(self._by_side)),
             notices=tuple(sorted(self._notices.values(), key=lambda n: (n.effective_time or 0, n.key))),
             recent_fills=tuple(self._fills),
+            fill_positions=MappingProxyType({s: size for s, (size, _) in self._entries.items()}),
             changed_at=time.monotonic(),
             day=self._day,
         )
@@ -239,10 +243,17 @@ class AccountState:
             self._by_side[key] = self._by_side.get(key, 0) + 1
         self._changed()
 
-    def _roll_day(self) -> None:
+    def roll_day(self) -> None:
+        """At 00:00 UTC today's counts start again, whether or not a fill arrives to show it."""
+        if self._roll_day():
+            self._changed()
+
+    def _roll_day(self) -> bool:
         today = _day(self._clock())
-        if today != self._day:
-            self._day, self._fills_today, self._realized, self._fees = today, 0, ZERO, ZERO
+        if today == self._day:
+            return False
+        self._day, self._fills_today, self._realized, self._fees = today, 0, ZERO, ZERO
+        return True
 
     def _remember(self, fill_id: str) -> None:
         self._fill_ids.add(fill_id)
