@@ -402,6 +402,18 @@ ANSWERS: Final[Mapping[str, Schema]] = {
 }
 
 
+# guardian.gateway.exposure's refusals: sends, edits and batches judged against the account's exposure.
+EXPOSURE_CODES: Final = (
+    "positionLimitExceeded",
+    "openOrdersLimitExceeded",
+    "exposureLimitExceeded",
+    "dailyLossLimitReached",
+    "orderRateExceeded",
+    "accountStateUnavailable",
+    "duplicateOrder",
+)
+
+
 def _codes_for(row: ep.Endpoint) -> set[str]:
     """The refusal codes guardian itself can answer for `row`, in the order guardian.gateway.app checks."""
     codes = {"invalidArgument", "requestTooLarge"}  # a body that is not UTF-8, or over MAX_BODY
@@ -439,6 +451,8 @@ def _codes_for(row: ep.Endpoint) -> set[str]:
             "switchNotArmed",
             "journalUnavailable",
             "upstreamUnavailable",  # an edited order's lookup, a retried cliOrdId's outcome
+            "clientOrderIdAlreadyExist",  # a cliOrdId an earlier, different request used
+            *EXPOSURE_CODES,
         }
     return codes
 
@@ -542,6 +556,18 @@ _SWITCH: Final[Schema] = {
     },
     "required": ["state", "timeout_s", "remaining_s", "consecutive_failures"],
 }
+_LIMIT: Final[Schema] = {
+    "type": "object",
+    "description": "an exposure limit's usage, worst case (symbol absent for account-wide limits)",
+    "properties": {
+        "name": {"type": "string"},
+        "symbol": {"type": "string"},
+        "used": {"type": "number"},
+        "limit": {"type": "number"},
+        "ratio": {"type": "number"},
+    },
+    "required": ["name", "used", "limit", "ratio"],
+}
 _STATE: Final[Schema] = {
     "type": "object",
     "properties": {
@@ -554,7 +580,40 @@ _STATE: Final[Schema] = {
             "type": "array",
             "items": {
                 "type": "object",
-                "properties": {"name": {"type": "string"}, "mode": _MODES, "switch": _SWITCH},
+                "properties": {
+                    "name": {"type": "string"},
+                    "mode": _MODES,
+                    "switch": _SWITCH,
+                    "limits": {"type": "array", "items": _LIMIT},
+                    "daily_pnl": {
+                        "type": "number",
+                        "nullable": True,
+                        "description": "realised since 00:00 UTC plus unrealised, net of fees; null while stale",
+                    },
+                    "trip": {
+                        "type": "object",
+                        "nullable": True,
+                        "description": "the latched trip, lifted only by POST /guardian/mode",
+                        "properties": {
+                            "limit": {"type": "string"},
+                            "reason": {"type": "string"},
+                            "at": {"type": "string"},
+                            "mode": _MODES,
+                        },
+                    },
+                    "bots": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string"},
+                                "mode": _MODES,
+                                "limits": {"type": "array", "items": _LIMIT},
+                            },
+                            "required": ["name", "mode"],
+                        },
+                    },
+                },
                 "required": ["name", "mode", "switch"],
             },
         },
@@ -597,11 +656,29 @@ def _admin(summary: str, body: Schema, answer: Schema, failed: tuple[str, Schema
 
 def _own_paths() -> dict[str, Schema]:
     account = {"type": "string", "description": "an account's configured name"}
+    bot = {
+        "type": "string",
+        "description": "one of the account's bots ([[accounts.clients]] name): that bot only; absent or null: "
+        "the whole account. The stricter of the account's and the bot's mode applies",
+        "nullable": True,
+    }
+    trip = {
+        "type": "object",
+        "description": "a latched trip (max_daily_loss, max_fills_per_minute)",
+        "properties": {"limit": {"type": "string"}, "reason": {"type": "string"}},
+    }
     changed: Schema = {
         "type": "object",
-        "properties": {"account": {"type": "string"}, "mode": _MODES, "previous": _MODES},
+        "properties": {
+            "account": {"type": "string"},
+            "bot": {"type": "string"},
+            "mode": _MODES,
+            "previous": _MODES,
+            "lifted": {**trip, "description": "the latched trip this change lifted"},
+        },
         "required": ["account", "mode", "previous"],
     }
+    order_ids = {"type": "array", "items": {"type": "string"}}
     in_flight = {
         "type": "integer",
         "minimum": 0,
@@ -615,15 +692,21 @@ def _own_paths() -> dict[str, Schema]:
             "exchange": {},
             "error": {"type": "string"},
             "in_flight": in_flight,
+            "cancelled": {**order_ids, "description": "a bot's kill: the orders it placed, cancelled"},
+            "failed": {**order_ids, "description": "a bot's kill: its orders whose cancel failed"},
+            "others_left": {
+                "type": "integer",
+                "description": "a bot's kill: other bots' open orders, untouched",
+            },
         },
         "required": ["account", "mode", "previous", "in_flight"],
     }
     mode_body = {
         "type": "object",
-        "properties": {"account": account, "mode": _MODES, "reason": {"type": "string"}},
+        "properties": {"account": account, "bot": bot, "mode": _MODES, "reason": {"type": "string"}},
         "required": ["account", "mode"],
     }
-    kill_body = {"type": "object", "properties": {"account": account}, "required": ["account"]}
+    kill_body = {"type": "object", "properties": {"account": account, "bot": bot}, "required": ["account"]}
     not_changed = _json(_ADMIN_ERROR, "journalUnavailable: the mode was not changed.")
     not_cancelled = _json(
         {**killed, "required": ["account", "mode", "previous", "in_flight", "error"]},
@@ -659,14 +742,14 @@ def _own_paths() -> dict[str, Schema]:
         ),
         "/metrics": _read("Prometheus metrics", {"200": metrics}),
         "/guardian/mode": _admin(
-            "Set an account's trading mode (persisted in the journal)",
+            "Set an account's or one bot's trading mode (persisted in the journal); lifts a latched trip",
             mode_body,
             changed,
             ("503", not_changed),
         ),
         "/guardian/kill": _admin(
             "Halt an account, cancel all its orders at the exchange, then cancel whatever the requests in "
-            "flight at the halt leave open",
+            "flight at the halt leave open; with `bot`, halt that bot and cancel exactly the orders it placed",
             kill_body,
             killed,
             ("502", not_cancelled),

@@ -11,7 +11,8 @@ sends missing, garbage, replayed and under-privileged credentials.
 Random numbers would almost never land inside a price band, so part of the generated orders are
 steered toward the configured symbols and to sizes and prices on both sides of every limit, and part
 of the edits toward open orders. Whether what reached the simulator breaks a rule is decided here, from
-`LIMITS` and `MARKS`, never by guardian's rules code. Hypothesis is derandomized: a run is repeatable.
+`LIMITS`, `MARKS`, `MAX_POSITION` and `MAX_OPEN_ORDERS_TOTAL`, never by guardian's rules code.
+Hypothesis is derandomized: a run is repeatable.
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ LIMITS = {
     "PF_ETHUSD": Limits(Decimal(20), Decimal(30_000), Decimal(2)),  # a per-symbol override
 }
 ACCOUNT_LIMITS = LIMITS["PF_XBTUSD"]
+# The exposure guard (issue 12): the largest position per symbol, and open orders in the account. The
+# judge checks the simulator's own book against them after every case.
+MAX_POSITION = {"PF_XBTUSD": Decimal(4), "PF_ETHUSD": Decimal(30)}
+MAX_OPEN_ORDERS_TOTAL = 15
 # The simulator's prices, frozen for the whole module (no random walk; nothing here moves a mark).
 MARKS = {"PF_XBTUSD": Decimal(60_000), "PF_ETHUSD": Decimal(3_000), "PF_SOLUSD": Decimal(150)}
 TICKS = {"PF_XBTUSD": Decimal("0.5"), "PF_ETHUSD": Decimal("0.1"), "PF_SOLUSD": Decimal("0.01")}
@@ -122,8 +127,11 @@ mark_poll_s = 0.5
 mark_max_age_s = 10
 # Far above Kraken's 500 per 10 s: the fuzzer's requests are judged by the guard, not the budget.
 rate_budget = 1000000
-allow_unlimited = true
+max_position = {max_position}
+max_open_orders_total = {max_open}
+max_daily_loss = 1000000
 [accounts.guard.symbol.PF_ETHUSD]
+max_position = {eth_position}
 max_order_size = {eth_size}
 max_notional = {eth_notional}
 price_band_pct = {eth_band}
@@ -232,6 +240,9 @@ class GuardianProcess:
                 eth_size=eth.size,
                 eth_notional=eth.notional,
                 eth_band=eth.band_pct,
+                max_position=MAX_POSITION["PF_XBTUSD"],
+                eth_position=MAX_POSITION["PF_ETHUSD"],
+                max_open=MAX_OPEN_ORDERS_TOTAL,
                 bot_key=BOT_KEY,
                 bot_secret=BOT_SECRET,
                 reader_key=READER_KEY,
@@ -422,6 +433,7 @@ class Run:
     # (endpoint or path, generation mode, HTTP status, error code) -> how many
     answers: Counter[tuple[str, str, int, str]] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    per_bot: int = 0  # admin answers about one bot
 
     def count(
         self,
@@ -477,10 +489,10 @@ class Live:
         path = name if name.startswith("/") else ep.BY_NAME[name].path if name in ep.BY_NAME else ep.V3 + name
         return self.schema[path][method]
 
-    def set_mode(self, mode: str) -> None:
+    def set_mode(self, mode: str, bot: str | None = None) -> None:
         answer = self.http.post(
             self.url + "/guardian/mode",
-            json={"account": "main", "mode": mode, "reason": "fuzz"},
+            json={"account": "main", "bot": bot, "mode": mode, "reason": "fuzz"},
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
             timeout=10,
         )
@@ -509,6 +521,9 @@ class Live:
                 continue
             cli = f"seed{index}-{next(self._seed_serial)}"
             answer = self.signed("POST", "sendorder", {**seed, "cliOrdId": cli})
+            if answer.status_code == 403 and error_code(answer) in openapi.EXPOSURE_CODES:
+                self.seeds.pop(index, None)  # the fuzzer's orders left no room for it: the guard at work
+                continue
             assert answer.status_code == 200, answer.text
             status = answer.json()["sendStatus"]
             assert status["status"] == "placed", answer
@@ -519,12 +534,19 @@ class Live:
         """Everything the exchange received or changed since the last look, against LIMITS."""
         seen = self.seen_seq
 
-        def fresh(sim: Simulator) -> tuple[list[dict[str, Any]], dict[str, Held]]:
+        def fresh(sim: Simulator) -> tuple[list[dict[str, Any]], dict[str, Held], dict[str, Decimal]]:
             new = list(itertools.takewhile(lambda r: r["seq"] > seen, reversed(sim.requests)))
-            return new, held_orders(sim)
+            positions = {s: Decimal(p.size) for s, p in sim.exchange.account("main").positions.items()}
+            return new, held_orders(sim), positions
 
-        requests_, held = self.sim.read(fresh)
+        requests_, held, positions = self.sim.read(fresh)
         found: list[str] = []
+        for symbol, size in positions.items():
+            if abs(size) > MAX_POSITION.get(symbol, Decimal(0)):
+                found.append(f"the exchange's position in {symbol} is {size}, beyond max_position")
+        open_now = [o for o in held.values() if o.state == "open"]
+        if len(open_now) > MAX_OPEN_ORDERS_TOTAL:
+            found.append(f"the exchange holds {len(open_now)} open orders, beyond max_open_orders_total")
         for entry in requests_:
             self.seen_seq = max(self.seen_seq, entry["seq"])
             fields = entry.get("fields") or {}
@@ -955,6 +977,9 @@ def test_fuzzing_in_active_mode_no_5xx_and_nothing_out_of_limits_reaches_the_exc
     assert not [key for key in signed if key[2] == 401], run.answers
     for code in ("symbolNotAllowed", "orderSizeTooLarge", "notionalTooLarge", "priceOutsideBand"):
         assert run.count(code=code) >= 5, (code, run.answers)
+    # The exposure guard bound too (4 refusals in the last measured run), and the judge found the
+    # simulator's positions and open orders within it after every case.
+    assert sum(run.count(code=code) for code in openapi.EXPOSURE_CODES) >= 1, run.answers
     reached = Counter(
         (r["endpoint"], r.get("outcome")) for r in live.requests_since(start) if r["api_key"] == TRADE_KEY
     )
@@ -1062,12 +1087,20 @@ def test_fuzzing_the_admin_endpoints_with_the_token_answers_and_changes_only_wha
         body = json.loads(json.dumps(case.body)) if isinstance(case.body, dict) else case.body
         if isinstance(body, dict) and mode_of(case) is GenerationMode.POSITIVE and data.draw(often):
             body["account"] = "main"  # the one account there is, most of the time
+            if data.draw(st.booleans()):
+                body["bot"] = "reader"  # a real bot (read-only: the trading fuzz is not affected)
         prepared = prepare(live, case, body, "body")
         prepared.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
         response = live.http.send(prepared, timeout=15)
         if response.status_code == 200:  # what the answer says was done, was done
             state = live.http.get(live.url + "/guardian/state", timeout=10).json()
-            assert state["accounts"][0]["mode"] == response.json()["mode"]
+            answer = response.json()
+            if "bot" in answer:
+                bots = {b["name"]: b["mode"] for b in state["accounts"][0]["bots"]}
+                assert bots[answer["bot"]] == answer["mode"], (answer, bots)
+                run.per_bot += 1
+            else:
+                assert state["accounts"][0]["mode"] == answer["mode"]
         return response
 
     try:
@@ -1076,8 +1109,10 @@ def test_fuzzing_the_admin_endpoints_with_the_token_answers_and_changes_only_wha
             fuzz(live, run, live.operation(path, "POST"), GenerationMode.NEGATIVE, 10, send)
     finally:
         live.set_mode("active")
+        live.set_mode("active", bot="reader")
     assert not run.failures, "\n\n".join(run.failures)
     assert run.count("/guardian/mode", 200) >= 3 and run.count("/guardian/kill", 200) >= 3, run.answers
+    assert run.per_bot >= 2, run.answers  # a bot's mode and kill were fuzzed too
     assert run.count(status=400) >= 5, run.answers
     assert_still_healthy(live, "active", log_from)
 
