@@ -149,9 +149,21 @@ class GuardConfig:
     # Seconds before an announced high-priority maintenance at which the account goes reduce_only (and
     # back after the announced window, unless an operator changed the mode meanwhile); 0: off.
     maintenance_reduce_only_s: float = 0.0
+    # limits_for's answers, for the symbols configured and the first others asked about (not config)
+    _limits_memo: dict[str, SymbolLimits] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def limits_for(self, symbol: str) -> SymbolLimits:
         """The limits that apply to `symbol`: its own override where set, else the account's."""
+        found = self._limits_memo.get(symbol)
+        if found is None:
+            found = self._limits(symbol)
+            if symbol in self.per_symbol or len(self._limits_memo) < 256:  # bounded: bots name symbols
+                self._limits_memo[symbol] = found
+        return found
+
+    def _limits(self, symbol: str) -> SymbolLimits:
         own = self.per_symbol.get(symbol, SymbolLimits())
         open_orders = own.max_open_orders if own.max_open_orders is not None else self.max_open_orders
         return SymbolLimits(

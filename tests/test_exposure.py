@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -85,7 +86,7 @@ async def guarded(
 
 
 def _fields(guard: GuardConfig) -> dict[str, Any]:
-    return {name: getattr(guard, name) for name in guard.__slots__}  # type: ignore[attr-defined]
+    return {f.name: getattr(guard, f.name) for f in dataclasses.fields(guard) if f.init}
 
 
 @contextlib.asynccontextmanager

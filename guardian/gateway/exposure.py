@@ -23,8 +23,10 @@ risk with `accountStateUnavailable` while that state is stale (guardian does not
 
 from __future__ import annotations
 
+import bisect
+import functools
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -33,7 +35,7 @@ from typing import Final, TypeVar
 from guardian.config import ClientConfig, GuardConfig
 from guardian.gateway.orders import OrderIntent
 from guardian.gateway.refusal import Refusal
-from guardian.stream.state import Event, Fill, OrderClosed, StateView
+from guardian.stream.state import Event, Fill, OpenOrder, OrderClosed, StateView
 
 ZERO: Final = Decimal(0)
 _T = TypeVar("_T")
@@ -72,6 +74,51 @@ class Candidate:
 
 
 @dataclass(frozen=True, slots=True)
+class Notional:
+    """The notional of the first `count` orders of a view's `working` that are not reduce-only, ready for
+    any marks: per symbol, the size of those without a price, and those with one sorted by price with
+    running sums of size and price x size. Each order counts at the higher of its price and the mark, so
+    one bisection per symbol gives what a pass over every order would (`_gross_figure` checks one
+    against the other in the tests)."""
+
+    count: int
+    by_symbol: Mapping[str, tuple[Decimal, list[Decimal], list[Decimal], list[Decimal]]]
+    positions: tuple[tuple[str, Decimal], ...] = ()  # each position's larger absolute reading, if not 0
+
+    @staticmethod
+    def part(orders: Iterable[Working]) -> tuple[Decimal, list[Decimal], list[Decimal], list[Decimal]]:
+        """One symbol's entry, from its orders."""
+        unpriced = ZERO
+        rows: list[tuple[Decimal, Decimal]] = []
+        for w in orders:
+            if w.reduce_only:
+                continue
+            if w.price is None:
+                unpriced += w.remaining
+            else:
+                rows.append((w.price, w.remaining))
+        rows.sort(key=lambda row: row[0])
+        sizes, values = [ZERO], [ZERO]
+        for price, size in rows:
+            sizes.append(sizes[-1] + size)
+            values.append(values[-1] + price * size)
+        return unpriced, [r[0] for r in rows], sizes, values
+
+    def total(self, view: Exposure) -> Decimal:
+        total = ZERO
+        for symbol, (unpriced, prices, sizes, values) in self.by_symbol.items():
+            mark = view.marks.get(symbol)
+            if mark is None:
+                if unpriced:
+                    _price_of(view, symbol, None)  # refuses: no mark, and an order without a price
+                total += values[-1]
+                continue
+            at = bisect.bisect_left(prices, mark)  # from here on the order's price is the higher
+            total += values[-1] - values[at] + mark * (sizes[at] + unpriced)
+        return total
+
+
+@dataclass(frozen=True, slots=True)
 class Exposure:
     """The immutable view the rules read."""
 
@@ -81,7 +128,9 @@ class Exposure:
     daily_pnl: Decimal | None  # realised since 00:00 UTC plus unrealised, net of fees; None: unknown
     bot_orders: int = 0  # the judged bot's new orders and edits in the last minute
     bot_recent: tuple[tuple[float, tuple[object, ...], str | None], ...] = ()  # its recent sends
+    bot_recent_count: Mapping[tuple[object, ...], int] = field(default_factory=dict)  # content -> how many
     now: float = 0.0  # monotonic
+    notional: Notional | None = None  # of the first orders of `working`, when worked out ahead
 
     def position(self, symbol: str) -> tuple[Decimal, Decimal]:
         return self.positions.get(symbol, (ZERO, ZERO))
@@ -99,7 +148,18 @@ class Exposure:
             candidate.replaces or candidate.cli_ord_id,
         )
         recent = (*self.bot_recent, (self.now, candidate.content, candidate.cli_ord_id))
-        return replace(self, working=(*kept, added), bot_orders=self.bot_orders + 1, bot_recent=recent)
+        count = {
+            **self.bot_recent_count,
+            candidate.content: self.bot_recent_count.get(candidate.content, 0) + 1,
+        }
+        return replace(
+            self,
+            working=(*kept, added),
+            bot_orders=self.bot_orders + 1,
+            bot_recent=recent,
+            bot_recent_count=count,
+            notional=self.notional if candidate.replaces is None else None,  # an edit drops one it covers
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,16 +233,27 @@ def _position_why(view: Exposure, c: Candidate, figure: Decimal, limit: Decimal)
     )
 
 
+def _replaced(view: Exposure, c: Candidate, where: Callable[[Working], bool]) -> int:
+    """1 when `c` is an edit of a working order matching `where` (that order then does not count)."""
+    if c.replaces is None:
+        return 0
+    return 1 if any(w.key == c.replaces and where(w) for w in view.working) else 0
+
+
 def _open_orders_figure(view: Exposure, c: Candidate) -> Decimal:
-    return Decimal(sum(1 for w in view.working if w.symbol == c.symbol and _kept(w, c)) + 1)
+    symbol = c.symbol
+    count = sum(1 for w in view.working if w.symbol == symbol)
+    return Decimal(count - _replaced(view, c, lambda w: w.symbol == symbol) + 1)
 
 
 def _open_total_figure(view: Exposure, c: Candidate) -> Decimal:
-    return Decimal(sum(1 for w in view.working if _kept(w, c)) + 1)
+    return Decimal(len(view.working) - _replaced(view, c, lambda w: True) + 1)
 
 
 def _bot_open_figure(view: Exposure, c: Candidate) -> Decimal:
-    return Decimal(sum(1 for w in view.working if w.bot == c.bot and _kept(w, c)) + 1)
+    bot = c.bot
+    count = sum(1 for w in view.working if w.bot == bot)
+    return Decimal(count - _replaced(view, c, lambda w: w.bot == bot) + 1)
 
 
 def _count_why(scope: str, key: str) -> Callable[[Exposure, Candidate, Decimal, Decimal], str]:
@@ -197,8 +268,9 @@ def _count_why(scope: str, key: str) -> Callable[[Exposure, Candidate, Decimal, 
 
 
 def _price_of(view: Exposure, symbol: str, price: Decimal | None) -> Decimal:
+    """The higher of an order's own price and the mark (the worse for notional)."""
     mark = view.marks.get(symbol)
-    found = max((p for p in (price, mark) if p is not None), default=None)
+    found = mark if price is None else price if mark is None or price > mark else mark
     if found is None:
         raise Refusal(
             "markPriceUnavailable",
@@ -208,15 +280,29 @@ def _price_of(view: Exposure, symbol: str, price: Decimal | None) -> Decimal:
     return found
 
 
+def _sizes(positions: Mapping[str, tuple[Decimal, Decimal]]) -> tuple[tuple[str, Decimal], ...]:
+    """Each position's larger absolute reading, where it is not 0."""
+    found = ((symbol, max(abs(low), abs(high))) for symbol, (low, high) in positions.items())
+    return tuple((symbol, size) for symbol, size in found if size)
+
+
 def _gross_figure(view: Exposure, c: Candidate) -> Decimal:
     total = ZERO
-    for symbol, (low, high) in view.positions.items():
-        size = max(abs(low), abs(high))
-        if size:
-            total += size * _price_of(view, symbol, None)
-    for w in view.working:
-        if not w.reduce_only and _kept(w, c):
-            total += w.remaining * _price_of(view, w.symbol, w.price)
+    marks, replaces = view.marks, c.replaces
+    sizes = view.notional.positions if view.notional is not None else _sizes(view.positions)
+    for symbol, size in sizes:
+        mark = marks.get(symbol)
+        total += size * (mark if mark is not None else _price_of(view, symbol, None))
+    rest: Iterable[Working] = view.working
+    if view.notional is not None and replaces is None:  # an edit: the order it replaces does not count
+        total += view.notional.total(view)
+        rest = view.working[view.notional.count :]
+    for w in rest:  # _price_of inlined
+        if w.reduce_only or (replaces is not None and w.key == replaces):
+            continue
+        price, mark = w.price, marks.get(w.symbol)
+        found = mark if price is None else price if mark is None or price > mark else mark
+        total += w.remaining * (found if found is not None else _price_of(view, w.symbol, price))
     return total + c.size * _price_of(view, c.symbol, c.price)
 
 
@@ -250,6 +336,8 @@ def _loss_why(view: Exposure, c: Candidate, figure: Decimal, limit: Decimal) -> 
 
 def _duplicate_figure(view: Exposure, c: Candidate) -> Decimal:
     """1 when the bot sent the same order under another cliOrdId (or none) within the window."""
+    if not view.bot_recent_count.get(c.content):
+        return ZERO  # not sent at all within the window: no need to look through them
     return Decimal(
         sum(
             1
@@ -495,6 +583,148 @@ class Hold:
     items: list[Held] = field(default_factory=list)
 
 
+class Picture:
+    """What the rules need of one state view, worked out once per view: each position's two readings
+    (lowest, highest), each open order as a Working (by order id; order ids by cliOrdId), the symbols of
+    both, and the open orders' `Notional`.
+
+    A new view is usually the last one with one order changed, so `of` works from the last picture: only
+    the orders whose OpenOrder object is new (the state's are immutable, and kept while unchanged), gone,
+    or whose owner has become known since (owners never change once known) are made again, and only their
+    symbols' notional entries. `build` makes the same from nothing (the tests hold the two equal)."""
+
+    __slots__ = (
+        "groups",
+        "notional",
+        "order_id_of",
+        "parts",
+        "positions",
+        "shown",
+        "state",
+        "symbols",
+        "unowned",
+    )
+
+    def __init__(
+        self,
+        state: StateView,
+        positions: dict[str, tuple[Decimal, Decimal]],
+        shown: dict[str, Working],
+        order_id_of: dict[str, str],
+        unowned: dict[str, str | None],
+        groups: dict[str, dict[str, Working]],
+        parts: dict[str, tuple[Decimal, list[Decimal], list[Decimal], list[Decimal]]],
+        last: Picture | None = None,
+    ) -> None:
+        self.state = state
+        self.positions = positions
+        self.shown = shown  # order id -> Working
+        self.order_id_of = order_id_of  # cliOrdId -> order id
+        self.unowned = unowned  # order id -> cliOrdId, of the orders whose owner is not known yet
+        self.groups = groups  # symbol -> order id -> Working
+        self.parts = parts  # symbol -> its Notional entry
+        self.symbols: frozenset[str]
+        sizes: tuple[tuple[str, Decimal], ...]
+        if last is not None and positions is last.positions and groups.keys() == last.groups.keys():
+            self.symbols, sizes = last.symbols, last.notional.positions
+        else:
+            self.symbols, sizes = frozenset({*positions, *groups}), _sizes(positions)
+        self.notional: Notional = Notional(len(shown), parts, sizes)
+
+    @staticmethod
+    def _positions(state: StateView) -> dict[str, tuple[Decimal, Decimal]]:
+        positions: dict[str, tuple[Decimal, Decimal]] = {}
+        for symbol in set(state.positions) | set(state.fill_positions):
+            feed = state.positions[symbol].size if symbol in state.positions else ZERO
+            fills = state.fill_positions.get(symbol, ZERO)
+            positions[symbol] = (min(feed, fills), max(feed, fills))
+        return positions
+
+    @staticmethod
+    def _working(order: OpenOrder, placer: str | None) -> Working:
+        price = order.limit_price if order.limit_price is not None else order.stop_price
+        return Working(
+            order.symbol, order.side, order.remaining, order.reduce_only, price, placer, order.order_id
+        )
+
+    @classmethod
+    def build(cls, state: StateView, owner: Callable[[str | None, str | None], str | None]) -> Picture:
+        shown: dict[str, Working] = {}
+        order_id_of: dict[str, str] = {}
+        unowned: dict[str, str | None] = {}
+        groups: dict[str, dict[str, Working]] = {}
+        for order_id, order in state.orders.items():
+            placer = owner(order_id, order.cli_ord_id)
+            item = shown[order_id] = cls._working(order, placer)
+            groups.setdefault(order.symbol, {})[order_id] = item
+            if order.cli_ord_id:
+                order_id_of[order.cli_ord_id] = order_id
+            if placer is None:
+                unowned[order_id] = order.cli_ord_id
+        parts = {symbol: Notional.part(orders.values()) for symbol, orders in groups.items()}
+        return cls(state, cls._positions(state), shown, order_id_of, unowned, groups, parts)
+
+    @classmethod
+    def of(
+        cls, state: StateView, owner: Callable[[str | None, str | None], str | None], last: Picture | None
+    ) -> Picture:
+        """The picture of `state`, from the `last` one where that saves work."""
+        if last is None:
+            return cls.build(state, owner)
+        learned = [i for i, cli in last.unowned.items() if owner(i, cli) is not None]
+        if last.state is state and not learned:
+            return last
+        before, now = last.state.orders, state.orders
+        changed = [i for i, order in now.items() if before.get(i) is not order]
+        added = sum(1 for i in changed if i not in before)
+        gone = before.keys() - now.keys() if len(now) - added < len(before) else ()
+        if len(changed) + len(gone) > len(now) // 2 + 1:
+            return cls.build(state, owner)  # most of it is new anyway
+        shown, order_id_of, unowned = dict(last.shown), dict(last.order_id_of), dict(last.unowned)
+        groups, parts = dict(last.groups), dict(last.parts)
+        touched: set[str] = set()
+        for order_id in (*gone, *changed, *learned):  # out with the old
+            old = last.shown.get(order_id)
+            if old is None or order_id not in shown:
+                continue
+            del shown[order_id]
+            unowned.pop(order_id, None)
+            cli = before[order_id].cli_ord_id if order_id in before else None
+            if cli and order_id_of.get(cli) == order_id:
+                del order_id_of[cli]
+            group = groups[old.symbol] = (
+                dict(groups[old.symbol]) if old.symbol not in touched else groups[old.symbol]
+            )
+            touched.add(old.symbol)
+            del group[order_id]
+        for order_id in (*changed, *learned):  # in with the new
+            order = now.get(order_id)
+            if order is None or order_id in shown:
+                continue
+            placer = owner(order_id, order.cli_ord_id)
+            item = shown[order_id] = cls._working(order, placer)
+            if order.symbol not in touched:
+                groups[order.symbol] = dict(groups.get(order.symbol, {}))
+                touched.add(order.symbol)
+            groups[order.symbol][order_id] = item
+            if order.cli_ord_id:
+                order_id_of[order.cli_ord_id] = order_id
+            if placer is None:
+                unowned[order_id] = order.cli_ord_id
+        for symbol in touched:
+            if groups[symbol]:
+                parts[symbol] = Notional.part(groups[symbol].values())
+            else:
+                del groups[symbol]
+                parts.pop(symbol, None)
+        positions = (
+            last.positions
+            if state.positions == last.state.positions and state.fill_positions == last.state.fill_positions
+            else cls._positions(state)
+        )
+        return cls(state, positions, shown, order_id_of, unowned, groups, parts, last)
+
+
 class Book:
     """One account's holds and the bots' recent orders. Single-threaded: the event loop's."""
 
@@ -503,8 +733,10 @@ class Book:
         self._held: list[Held] = []
         self._orders_at: dict[str | None, deque[float]] = {}
         self._recent: dict[str | None, deque[tuple[float, tuple[object, ...], str | None]]] = {}
+        self._recent_count: dict[str | None, Counter[tuple[object, ...]]] = {}  # kept with _recent
         self._filled: OrderedDict[str, Decimal] = OrderedDict()
         self._closed: OrderedDict[str, None] = OrderedDict()
+        self._picture: Picture | None = None  # the last state's, see `Picture`
 
     def __len__(self) -> int:
         return len(self._held)
@@ -524,53 +756,57 @@ class Book:
         """The account as the rules see it now: the state's positions and orders, plus what is held."""
         self._prune(reconciles)
         now = self._clock()
-        positions: dict[str, tuple[Decimal, Decimal]] = {}
-        for symbol in set(state.positions) | set(state.fill_positions):
-            feed = state.positions[symbol].size if symbol in state.positions else ZERO
-            fills = state.fill_positions.get(symbol, ZERO)
-            positions[symbol] = (min(feed, fills), max(feed, fills))
-        working: dict[str, Working] = {}
-        for order in state.orders.values():
-            working[order.order_id] = Working(
-                order.symbol,
-                order.side,
-                order.remaining,
-                order.reduce_only,
-                order.limit_price if order.limit_price is not None else order.stop_price,
-                owner(order.order_id, order.cli_ord_id),
-                order.order_id,
-            )
-            if order.cli_ord_id:
-                working[order.cli_ord_id] = working[order.order_id]
+        picture = self._picture = Picture.of(state, owner, self._picture)
+        positions, shown_by_id, order_id_of = picture.positions, picture.shown, picture.order_id_of
+        state_symbols, notional = picture.symbols, picture.notional
+        copied = False
         extra: list[Working] = []
         for held in list(self._held):
-            shown = next((working[k] for k in held.keys if k in working), None)
-            if shown is None:
+            found = next(
+                (i for i in (k if k in shown_by_id else order_id_of.get(k) for k in held.keys) if i), None
+            )
+            if found is None:
                 extra.append(held.order)
-            elif held.answered and shown.remaining >= held.order.remaining:
+                continue
+            shown = shown_by_id[found]
+            if held.answered and shown.remaining >= held.order.remaining:
                 self._drop(held)  # the stream shows it at least as large: the open order counts it now
             elif held.order.remaining > shown.remaining:
-                bigger = replace(shown, remaining=held.order.remaining)
-                for key in {shown.key, *held.keys}:
-                    if key:
-                        working[key] = bigger
-        unique = {id(w): w for w in working.values()}
-        wanted = {*positions, *symbols, *(w.symbol for w in (*unique.values(), *extra))}
+                if not copied:
+                    shown_by_id, copied = dict(shown_by_id), True  # the cache's is the state's: copy on write
+                shown_by_id[found] = replace(shown, remaining=held.order.remaining)
+        unique = shown_by_id
+        wanted = {*state_symbols, *symbols, *(w.symbol for w in extra)}
         marks_now = {s: marks(s) for s in wanted}
         for symbol, position in state.positions.items():
             if marks_now.get(symbol) is None and position.mark_price is not None:
                 marks_now[symbol] = position.mark_price
         times = self._window(self._orders_at, bot, now - RATE_WINDOW_S)
-        recent = self._window(self._recent, bot, now - window_s)
+        recent, count = self._recent_window(bot, now - window_s)
         return Exposure(
             positions=positions,
             working=(*unique.values(), *extra),
+            notional=None if copied else notional,  # it covers the state's orders as the state has them
             marks=marks_now,
             daily_pnl=daily_pnl(state),
             bot_orders=len(times),
             bot_recent=tuple(recent),
+            bot_recent_count=count,
             now=now,
         )
+
+    def _recent_window(
+        self, bot: str | None, since: float
+    ) -> tuple[deque[tuple[float, tuple[object, ...], str | None]], Counter[tuple[object, ...]]]:
+        """The bot's sends within the duplicate window, and how many of each content (kept together)."""
+        found = self._recent.setdefault(bot, deque())
+        count = self._recent_count.setdefault(bot, Counter())
+        while found and found[0][0] < since:
+            content = found.popleft()[1]
+            count[content] -= 1
+            if count[content] <= 0:
+                del count[content]
+        return found, count
 
     @staticmethod
     def _window(table: dict[str | None, deque[_T]], bot: str | None, since: float) -> deque[_T]:
@@ -591,12 +827,14 @@ class Book:
     ) -> Hold:
         """Judge each candidate against the view with the earlier ones added; if all pass, hold them all
         and count them as the bot's orders. Synchronous: nothing else runs between the check and the hold."""
-        for index, c in candidates:
+        last = len(candidates) - 1
+        for n, (index, c) in enumerate(candidates):
             try:
                 judge(view, c, limits, fresh=fresh)
             except Refusal as refusal:
                 raise item(index, refusal) from None
-            view = view.with_order(c)
+            if n < last:  # a batch's next item is judged with this one out
+                view = view.with_order(c)
         hold = Hold()
         now = self._clock()
         for _, c in candidates:
@@ -612,6 +850,8 @@ class Book:
             self._orders_at.setdefault(c.bot, deque()).append(now)
             if c.content:
                 self._recent.setdefault(c.bot, deque()).append((now, c.content, c.cli_ord_id))
+                count = self._recent_count.setdefault(c.bot, Counter())
+                count[c.content] += 1
         return hold
 
     # ---- settling --------------------------------------------------------------------------------------
@@ -703,7 +943,12 @@ def _time_of(entry: object) -> float:
 
 
 def _dec(value: float | int | None) -> Decimal | None:
-    return None if value is None else Decimal(str(value))
+    return None if value is None else _decimal(value)
+
+
+@functools.lru_cache(maxsize=512)  # the configured limits: a handful of values
+def _decimal(value: float | int) -> Decimal:
+    return Decimal(str(value))
 
 
 def _fmt(value: Decimal) -> str:
