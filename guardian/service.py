@@ -31,6 +31,8 @@ from guardian.journal import Journal, JournalError
 from guardian.kraken.times import to_iso
 from guardian.metrics import Metrics
 from guardian.notify import Notifier
+from guardian.relay.fanout import AccountFeeds, PublicFeeds
+from guardian.relay.server import Relay
 from guardian.stream.account import OWNERS_LOOKBACK_S, PLACING, AccountStream, placed_ids
 from guardian.stream.account import state_json as stream_json
 from guardian.stream.link import TickerLink
@@ -78,6 +80,7 @@ class Service:
         self.metrics.watch_streams(lambda: self.streams)
         self.tickers = self._ticker_links()
         self.maintenance = [MaintenancePolicy(account, self.journal) for account in self.accounts]
+        self.relay = self._relay()
         self._ws_session: aiohttp.ClientSession | None = None
         self._stream_tasks: list[asyncio.Task[None]] = []
         self.url = ""
@@ -139,6 +142,21 @@ class Service:
             links.append(link)
         return links
 
+    def _relay(self) -> Relay:
+        """Bots' ws/v1: each account's private feeds from its stream, public ones from its exchange's link
+        (products checked against what that exchange lists, so no bot's typo reaches the shared link)."""
+        private = {s.name: AccountFeeds(s) for s in self.streams if s.enabled}
+        public: dict[str, PublicFeeds] = {}
+        for link in self.tickers:
+            group = [a for a in self.accounts if a.config.stream.enabled and a.config.ws_url == link.url]
+
+            def known(group: list[Account] = group) -> set[str]:
+                return set().union(*(account.marks.known for account in group))
+
+            feeds = PublicFeeds(link, known)
+            public.update({account.name: feeds for account in group})
+        return Relay(self.config, private, public, self.metrics.registry)
+
     def _on_refresh(self, switch: Switch, outcome: str, duration_s: float) -> None:
         self.metrics.on_refresh(switch, outcome, duration_s)
         self._wake.set()  # the reporter looks at once: READY=1 right after the first arming
@@ -157,6 +175,7 @@ class Service:
         app[SERVICE_KEY] = self
         app.add_routes(ops.routes())
         app.add_routes(self.gateway.routes())
+        app.add_routes(self.relay.routes())
         token = self.config.server.admin_token
         if token is not None:
             accounts = {account.name: account for account in self.accounts}
@@ -208,6 +227,7 @@ class Service:
         self._tasks = [
             asyncio.create_task(self._report(), name="report"),
             asyncio.create_task(self.notifier.run_watchdog(self.healthy), name="watchdog"),
+            asyncio.create_task(self.relay.run(), name="relay"),
         ]
 
     async def _start_streams(self) -> None:
@@ -290,6 +310,7 @@ class Service:
         self.stopping = True
         self.notifier.stopping("stopping: finishing requests, then " + self._policies())
         log.info("guardian_stopping", policies=self._policies())
+        await self.relay.close()  # bots' ws/v1 sockets would hold the server's shutdown
         if self._runner is not None:
             await self._runner.cleanup()  # stops accepting, waits SHUTDOWN_GRACE_S for in-flight ones
             self._runner = None
@@ -365,6 +386,7 @@ class Service:
                 {**account.as_json(), **(stream_json(account.stream) if account.stream else {})}
                 for account in self.accounts
             ],
+            "relay": self.relay.state_json(),
         }
 
     def status_line(self, states: Mapping[str, SwitchState] | None = None) -> str:
