@@ -49,7 +49,7 @@ CHALLENGES_KEPT: Final = 64  # per connection
 MAX_MESSAGE_BYTES: Final = 64 * 1024
 PING_S: Final = 30.0  # protocol pings to the bot; no pong in time closes the connection
 SEND_BUFFER_BYTES: Final = 256 * 1024  # the kernel's share of a bot's backlog, bounded too
-CLOSE_WAIT_S: Final = 1.0
+CLOSE_WAIT_S: Final = 5.0  # a backlogged bot gets this long to read up to the close frame
 TRY_AGAIN_LATER: Final = 1013
 KNOWN_FEEDS: Final = frozenset(
     {*render.PRIVATE_FEEDS, *render.PUBLIC_FEEDS, "alert", "event"}
@@ -114,8 +114,8 @@ class Connection:
         self.relay.messages.labels(feed if feed in KNOWN_FEEDS else "other").inc()
 
     def send(self, message: Mapping[str, Any]) -> None:
-        feed = message.get("feed") or message.get("event")
-        self.offer(dumps(message), "event" if "event" in message else str(feed))
+        feed = str(message.get("feed"))
+        self.offer(dumps(message), "event" if "event" in message else feed.removesuffix("_snapshot"))
 
     def kill(self, reason: str, text: str) -> None:
         """Close with 1013 (try again later) in the background; the reader ends with it."""
@@ -134,8 +134,8 @@ class Connection:
         try:
             await asyncio.wait_for(self.ws.close(code=code, message=text.encode()[:120]), CLOSE_WAIT_S)
         except (TimeoutError, ConnectionError):
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.abort()  # it did not take the close frame in time: cut
+            if self.transport is not None:
+                self.transport.abort()  # it did not take the close frame in time: cut, dropping the backlog
 
     async def write_loop(self) -> None:
         while True:
@@ -188,6 +188,7 @@ class Relay:
         self.queue_size = queue_size
         self.requests_per_s = requests_per_s
         self.max_connections = config.server.ws_max_connections
+        self.send_buffer_bytes = SEND_BUFFER_BYTES
         self.keys: dict[str, Caller] = {
             client.api_key: Caller(account.name, client)
             for account in config.accounts
@@ -223,9 +224,9 @@ class Relay:
         ws = web.WebSocketResponse(heartbeat=PING_S, max_msg_size=MAX_MESSAGE_BYTES, autoping=True)
         await ws.prepare(request)
         sock = request.transport.get_extra_info("socket") if request.transport is not None else None
-        if isinstance(sock, socket.socket):
+        if sock is not None:  # asyncio's TransportSocket: setsockopt passes through
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer_bytes)
         if self.closing or len(self.connections) >= self.max_connections:
             reason = "shutdown" if self.closing else "connection_limit"
             log.warning("relay_connection_refused", reason=reason, connections=len(self.connections))
