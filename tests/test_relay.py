@@ -344,6 +344,39 @@ async def test_a_slow_consumer_is_dropped_with_1013_and_the_others_are_not_delay
     assert found[("guardian_ws_disconnects_total", frozenset({("reason", "slow_consumer")}))] == 1
 
 
+async def test_a_bot_that_never_reads_again_is_cut_after_the_close_grace(
+    pair: tuple[Simulator, Service],
+) -> None:
+    from guardian.relay.server import CLOSE_WAIT_S
+
+    exchange, service = pair
+    service.relay.queue_size = 50
+    service.relay.send_buffer_bytes = 8192
+    stuck = await asyncio.to_thread(RawSlowBot, int(service.url.rsplit(":", 1)[1]))
+    try:
+        await asyncio.to_thread(
+            stuck.send_text, '{"event":"subscribe","feed":"book","product_ids":["PF_XBTUSD"]}'
+        )
+        await wait_for(
+            lambda: len(service.relay.connections) == 1 and upstream_public(exchange).get("book"), 3.0, "on"
+        )
+        for i in range(150):
+            exchange.exchange.market.set_mark("PF_XBTUSD", Decimal(60000 + 20 * (i % 2)))
+            await asyncio.sleep(0.06)
+            if any(c.reason for c in service.relay.connections):
+                break
+        given_up = time.monotonic()
+        await wait_for(
+            lambda: any(c.reason for c in service.relay.connections), 5.0, "the stuck bot given up"
+        )
+        await wait_for(lambda: not service.relay.connections, CLOSE_WAIT_S + 2.0, "the stuck bot cut")
+        assert time.monotonic() - given_up <= CLOSE_WAIT_S + 2.0
+        # and the upstream subscription it held is released
+        await wait_for(lambda: not upstream_public(exchange).get("book"), 3.0, "the book released")
+    finally:
+        stuck.sock.close()
+
+
 def _arrival_delays_ms(bot: object) -> list[float]:
     """Each book delta's arrival against the exchange's timestamp on it (wall clock, ms)."""
     from tests.relay_helpers import WsBot

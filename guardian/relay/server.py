@@ -129,13 +129,27 @@ class Connection:
         self._closer = asyncio.create_task(self._close(TRY_AGAIN_LATER, text), name="relay-close")
 
     async def _close(self, code: int, text: str) -> None:
+        """Send the close frame behind what the bot has not read yet; if it has not taken it within
+        CLOSE_WAIT_S (a bot that stopped reading), cut the connection and drop the backlog."""
         if self.writer is not None:
             self.writer.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_WAIT_S
+        closing = asyncio.ensure_future(self.ws.close(code=code, message=text.encode()[:120]))
         try:
-            await asyncio.wait_for(self.ws.close(code=code, message=text.encode()[:120]), CLOSE_WAIT_S)
-        except (TimeoutError, ConnectionError):
-            if self.transport is not None:
-                self.transport.abort()  # it did not take the close frame in time: cut, dropping the backlog
+            await asyncio.wait({closing}, timeout=CLOSE_WAIT_S)
+            # A close that returned with bytes unsent; asyncio has no event for a transport's buffer emptying.
+            while self._backlog() and loop.time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        finally:
+            if self.transport is not None and (not closing.done() or self._backlog()):
+                self.transport.abort()
+            closing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await closing
+
+    def _backlog(self) -> int:
+        return 0 if self.transport is None else self.transport.get_write_buffer_size()
 
     async def write_loop(self) -> None:
         while True:
