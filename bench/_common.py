@@ -182,7 +182,8 @@ def daemon_toml(
     guard: str = "",
 ) -> str:
     """A configuration for `guardian run` on `port` in front of the simulator at `sim_url`: one account with
-    every guard limit on and its local rate budget out of the way (benchmarks raise the simulator's too),
+    every guard limit on (the exposure limits too, far from binding: their checks run on every order) and
+    its local rate budget out of the way (benchmarks raise the simulator's too),
     `guard` appended to `[accounts.guard]`, then `bots`. Secrets come from the environment (secrets_env)."""
     return f"""[server]
 listen = "127.0.0.1:{port}"
@@ -202,6 +203,12 @@ max_order_size = 1
 max_notional = 100000
 price_band_pct = 5
 rate_budget = 1000000000
+max_position = 1000000
+max_open_orders_total = 100000
+max_gross_notional = 1000000000000
+max_orders_per_minute = 1000000000
+max_fills_per_minute = 1000000000
+max_daily_loss = 1000000000000
 {guard}""" + bots_toml(bots)
 
 

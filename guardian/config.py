@@ -43,6 +43,10 @@ CLIENT_PERMISSIONS: Final = (Permission.READ, Permission.TRADE, Permission.SETTI
 # throttles public data by IP and does not publish the figure: these stay well under any seen in use.
 DEFAULT_PUBLIC_RATE_LIMIT: Final = 20.0
 DEFAULT_BOT_PUBLIC_RATE_LIMIT: Final = 10.0
+# Bots' connections to guardian's ws/v1 relay: in total, and per bot key (Kraken allows 100 per account).
+DEFAULT_WS_MAX_CONNECTIONS: Final = 500
+DEFAULT_BOT_WS_MAX_CONNECTIONS: Final = 20
+FEED_VIEWS: Final = ("account", "own")  # what a bot's private ws/v1 feeds show: the account, or its orders
 _MAX_SECRET_FILE_BYTES: Final = 64 * 1024
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SYMBOL = re.compile(r"\S+")
@@ -63,6 +67,7 @@ class ServerConfig:
     port: int = 8787
     admin_token: Secret | None = None  # None: no admin endpoints
     public_rate_limit: float = DEFAULT_PUBLIC_RATE_LIMIT  # public requests per second sent to the exchange
+    ws_max_connections: int = DEFAULT_WS_MAX_CONNECTIONS  # bots' ws/v1 connections to guardian, in total
 
     @property
     def listen(self) -> str:
@@ -216,6 +221,8 @@ class ClientConfig:
     permissions: frozenset[Permission]
     rate_budget: float | None = None  # this bot's own share: cost units per the account's rate_window_s
     public_rate_limit: float = DEFAULT_BOT_PUBLIC_RATE_LIMIT  # its public requests per second to the exchange
+    ws_max_connections: int = DEFAULT_BOT_WS_MAX_CONNECTIONS  # its ws/v1 connections to guardian at once
+    feeds: str = "account"  # account: its ws/v1 private feeds show the whole account; own: its orders only
     max_orders_per_minute: int | None = None  # new orders and edits; None: the account's guard value
     max_open_orders: int | None = None  # the open orders this bot placed; None: no limit of its own
 
@@ -406,7 +413,9 @@ def parse_config(
     found = _Secrets(os.environ if env is None else env, base_dir, secrets_dirs)
     root = _Table(data, "", ("server", "journal", "log", "accounts"))
 
-    server = root.table("server", ("listen", *_secret_keys("admin_token"), "public_rate_limit"))
+    server = root.table(
+        "server", ("listen", *_secret_keys("admin_token"), "public_rate_limit", "ws_max_connections")
+    )
     host, port = parse_listen(server.get("listen", str, "127.0.0.1:8787"), server.key("listen"))
     admin_token = found.optional(server, "admin_token")
     if admin_token is not None and len(admin_token.reveal()) < MIN_ADMIN_TOKEN_CHARS:
@@ -416,6 +425,7 @@ def parse_config(
         )
 
     public_rate_limit = server.number("public_rate_limit", DEFAULT_PUBLIC_RATE_LIMIT, above=0)
+    ws_max_connections = _whole(server, "ws_max_connections", DEFAULT_WS_MAX_CONNECTIONS)
     journal = _journal(root.table("journal", _JOURNAL_KEYS))
 
     log = root.table("log", ("level", "format"))
@@ -433,7 +443,7 @@ def parse_config(
         _check_limited(f"accounts[{i}].guard", account)
     return Config(
         accounts=accounts,
-        server=ServerConfig(host, port, admin_token, public_rate_limit),
+        server=ServerConfig(host, port, admin_token, public_rate_limit, ws_max_connections),
         journal=journal,
         log=LogConfig(level, fmt),
     )
@@ -480,6 +490,8 @@ _CLIENT_KEYS = (
     "public_rate_limit",
     "max_orders_per_minute",
     "max_open_orders",
+    "ws_max_connections",
+    "feeds",
 )
 
 
@@ -680,6 +692,8 @@ def _client(table: _Table, found: _Secrets) -> ClientConfig:
         )
     rate_budget = table.optional_number("rate_budget", above=0)
     public = table.number("public_rate_limit", DEFAULT_BOT_PUBLIC_RATE_LIMIT, above=0)
+    ws_max = _whole(table, "ws_max_connections", DEFAULT_BOT_WS_MAX_CONNECTIONS)
+    feeds = table.choice("feeds", FEED_VIEWS, "account")
     return ClientConfig(
         name,
         api_key,
@@ -687,6 +701,8 @@ def _client(table: _Table, found: _Secrets) -> ClientConfig:
         frozenset(Permission(p) for p in raw),
         rate_budget,
         public,
+        ws_max,
+        feeds,
         max_orders_per_minute=_count(table, "max_orders_per_minute"),
         max_open_orders=_count(table, "max_open_orders"),
     )
@@ -702,6 +718,13 @@ def _check_limited(where: str, account: AccountConfig) -> None:
             f"limit. Set {'them' if len(missing) > 1 else 'it'}, or say the choice out loud with "
             f"{where}.allow_unlimited = true"
         )
+
+
+def _whole(table: _Table, name: str, default: int) -> int:
+    value = table.get(name, int, default)
+    if isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{table.key(name)} must be a whole number of at least 1, got {value!r}")
+    return int(value)
 
 
 def _check_unique(accounts: Sequence[AccountConfig]) -> None:

@@ -36,6 +36,7 @@ from guardian.gateway.app import MAX_BODY, ORDER_ENDPOINTS, REPLAYED_HEADER
 from guardian.gateway.refusal import CODES
 from guardian.kraken import endpoints as ep
 from guardian.kraken.wire import BATCH_FIELD, LIST_FIELDS
+from guardian.relay import server as relay
 from guardian.server import MAX_HEADER_FIELD, MAX_HEADERS, MAX_REQUEST_LINE
 
 PATH: Final = "/openapi.json"
@@ -722,6 +723,15 @@ def _own_paths() -> dict[str, Schema]:
     }
     return {
         statuspage.PATH: _read("The status page, for a person", {"200": page}),
+        relay.PATH: _read(
+            "Kraken Futures' WebSocket v1 for bots, on their local keys (docs/relay.md)",
+            {
+                "101": {"description": "Switching Protocols: the WebSocket relay (Kraken's ws/v1 dialect)."},
+                "400": _json(
+                    _ref("Refusal"), "invalidArgument: a plain HTTP request, not a WebSocket upgrade."
+                ),
+            },
+        ),
         "/healthz": _read(
             "Liveness",
             {

@@ -33,6 +33,8 @@ from guardian.journal import Journal, JournalError
 from guardian.kraken.times import to_iso
 from guardian.metrics import Metrics
 from guardian.notify import Notifier
+from guardian.relay.fanout import AccountFeeds, PublicFeeds
+from guardian.relay.server import Relay
 from guardian.server import Runner
 from guardian.stream.account import OWNERS_LOOKBACK_S, PLACING, AccountStream, placed_ids
 from guardian.stream.account import state_json as stream_json
@@ -85,6 +87,7 @@ class Service:
         self.metrics.watch_limits(self.limit_records)
         self.tickers = self._ticker_links()
         self.maintenance = [MaintenancePolicy(account, self.journal) for account in self.accounts]
+        self.relay = self._relay()
         self._ws_session: aiohttp.ClientSession | None = None
         self._stream_tasks: list[asyncio.Task[None]] = []
         self.url = ""
@@ -153,6 +156,21 @@ class Service:
             links.append(link)
         return links
 
+    def _relay(self) -> Relay:
+        """Bots' ws/v1: each account's private feeds from its stream, public ones from its exchange's link
+        (products checked against what that exchange lists, so no bot's typo reaches the shared link)."""
+        private = {s.name: AccountFeeds(s) for s in self.streams if s.enabled}
+        public: dict[str, PublicFeeds] = {}
+        for link in self.tickers:
+            group = [a for a in self.accounts if a.config.stream.enabled and a.config.ws_url == link.url]
+
+            def known(group: list[Account] = group) -> set[str]:
+                return set().union(*(account.marks.known for account in group))
+
+            feeds = PublicFeeds(link, known)
+            public.update({account.name: feeds for account in group})
+        return Relay(self.config, private, public, self.metrics.registry)
+
     def _on_refresh(self, switch: Switch, outcome: str, duration_s: float) -> None:
         self.metrics.on_refresh(switch, outcome, duration_s)
         self._wake.set()  # the reporter looks at once: READY=1 right after the first arming
@@ -172,6 +190,7 @@ class Service:
         app.add_routes(ops.routes())
         app.add_routes(statuspage.routes())
         app.add_routes(self.gateway.routes())
+        app.add_routes(self.relay.routes())
         token = self.config.server.admin_token
         if token is not None:
             accounts = {account.name: account for account in self.accounts}
@@ -228,6 +247,7 @@ class Service:
         self._tasks = [
             asyncio.create_task(self._report(), name="report"),
             asyncio.create_task(self.notifier.run_watchdog(self.healthy), name="watchdog"),
+            asyncio.create_task(self.relay.run(), name="relay"),
         ]
         await self._start_streams()
 
@@ -322,6 +342,7 @@ class Service:
         self.stopping = True
         self.notifier.stopping("stopping: finishing requests, then " + self._policies())
         log.info("guardian_stopping", policies=self._policies())
+        await self.relay.close()  # bots' ws/v1 sockets would hold the server's shutdown
         if self._runner is not None:
             await self._runner.cleanup()  # stops accepting, waits SHUTDOWN_GRACE_S for in-flight ones
             self._runner = None
@@ -402,6 +423,7 @@ class Service:
                 }
                 for account in self.accounts
             ],
+            "relay": self.relay.state_json(),
         }
 
     def exposure_view(self, account: Account, bot: str | None = None) -> exposure.Exposure:

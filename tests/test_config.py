@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -930,3 +931,34 @@ def test_maintenance_reduce_only_is_read_and_refused_when_negative() -> None:
     assert "maintenance_reduce_only_s must be at least 0" in config_error(
         doc(guard="maintenance_reduce_only_s = -1")
     )
+
+
+# ---- the ws/v1 relay's keys (issue 13) -----------------------------------------------------------------
+
+
+def test_the_relay_keys_have_defaults_and_take_their_values() -> None:
+    config = parse(doc())
+    client = config.accounts[0].clients[0]
+    assert (config.server.ws_max_connections, client.ws_max_connections, client.feeds) == (500, 20, "account")
+    config = parse(doc(server="ws_max_connections = 50", client='ws_max_connections = 3\nfeeds = "own"'))
+    client = config.accounts[0].clients[0]
+    assert (config.server.ws_max_connections, client.ws_max_connections, client.feeds) == (50, 3, "own")
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "expected"),
+    [
+        (
+            "server",
+            "ws_max_connections = 0",
+            r"server\.ws_max_connections must be a whole number of at least 1",
+        ),
+        ("server", "ws_max_connections = 1.5", r"server\.ws_max_connections must be an integer"),
+        ("client", "ws_max_connections = -1", r"clients\[0\]\.ws_max_connections must be a whole number"),
+        ("client", 'feeds = "mine"', r"clients\[0\]\.feeds must be one of account, own"),
+        ("client", "feeds = true", r"clients\[0\]\.feeds must be a string"),
+    ],
+)
+def test_bad_relay_keys_are_refused_naming_the_key(section: str, line: str, expected: str) -> None:
+    message = config_error(doc(**{section: line}))
+    assert re.search(expected, message), message

@@ -923,9 +923,9 @@ def test_the_document_is_valid_openapi_every_operation_loads(live: Live) -> None
     assert [str(e) for e in OPENAPI_30_VALIDATOR.iter_errors(openapi.document())] == []
     results = list(live.schema.get_all_operations())
     assert all(isinstance(result, Ok) for result in results), [r for r in results if not isinstance(r, Ok)]
-    # guardian's own: GET and HEAD of /, /healthz, /readyz, /guardian/state, /metrics and /openapi.json, and
-    # POST /guardian/mode and /guardian/kill.
-    assert len(results) == sum(len(row.methods) for row in ep.ENDPOINTS) + 14
+    # guardian's own: GET and HEAD of /, /ws/v1, /healthz, /readyz, /guardian/state, /metrics and
+    # /openapi.json, and POST /guardian/mode and /guardian/kill.
+    assert len(results) == sum(len(row.methods) for row in ep.ENDPOINTS) + 16
     # Every row is an operation of the document, at its own path and method.
     operations = {(str(r.ok().path), r.ok().method.upper()) for r in results if isinstance(r, Ok)}
     assert {(row.path, m) for row in ep.ENDPOINTS for m in row.methods} <= operations

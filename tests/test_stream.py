@@ -366,7 +366,7 @@ async def test_a_ticker_symbol_the_exchange_refuses_does_not_bring_the_link_down
     async with aiohttp.ClientSession() as session:
         task = asyncio.create_task(link.run(session))
         try:
-            await wait_for(lambda: link.refused == {"PF_NOSUCH"}, 3.0, "the bad symbol refused")
+            await wait_for(lambda: link.refused == {("ticker", "PF_NOSUCH")}, 3.0, "the bad symbol refused")
             await wait_for(lambda: {"PF_XBTUSD", "PF_ETHUSD"} <= set(pushed), 3.0, "the good ones streamed")
             await asyncio.sleep(0.5)
             assert link.up and link.status.connections == 1  # never reconnected over it

@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import aiohttp
 import structlog
@@ -59,6 +59,15 @@ def placed_ids(answer: Mapping[str, Any], params: Mapping[str, Any]) -> list[str
     if isinstance(params.get("cliOrdId"), str):
         ids.append(params["cliOrdId"])
     return ids
+
+
+class StreamListener(Protocol):
+    """A reader of the stream as it happens (the ws/v1 relay): called in the owner's loop, in order, after
+    the state has applied the message; it must not block or raise."""
+
+    def on_stream_message(self, message: Mapping[str, Any]) -> None: ...
+    def on_link_changed(self, previous: LinkState, state: LinkState) -> None: ...
+    def on_placed(self) -> None: ...
 
 
 class AccountStream:
@@ -110,6 +119,7 @@ class AccountStream:
         self._wake = asyncio.Event()
         self._owners: OrderedDict[str, str] = OrderedDict()  # order id or cliOrdId -> bot
         self._pending: set[asyncio.Task[None]] = set()
+        self.listeners: list[StreamListener] = []
 
     def __repr__(self) -> str:
         return f"AccountStream({self.name!r})"
@@ -150,6 +160,8 @@ class AccountStream:
             self._owners.move_to_end(key)
         while len(self._owners) > MAX_OWNERS:
             self._owners.popitem(last=False)
+        for listener in self.listeners:
+            listener.on_placed()
 
     def owner(self, order_id: str | None, cli_ord_id: str | None = None) -> str | None:
         for key in (order_id, cli_ord_id):
@@ -174,6 +186,8 @@ class AccountStream:
             self._wake.set()
         if self._on_link is not None:
             self._on_link(previous, state)
+        for listener in self.listeners:
+            listener.on_link_changed(previous, state)
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -258,6 +272,8 @@ class AccountStream:
             task = asyncio.create_task(self._journal_events(events), name=f"stream-journal-{self.name}")
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
+        for listener in self.listeners:
+            listener.on_stream_message(message)
 
     async def _journal_events(self, events: list[Fill | OrderClosed]) -> None:
         for event in events:

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import aiohttp
 import structlog
@@ -264,45 +264,130 @@ class PrivateLink(Link):
             wanted.discard(str(message.get("feed")))
 
 
+class PublicListener(Protocol):
+    """A reader of a public link (the ws/v1 relay): called in the link's loop, in order; never blocks."""
+
+    def on_public_message(self, message: Mapping[str, Any]) -> None: ...
+    def on_public_state(self, previous: LinkState, state: LinkState) -> None: ...
+
+
+DEMAND_FEEDS: Final = ("ticker", "ticker_lite", "book", "trade")
+
+
 class TickerLink(Link):
-    """One exchange's public `ticker` feed for the symbols in use, shared by every account on it."""
+    """One exchange's public `ticker` feed for the symbols in use, shared by every account on it; and the
+    public feeds bots ask for through the relay (`demand`), subscribed on first demand and released after
+    the last, one upstream subscription per feed and product however many bots want it."""
 
     kind = "ticker"
 
     def __init__(self, name: str, url: str, symbols: Callable[[], Iterable[str]], **kwargs: Any) -> None:
-        super().__init__(name, url, **kwargs)
+        self._push: Callable[[Mapping[str, Any]], None] = kwargs.pop("on_message")
+        self._state_hook: Callable[[LinkState, LinkState], None] | None = kwargs.pop("on_state", None)
+        super().__init__(name, url, on_message=self._fan_out, on_state=self._state_changed, **kwargs)
         self._symbols = symbols
-        self.subscribed: set[str] = set()
-        # Symbols the exchange refused ("Invalid product id": not tradeable on the feed): not asked for again
-        # on this connection, so one bad symbol cannot keep the link reconnecting; REST polls cover them.
-        self.refused: set[str] = set()
-        self._unconfirmed: deque[str] = deque()  # asked one per request, in order: an error is the oldest's
+        self.subscribed: set[str] = set()  # ticker products subscribed on this connection
+        self._bots_only: set[str] = set()  # ticker products subscribed for bots alone
+        self.active: dict[str, set[str]] = {feed: set() for feed in DEMAND_FEEDS[1:]}
+        self.demand: dict[str, dict[str, int]] = {feed: {} for feed in DEMAND_FEEDS}  # feed -> product -> n
+        self.listeners: list[PublicListener] = []
+        # (feed, product) pairs the exchange refused ("Invalid product id": not on the feed): not asked for
+        # again on this connection, so one bad product cannot keep the link reconnecting (REST polls cover
+        # the marks). Each request asks for one product, so an error answers the oldest unconfirmed one.
+        self.refused: set[tuple[str, str]] = set()
+        self._unconfirmed: deque[tuple[str, str]] = deque()
+
+    def _fan_out(self, message: Mapping[str, Any]) -> None:
+        self._push(message)
+        for listener in self.listeners:
+            listener.on_public_message(message)
+
+    def _state_changed(self, previous: LinkState, state: LinkState) -> None:
+        if self._state_hook is not None:
+            self._state_hook(previous, state)
+        for listener in self.listeners:
+            listener.on_public_state(previous, state)
+
+    def want(self, feed: str, product: str) -> bool:
+        """One more reader of (feed, product); True if it is the first."""
+        counts = self.demand[feed]
+        counts[product] = counts.get(product, 0) + 1
+        return counts[product] == 1
+
+    def release(self, feed: str, product: str) -> bool:
+        """One reader fewer; True if it was the last."""
+        counts = self.demand[feed]
+        left = counts.get(product, 0) - 1
+        if left > 0:
+            counts[product] = left
+            return False
+        counts.pop(product, None)
+        return True
+
+    async def refresh(self) -> None:
+        """Bring the upstream subscriptions in line with the demand now (when the link is up)."""
+        ws = self._ws
+        if ws is not None and not ws.closed and self.up:
+            await self._subscribe_new(ws)
 
     async def _open(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.subscribed, self.refused, self._unconfirmed = set(), set(), deque()
+        self.subscribed = set()
+        self._bots_only = set()
+        self.active = {feed: set() for feed in DEMAND_FEEDS[1:]}
+        self.refused, self._unconfirmed = set(), deque()
         await self._subscribe_new(ws)
         await ws.send_json({"event": "subscribe", "feed": "heartbeat"})
 
     async def _subscribe_new(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        for symbol in sorted(set(self._symbols()) - self.subscribed - self.refused):
-            await ws.send_json({"event": "subscribe", "feed": "ticker", "product_ids": [symbol]})
-            self.subscribed.add(symbol)
-            self._unconfirmed.append(symbol)
+        # The sets change before anything is awaited, so that two callers never send the same request.
+        refused = self.refused
+        marks = set(self._symbols())
+        tickers = {p for p in marks | set(self.demand["ticker"]) if ("ticker", p) not in refused}
+        requests: list[dict[str, Any]] = []
+        for product in sorted(tickers - self.subscribed):
+            requests.append({"event": "subscribe", "feed": "ticker", "product_ids": [product]})
+            self.subscribed.add(product)
+            self._unconfirmed.append(("ticker", product))
+        self._bots_only = (self._bots_only | tickers) - marks  # the marks' tickers are never released
+        released = sorted(self._bots_only - set(self.demand["ticker"]) - marks)
+        if released:
+            requests.append({"event": "unsubscribe", "feed": "ticker", "product_ids": released})
+            self.subscribed.difference_update(released)
+            self._bots_only.difference_update(released)
+        for feed, active in self.active.items():
+            demanded = {p for p in self.demand[feed] if (feed, p) not in refused}
+            for product in sorted(demanded - active):
+                requests.append({"event": "subscribe", "feed": feed, "product_ids": [product]})
+                self._unconfirmed.append((feed, product))
+            gone = sorted(active - demanded)
+            if gone:
+                requests.append({"event": "unsubscribe", "feed": feed, "product_ids": gone})
+            active.clear()
+            active.update(demanded)
+        for request in requests:
+            await ws.send_json(request)
 
     def _dispatch(self, message: Mapping[str, Any]) -> None:
         event = message.get("event")
-        if event == "subscribed" and message.get("feed") == "ticker":
-            for symbol in message.get("product_ids") or ():
-                if symbol in self._unconfirmed:
-                    self._unconfirmed.remove(symbol)
+        if event == "subscribed":
+            feed = str(message.get("feed"))
+            for product in message.get("product_ids") or ():
+                if (feed, product) in self._unconfirmed:
+                    self._unconfirmed.remove((feed, str(product)))
             return
         if event == "error" and self._unconfirmed:  # a subscription refused: not the link's end
-            symbol = self._unconfirmed.popleft()
+            feed, product = self._unconfirmed.popleft()
             log.warning(
-                "ticker_subscription_refused", symbol=symbol, message=str(message.get("message"))[:200]
+                "ticker_subscription_refused",
+                feed=feed,
+                symbol=product,
+                message=str(message.get("message"))[:200],
             )
-            self.refused.add(symbol)
-            self.subscribed.discard(symbol)
+            self.refused.add((feed, product))
+            if feed == "ticker":
+                self.subscribed.discard(product)
+            else:
+                self.active[feed].discard(product)
             return
         super()._dispatch(message)
 
