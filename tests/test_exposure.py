@@ -33,7 +33,7 @@ from guardian.sim.faults import Fault
 from guardian.sim.ws import StreamSettings
 from guardian.switch import SwitchState
 from tests.conftest import running_sim
-from tests.daemon import account_config, scrape, serving, wait_for
+from tests.daemon import account_config, get_json, scrape, serving, wait_for
 
 ADMIN = "admin-token-for-the-exposure-tests"
 SWITCH = SwitchConfig(refresh_min_s=1.0, refresh_max_s=1.5, timeout_s=5, min_remaining_s=1.0)
@@ -304,6 +304,10 @@ async def test_the_same_order_under_a_new_cliordid_is_a_duplicate_and_a_retry_is
         order = limit_buy(below(exchange))
         first = await b0.send_order(**order, cliOrdId="dup-1")
         assert await b0.send_order(**order, cliOrdId="dup-1") == first  # a retry: the first answer
+        # A person (or Prometheus) looking at the limits between the two does not wipe the bot's memory.
+        async with aiohttp.ClientSession() as http:
+            assert (await get_json(http, service.url + "/guardian/state"))[0] == 200
+            await scrape(http, service.url)
         error = await refused(exchange, b0, {**order, "cliOrdId": "dup-2"}, "duplicateOrder")
         assert "duplicate_window_s" in error
         await refused(exchange, b0, order, "duplicateOrder")

@@ -12,6 +12,7 @@ import dataclasses
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -183,3 +184,40 @@ def test_the_gross_notional_with_the_shortcut_equals_the_plain_pass(
         except Refusal as refusal:
             outcomes.append(refusal.code)
     assert outcomes[0] == outcomes[1]
+
+
+def test_the_duplicate_memory_is_kept_only_while_the_rule_is_on_and_readers_do_not_wipe_it() -> None:
+    from guardian.config import GuardConfig
+    from guardian.stream.state import StateView
+
+    now = [100.0]
+    book = exposure.Book(clock=lambda: now[0])
+    limits = exposure.Limits(GuardConfig(duplicate_window_s=2.0))
+
+    def send(window_s: float, cli: str) -> None:
+        view = book.exposure(
+            StateView(),
+            marks=lambda _: None,
+            owner=lambda _o, _c: None,
+            reconciles=0,
+            bot="b",
+            window_s=window_s,
+        )
+        order = exposure.Candidate(
+            SYMBOLS[0], "buy", Decimal(1), False, Decimal(1), "b", content=(1,), cli_ord_id=cli
+        )
+        book.answered(book.judge(view, [(0, order)], limits, fresh=True), [(None, False)], 0)
+
+    for n in range(1_000):  # the rule off (window 0): nothing remembered, however many orders
+        send(0.0, f"off-{n}")
+    assert sum(len(d) for d in book._recent.values()) == 0
+    send(2.0, "on-1")
+    book.exposure(
+        StateView(), marks=lambda _: None, owner=lambda _o, _c: None, reconciles=0, bot="b"
+    )  # a reader
+    with pytest.raises(Refusal) as refused:
+        send(2.0, "on-2")
+    assert refused.value.code == "duplicateOrder"
+    now[0] += 2.5  # past the window: forgotten
+    send(2.0, "on-3")
+    assert len(book._recent["b"]) == 1

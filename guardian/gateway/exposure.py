@@ -131,6 +131,7 @@ class Exposure:
     bot_recent_count: Mapping[tuple[object, ...], int] = field(default_factory=dict)  # content -> how many
     now: float = 0.0  # monotonic
     notional: Notional | None = None  # of the first orders of `working`, when worked out ahead
+    duplicate_window_s: float = 0.0  # the window `bot_recent` was read with (0: the rule is off)
 
     def position(self, symbol: str) -> tuple[Decimal, Decimal]:
         return self.positions.get(symbol, (ZERO, ZERO))
@@ -782,7 +783,9 @@ class Book:
             if marks_now.get(symbol) is None and position.mark_price is not None:
                 marks_now[symbol] = position.mark_price
         times = self._window(self._orders_at, bot, now - RATE_WINDOW_S)
-        recent, count = self._recent_window(bot, now - window_s)
+        # The duplicate window, read only when judging with it: a reader without it (the state, the
+        # metrics) must not prune the bot's memory to nothing.
+        recent, count = self._recent_window(bot, now - window_s) if window_s > 0 else ((), Counter())
         return Exposure(
             positions=positions,
             working=(*unique.values(), *extra),
@@ -793,6 +796,7 @@ class Book:
             bot_recent=tuple(recent),
             bot_recent_count=count,
             now=now,
+            duplicate_window_s=window_s,
         )
 
     def _recent_window(
@@ -848,7 +852,7 @@ class Book:
             self._held.append(held)
             hold.items.append(held)
             self._orders_at.setdefault(c.bot, deque()).append(now)
-            if c.content:
+            if c.content and view.duplicate_window_s > 0:  # remembered only while the rule is on
                 self._recent.setdefault(c.bot, deque()).append((now, c.content, c.cli_ord_id))
                 count = self._recent_count.setdefault(c.bot, Counter())
                 count[c.content] += 1
