@@ -24,7 +24,11 @@ Every path added to a run makes each of the others colder between its turns (mor
 cores), so compare figures of one run only; `--paths direct,bare` measures one pair the way
 bench/gateway_latency.py measures guardian.
 
+`--baseline DIR` adds one more path, `baseline`: `guardian run` from another source tree (e.g. `git archive
+main guardian | tar -x -C DIR`), configured the same, for a before/after measured side by side.
+
 Usage: .venv/bin/python bench/proxy_floor.py [--orders 2000] [--paths direct,bare,signed,bare+journal,guardian]
+    [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import aiohttp
 from _common import (
     IOC_ORDER,
     Key,
+    cpu_seconds,
     daemon_toml,
     free_port,
     guardian_env,
@@ -141,11 +146,12 @@ async def serve_proxy(port: int, upstream: str, journal_path: str | None, signed
             await journal.close()
 
 
-async def main(count: int, paths: list[str]) -> int:
+async def main(count: int, paths: list[str], baseline: Path | None = None) -> int:
     exchange, bot = Key.make("exchange", 64), Key.make("bot")
     sim, sim_url = await start_sim(exchange, budget=1e9)
-    ports = {name: free_port() for name in PATHS[1:]}
+    ports = {name: free_port() for name in (*PATHS[1:], "baseline")}
     procs: list[asyncio.subprocess.Process] = [sim]
+    pids: dict[str, int] = {}  # each proxy's process, for the CPU it spends per order
     floor_env = {
         BOT_SECRET_ENV: bot.secret,
         EXCHANGE_KEY_ENV: exchange.api_key,
@@ -169,6 +175,7 @@ async def main(count: int, paths: list[str]) -> int:
                     env=guardian_env(**(floor_env if name == "signed" else {})),
                 )
             )
+            pids[name] = procs[-1].pid
         config = Path(tmp) / "bench.toml"
         config.write_text(
             daemon_toml(
@@ -182,8 +189,29 @@ async def main(count: int, paths: list[str]) -> int:
             )
         )
         procs.append(await start_daemon(config, guardian_env(**secrets_env([exchange, bot]))))
+        pids["guardian"] = procs[-1].pid
+        if baseline is not None:
+            base_dir = Path(tmp) / "baseline"
+            base_dir.mkdir()
+            (base_dir / "bench.toml").write_text(
+                daemon_toml(
+                    ports["baseline"],
+                    base_dir / "journal.sqlite3",
+                    sim_url,
+                    exchange,
+                    [bot],
+                    symbols=["PF_XBTUSD", "PF_ETHUSD"],
+                    guard="dedupe_window_s = 0\n",
+                )
+            )
+            env = guardian_env(**secrets_env([exchange, bot]), PYTHONPATH=str(baseline))
+            procs.append(await start_daemon(base_dir / "bench.toml", env))
+            pids["baseline"] = procs[-1].pid
+            paths = [*paths, "baseline"]
         try:
             await wait_http(f"http://127.0.0.1:{ports['guardian']}/readyz")
+            if baseline is not None:
+                await wait_http(f"http://127.0.0.1:{ports['baseline']}/readyz")
             await asyncio.sleep(2.5)  # the first marks
             exchange_credentials = Credentials(exchange.api_key, ApiSecret(exchange.secret))
             clients = {
@@ -207,6 +235,11 @@ async def main(count: int, paths: list[str]) -> int:
                     Credentials(bot.api_key, ApiSecret(bot.secret)),
                     pool_size=1,
                 ),
+                "baseline": KrakenClient(
+                    f"http://127.0.0.1:{ports['baseline']}",
+                    Credentials(bot.api_key, ApiSecret(bot.secret)),
+                    pool_size=1,
+                ),
             }
             for client in clients.values():
                 await client.start()
@@ -217,12 +250,14 @@ async def main(count: int, paths: list[str]) -> int:
                     for _ in range(50):
                         await client.send_order(**IOC_ORDER)
                 times: dict[str, list[float]] = {name: [] for name in clients}
+                cpu = {name: cpu_seconds(pid) for name, pid in pids.items() if name in clients}
                 for _ in range(count):
                     for name, client in clients.items():
                         started = time.perf_counter()
                         answer = await client.send_order(**IOC_ORDER)
                         times[name].append((time.perf_counter() - started) * 1000)
                         assert answer["sendStatus"]["status"] == "iocWouldNotExecute", answer
+                cpu = {name: (cpu_seconds(pids[name]) - used) / count for name, used in cpu.items()}
             finally:
                 for client in clients.values():
                     await client.close()
@@ -239,16 +274,21 @@ async def main(count: int, paths: list[str]) -> int:
             f"{p99[name]:.3f}",
             f"{p50[name] - p50['direct']:+.3f}",
             f"{p99[name] - p99['direct']:+.3f}",
+            f"{cpu[name] * 1e6:.0f}" if name in cpu else "-",
         ]
         for name in times
     ]
-    print(markdown_table(["path", "p50 ms", "p99 ms", "p50 added", "p99 added"], rows))
+    headers = ["path", "p50 ms", "p99 ms", "p50 added", "p99 added", "proxy CPU/order us"]
+    print(markdown_table(headers, rows))
     if "signed" in times and "guardian" in times:
         ratio = (p50["guardian"] - p50["direct"]) / max(p50["signed"] - p50["direct"], 1e-9)
         print(
             f"\nguardian's added p50 / the signed floor's: {ratio:.2f} (goal: at most 1.2); "
             f"guardian's added p99: {p99['guardian'] - p99['direct']:.3f} ms (goal: at most 2 ms)"
         )
+    if "signed" in times and "baseline" in times:
+        ratio = (p50["baseline"] - p50["direct"]) / max(p50["signed"] - p50["direct"], 1e-9)
+        print(f"the baseline's added p50 / the signed floor's: {ratio:.2f}")
     return 0
 
 
@@ -262,6 +302,9 @@ if __name__ == "__main__":
         default=",".join(PATHS),
         help="the paths to compare, comma-separated (direct is always one)",
     )
+    parser.add_argument(
+        "--baseline", metavar="DIR", help="also run guardian from the source tree in DIR, as `baseline`"
+    )
     parser.add_argument("--serve-proxy", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     parser.add_argument("--journal", help=argparse.SUPPRESS)
@@ -274,4 +317,7 @@ if __name__ == "__main__":
     unknown = set(chosen) - set(PATHS)
     if unknown:
         parser.error(f"unknown paths: {', '.join(sorted(unknown))} (choose from {', '.join(PATHS)})")
-    sys.exit(asyncio.run(main(args.orders, chosen)))
+    baseline = Path(args.baseline).resolve() if args.baseline else None
+    if baseline is not None and not (baseline / "guardian" / "__main__.py").is_file():
+        parser.error(f"--baseline {baseline}: no guardian source tree there (expected guardian/__main__.py)")
+    sys.exit(asyncio.run(main(args.orders, chosen, baseline)))
