@@ -608,6 +608,9 @@ class Journal:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA wal_autocheckpoint = 0")
+            # Read the schema and the pages a record touches now, not in the first commit on the loop.
+            conn.execute("SELECT max(id) FROM requests").fetchone()
+            conn.execute("SELECT max(received_at) FROM requests").fetchone()
         except sqlite3.Error as exc:
             log.warning("journal_loop_connection_failed", path=str(self.path), error=str(exc))
             return None

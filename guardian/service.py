@@ -64,7 +64,11 @@ class Service:
         ]
         for account in self.accounts:
             self.metrics.add_account(account.name)
-        self.journal = Journal(config.journal.path, retention_days=config.journal.retention_days)
+        self.journal = Journal(
+            config.journal.path,
+            retention_days=config.journal.retention_days,
+            loop_commits=config.journal.commit_on_loop,
+        )
         self.metrics.watch_journal(lambda: self.journal.healthy)
         self.gateway = Gateway(
             self.accounts,

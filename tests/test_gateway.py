@@ -637,6 +637,20 @@ async def test_a_disk_turning_slow_stalls_the_loop_once_and_the_switch_keeps_its
         assert service.accounts[0].switch.state is SwitchState.ARMED
 
 
+async def test_with_commit_on_loop_off_every_intent_is_committed_by_the_writer_thread(
+    exchange: Simulator, tmp_path: Path
+) -> None:
+    account = account_config(exchange.url, switch=SWITCH, guard=GUARD, clients=CLIENTS)
+    async with serving(account, journal=tmp_path / "journal.sqlite3", commit_on_loop=False) as service:
+        await until_ready(service)
+        async with bot_client(service) as b:
+            for _ in range(3):
+                await b.send_order(**LMT)
+        assert service.journal.loop_commits == 0 and service.journal.thread_commits >= 3
+    forwarded = [r for r in read_journal(tmp_path / "journal.sqlite3") if r.get("verdict") == "forwarded"]
+    assert len(forwarded) == 3
+
+
 # ---- retries ------------------------------------------------------------------------------------------
 
 
