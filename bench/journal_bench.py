@@ -10,7 +10,12 @@ A fresh journal file in a temporary directory (WAL, synchronous=NORMAL, the writ
 - finish() throughput: N outcomes enqueued back to back, then flush(): rows per second until committed,
   and what one finish() call costs the event loop.
 
-Usage: .venv/bin/python bench/journal_bench.py [--records 5000]
+`record()` commits on the event loop when the writer is idle and nothing else was committed on it in the
+same turn of the loop (guardian.journal): the paced phases show that path, the flat-out and burst ones
+mostly the writer's. `--thread-only` keeps every write in the writer thread (`journal.commit_on_loop =
+false`), to compare.
+
+Usage: .venv/bin/python bench/journal_bench.py [--records 5000] [--thread-only]
 """
 
 from __future__ import annotations
@@ -75,13 +80,13 @@ def line(label: str, latencies: list[float], commits: int) -> str:
     )
 
 
-async def main(records: int) -> None:
+async def main(records: int, loop_commits: bool) -> None:
     print(
         f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs, "
-        f"{records} records per phase"
+        f"{records} records per phase, commits on the loop {'on' if loop_commits else 'off'}"
     )
     with tempfile.TemporaryDirectory(prefix="journal-bench-") as directory:
-        journal = Journal(Path(directory) / "journal.sqlite3")
+        journal = Journal(Path(directory) / "journal.sqlite3", loop_commits=loop_commits)
         await journal.open()
         try:
             await timed_records(journal, 500, finish=True)  # warm up: schema pages, statement cache
@@ -132,4 +137,6 @@ async def main(records: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=5000)
-    asyncio.run(main(parser.parse_args().records))
+    parser.add_argument("--thread-only", action="store_true", help="every write in the writer thread")
+    args = parser.parse_args()
+    asyncio.run(main(args.records, not args.thread_only))

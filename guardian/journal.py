@@ -669,8 +669,9 @@ class Journal:
             if retry and (batch or time.monotonic() >= retry_at or stop is not None):
                 retry = self._commit(conn, retry, retrying=True)
             if batch:
-                retry += self._commit(conn, batch)
-            self._settled += taken  # the loop may commit again once every job it handed over is done
+                retry += self._commit(conn, batch, taken=taken)
+            else:
+                self._settled += taken
             waiting = sum(job.rows for job in retry)
             if waiting > MAX_RETRY:
                 first = dropped = 0
@@ -718,8 +719,12 @@ class Journal:
         finally:
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Job], *, retrying: bool = False) -> list[_Job]:
-        """Write `batch` in one transaction and settle its futures; returns the jobs to try again.
+    def _commit(
+        self, conn: sqlite3.Connection, batch: list[_Job], *, retrying: bool = False, taken: int = 0
+    ) -> list[_Job]:
+        """Write `batch` in one transaction and settle its futures; returns the jobs to try again. `taken`:
+        the jobs just taken from the queue, done once this returns (the loop may commit again when every
+        job it handed over is done: counted before a waiter hears of it, so its next record() may).
 
         Only a batch of new work makes the journal healthy again: a small retried outcome that happens
         to fit says nothing about whether the next order's intent will, and `healthy` is what the
@@ -740,6 +745,7 @@ class Journal:
                     conn.execute("ROLLBACK")
             error = self._error("write failed", exc)
             self._failed(error, unexpected=not isinstance(exc, sqlite3.Error))
+            self._settled += taken
             _deliver_soon(
                 [(job.future, None, JournalError(str(error))) for job in batch if job.future is not None]
             )
@@ -751,6 +757,7 @@ class Journal:
                 log.info("journal_write_recovered", path=str(self.path), failures=self._failures)
             self.healthy = True
             self._failures = 0
+        self._settled += taken
         _deliver_soon(
             [(job.future, result, None) for job, result in zip(batch, results, strict=True) if job.future]
         )

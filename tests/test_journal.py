@@ -722,6 +722,26 @@ async def test_a_write_that_fails_only_on_the_loop_is_written_once_by_the_writer
     assert [row["id"] for row in rows] == [second - 1, second]  # rolled back on the loop: no duplicate
 
 
+async def test_while_the_checkpointer_falls_behind_every_write_goes_to_the_writer(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("guardian.journal.CHECKPOINT_EVERY_S", 0.02)
+    journal = await reopen(path)
+    # From its next checkpoint on, the WAL counts as outgrowing the checkpointer: loop commits never
+    # checkpoint, so they stop, and the writer, whose own checkpoints are the safety valve, takes every write.
+    monkeypatch.setattr("guardian.journal.WRITER_CHECKPOINT_PAGES", -1)
+    try:
+        for _ in range(2):  # the checkpointer may start after the first: it sees the second
+            await journal.record(forwarded())
+            await asyncio.sleep(0.1)
+        loop_commits = journal.loop_commits
+        assert loop_commits >= 1
+        await journal.record(forwarded())
+        assert journal.loop_commits == loop_commits
+    finally:
+        await journal.close()
+
+
 async def test_without_loop_commits_every_write_is_the_writers(path: Path) -> None:
     journal = await reopen(path, loop_commits=False)
     try:
