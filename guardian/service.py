@@ -418,8 +418,11 @@ class Service:
             await self._probe_journal()
             for policy in self.maintenance:
                 await policy.check()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that arrives
+            # as the wait ends, and stop() would wait for this task forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), REPORT_INTERVAL_S)
+                async with asyncio.timeout(REPORT_INTERVAL_S):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _probe_journal(self) -> None:
