@@ -180,15 +180,18 @@ def daemon_toml(
     log_level: str = "warning",
     symbols: Sequence[str] = ("PF_XBTUSD",),
     guard: str = "",
+    commit_on_loop: bool = os.environ.get("GUARDIAN_BENCH_COMMIT_ON_LOOP", "1") != "0",
 ) -> str:
     """A configuration for `guardian run` on `port` in front of the simulator at `sim_url`: one account with
     every guard limit on (the exposure limits too, far from binding: their checks run on every order) and
     its local rate budget out of the way (benchmarks raise the simulator's too),
-    `guard` appended to `[accounts.guard]`, then `bots`. Secrets come from the environment (secrets_env)."""
+    `guard` appended to `[accounts.guard]`, then `bots`. Intents are committed on the loop (the figures in
+    docs/benchmarks.md) unless GUARDIAN_BENCH_COMMIT_ON_LOOP=0 asks for the default, the writer thread. Secrets come from the environment (secrets_env)."""
     return f"""[server]
 listen = "127.0.0.1:{port}"
 [journal]
 path = "{journal}"
+commit_on_loop = {"true" if commit_on_loop else "false"}
 [log]
 level = "{log_level}"
 format = "json"

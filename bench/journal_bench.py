@@ -2,15 +2,20 @@
 
 A fresh journal file in a temporary directory (WAL, synchronous=NORMAL, the writer thread), a typical
 `sendorder` intent, and:
-- concurrency 1: one task recording one intent after another, flat out (the writer never idles, so now
-  and then a commit pays for a checkpoint: see `max`);
 - paced: one record() + finish() every 1 ms, then every 5 ms, 3 s each: far more than an account's rate
   budget lets through (about 5 orders per second), so the background checkpointer does the checkpoints;
+- concurrency 1: one task recording one intent after another, flat out (the writer never idles, so now
+  and then a commit pays for a checkpoint: see `max`);
 - concurrency 50: fifty tasks doing the same at once, each also calling finish() for its row (a burst);
 - finish() throughput: N outcomes enqueued back to back, then flush(): rows per second until committed,
   and what one finish() call costs the event loop.
 
-Usage: .venv/bin/python bench/journal_bench.py [--records 5000]
+`record()` commits on the event loop when the writer is idle and nothing else was committed on it in the
+same turn of the loop (guardian.journal): the paced phases show that path, the flat-out and burst ones
+mostly the writer's. `--thread-only` keeps every write in the writer thread (`journal.commit_on_loop =
+false`), to compare.
+
+Usage: .venv/bin/python bench/journal_bench.py [--records 5000] [--thread-only]
 """
 
 from __future__ import annotations
@@ -75,26 +80,31 @@ def line(label: str, latencies: list[float], commits: int) -> str:
     )
 
 
-async def main(records: int) -> None:
+async def main(records: int, loop_commits: bool) -> None:
     print(
         f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs, "
-        f"{records} records per phase"
+        f"{records} records per phase, commits on the loop {'on' if loop_commits else 'off'}"
     )
     with tempfile.TemporaryDirectory(prefix="journal-bench-") as directory:
-        journal = Journal(Path(directory) / "journal.sqlite3")
+        journal = Journal(Path(directory) / "journal.sqlite3", loop_commits=loop_commits)
         await journal.open()
         try:
             await timed_records(journal, 500, finish=True)  # warm up: schema pages, statement cache
 
+            # Paced first: flat out, the writer's own checkpoints (past WRITER_CHECKPOINT_PAGES) make some
+            # of its commits slow, which pauses commits on the loop for LOOP_PAUSE_S, as meant.
+            for every_s in (0.001, 0.005):
+                commits, on_loop = journal.commits, journal.loop_commits
+                paced = await timed_records(journal, int(3 / every_s), finish=True, every_s=every_s)
+                label = f"every {every_s * 1000:g} ms"
+                print(
+                    line(label, paced, journal.commits - commits)
+                    + f" (record + finish; {journal.loop_commits - on_loop} on the loop)"
+                )
+
             commits = journal.commits
             single = await timed_records(journal, records, finish=False)
             print(line("concurrency 1", single, journal.commits - commits))
-
-            for every_s in (0.001, 0.005):
-                commits = journal.commits
-                paced = await timed_records(journal, int(3 / every_s), finish=True, every_s=every_s)
-                label = f"every {every_s * 1000:g} ms"
-                print(line(label, paced, journal.commits - commits) + " (record + finish)")
 
             commits = journal.commits
             workers = 50
@@ -132,4 +142,6 @@ async def main(records: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=5000)
-    asyncio.run(main(parser.parse_args().records))
+    parser.add_argument("--thread-only", action="store_true", help="every write in the writer thread")
+    args = parser.parse_args()
+    asyncio.run(main(args.records, not args.thread_only))

@@ -87,6 +87,8 @@ class ServerConfig:
 class JournalConfig:
     path: Path = Path("guardian-journal.sqlite3")  # a relative path is relative to the working directory
     retention_days: float | None = 90.0  # rows older than this are deleted; None: kept forever
+    # record() commits on the event loop while the writer is idle (guardian.journal); False: never
+    commit_on_loop: bool = False  # True: intents committed on the event loop while the writer is idle
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,7 +458,7 @@ def _secret_keys(name: str) -> tuple[str, str, str]:
     return name, f"{name}_file", f"{name}_env"
 
 
-_JOURNAL_KEYS = ("path", "retention_days")
+_JOURNAL_KEYS = ("path", "retention_days", "commit_on_loop")
 _ACCOUNT_KEYS = ("name", "base_url", *_secret_keys("api_key"), *_secret_keys("api_secret"), "nonce")
 NONCE_CHOICES: Final = (*NONCE_UNITS, "off")
 _SWITCH_KEYS = ("refresh_min_s", "refresh_max_s", "timeout_s", "min_remaining_s", "on_shutdown")
@@ -500,7 +502,11 @@ def _journal(table: _Table) -> JournalConfig:
     if not path:
         raise ConfigError(f"{table.key('path')} is empty: give a file name for the journal database")
     retention = table.number("retention_days", 90.0, at_least=0)
-    return JournalConfig(Path(path), retention_days=retention or None)  # 0: keep forever
+    return JournalConfig(
+        Path(path),
+        retention_days=retention or None,  # 0: keep forever
+        commit_on_loop=table.get("commit_on_loop", bool, False),
+    )
 
 
 def _account(table: _Table, found: _Secrets) -> AccountConfig:

@@ -3,7 +3,7 @@ in one SQLite file.
 
 A forwarded order's intent is committed before the order leaves and its outcome after, so a crash leaves
 a row whose outcome is unknown rather than a silent gap. One thread owns the connection and does every
-write; the event loop never touches sqlite. Callers hand it jobs through a queue and, where they must
+write (but for `record()` while the thread is idle: see below). Callers hand it jobs through a queue and, where they must
 know the write is committed (`record`, `event`, `set_mode`, `flush`), await a future the thread resolves
 once the transaction holding it has committed. The thread takes everything queued at once and writes it
 in one transaction (group commit): under load many requests share one commit.
@@ -19,6 +19,28 @@ WRITER_CHECKPOINT_PAGES. `bench/journal_bench.py` measures all of this.
 
 Outcomes (`finish()`) wait up to OUTCOME_DELAY_S (20 ms) to share the next write's transaction; a crash in
 that window leaves those rows "unknown", like any outcome the process did not live to write.
+
+The one exception to "the event loop never touches sqlite" is the hot path's own hand-over: handing an
+intent to the thread and waking the loop again costs about 0.15-0.2 ms (two thread wake-ups and the GIL
+going back and forth), while the commit itself takes about 25 us. So `record()` commits on the event loop,
+on a second connection of its own, when that is safe and cheap, and hands over otherwise:
+
+- only when the writer thread is idle (nothing queued, no transaction of its own), so rows keep the order
+  `record()` was called in; outcomes waiting for a ride go in the same transaction, first;
+- at most once per turn of the event loop: the rest of a burst is group-committed by the thread;
+- never while the journal is unhealthy, while the checkpointer is behind, or while paused: the loop's
+  connection never waits for a lock (busy timeout 0: the thread is holding it, so hand over) and never
+  checkpoints (that fsyncs); a failure on it is rolled back and the same write handed to the thread,
+  which fails closed (or succeeds) exactly as it does for every write;
+- a commit on the loop slower than SLOW_COMMIT_S (2 ms; one normally takes 30-80 us) during which the
+  thread slept (on the disk or a lock; being preempted on a busy machine does not count) pauses loop
+  commits for LOOP_PAUSE_S (30 s, extended while commits stay slow); so does a slow COMMIT in the
+  writer thread, the canary that usually sees a slow disk first.
+
+What that bounds, and what it does not: the event loop waits at most one slow commit each time the disk
+turns slow after LOOP_PAUSE_S of being fast; how long that one commit takes is the disk's (page cache
+writes that the kernel throttles). `loop_commits=False` keeps every write in the thread: the loop then
+never waits on the disk at all, for about 0.15 ms more per order.
 
 A forwarded request found without an outcome when the file is opened was in flight when an earlier run
 died: it is counted (`unfinished_at_open`), logged, and its outcome set to "unknown".
@@ -36,7 +58,9 @@ import json
 import math
 import os
 import queue
+import resource
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -67,6 +91,10 @@ MAX_RETRY: Final = 100_000  # outcomes kept for another try; beyond that the old
 # thread one wake-up, not two (each wake-up is a thread switch and a GIL hand-over the next order pays
 # for). A crash in that window leaves those orders' outcome "unknown", which the journal then says.
 OUTCOME_DELAY_S: Final = 0.02
+# Commits on the event loop (see the module's docstring): one slower than SLOW_COMMIT_S pauses them for
+# LOOP_PAUSE_S. A commit in the thread is measured too, less the GIL's switch interval it may have waited.
+SLOW_COMMIT_S: Final = 0.002
+LOOP_PAUSE_S: Final = 30.0
 FAILURE_LOG_S: Final = 60.0  # while writes keep failing, one error line per this many seconds
 BUSY_TIMEOUT_MS: Final = 5000
 CHECKPOINT_EVERY_S: Final = 0.5  # the checkpointer copies the WAL into the database this often, when written
@@ -171,7 +199,12 @@ class Journal:
     """The journal file and the thread that writes it. `await open()`, use, `await close()`."""
 
     def __init__(
-        self, path: Path, *, retention_days: float | None = 90.0, prune_every_s: float = PRUNE_EVERY_S
+        self,
+        path: Path,
+        *,
+        retention_days: float | None = 90.0,
+        prune_every_s: float = PRUNE_EVERY_S,
+        loop_commits: bool = True,
     ) -> None:
         if retention_days is not None and not (math.isfinite(retention_days) and retention_days > 0):
             raise ValueError("retention_days must be a positive number of days, or None to keep forever")
@@ -181,7 +214,16 @@ class Journal:
         self.healthy = True  # False from a failed write until the next successful commit
         self.last_error: str | None = None
         self.unfinished_at_open = 0  # forwarded requests of earlier runs that never got an outcome
-        self.commits = 0  # transactions committed by the writer (group commit: far fewer than writes)
+        self.thread_commits = 0  # transactions committed by the writer (group commit: far fewer than writes)
+        self.loop_commits = 0  # transactions committed on the event loop (record() while the writer is idle)
+        self.loop_pauses = 0  # times a slow commit or a failure paused loop commits
+        self._loop_commits_on = loop_commits
+        self._loop_conn: sqlite3.Connection | None = None  # made by the writer, used only by the loop
+        self._loop_paused_until = -math.inf  # monotonic
+        self._loop_turn_used = False  # a loop commit in this turn of the event loop already
+        self._checkpoints_behind = False  # set by the checkpointer: the WAL outgrows it, let the writer help
+        self._submitted = 0  # jobs put on the queue (written by the loop only)
+        self._settled = 0  # jobs the writer has taken and finished (written by the writer only)
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._open = False
@@ -194,6 +236,11 @@ class Journal:
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r}, healthy={self.healthy})"
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed, by the writer thread and on the event loop."""
+        return self.thread_commits + self.loop_commits
 
     # ---- the event loop's side ----------------------------------------------------------------------
     async def open(self) -> None:
@@ -227,7 +274,7 @@ class Journal:
             self._thread = None
             raise
         except asyncio.CancelledError:
-            self._queue.put(_Job(None, stop=True))  # the writer closes the file once it has opened it
+            self._put(_Job(None, stop=True))  # the writer closes the file once it has opened it
             raise
         self._open = True
         if self.unfinished_at_open:
@@ -257,7 +304,12 @@ class Journal:
             None if forwarded else intent.verdict,
             None if forwarded else time.time(),
         )
-        request_id: int = await self._submit(lambda conn: _insert(conn, _INSERT_REQUEST, row))
+        write: Write = functools.partial(_insert, sql=_INSERT_REQUEST, row=row)
+        if self._loop_commit_allowed():
+            committed, found = self._commit_on_loop(write)
+            if committed:
+                return int(found)
+        request_id: int = await self._submit(write)
         return request_id
 
     def finish(
@@ -283,7 +335,7 @@ class Journal:
             time.time(),
             request_id,
         )
-        self._outcomes.append(lambda conn: _insert(conn, _FINISH_REQUEST, row))
+        self._outcomes.append(functools.partial(_insert, sql=_FINISH_REQUEST, row=row))
         if self._outcomes_due is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -305,7 +357,7 @@ class Journal:
             for write in writes:
                 write(conn)
 
-        self._queue.put(_Job(write_all, keep=True, rows=len(writes)))
+        self._put(_Job(write_all, keep=True, rows=len(writes)))
 
     async def event(self, kind: str, account: str | None, detail: Mapping[str, Any]) -> None:
         """Journal an event ("switch_expired", "mode_changed", "admin_kill", ...); committed on return."""
@@ -347,8 +399,9 @@ class Journal:
             return
         self._hand_over_outcomes()
         self._open = False
+        self._loop_conn = None  # the writer closes it
         stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Job(None, stopped, stop=True))
+        self._put(_Job(None, stopped, stop=True))
         try:
             await stopped
         finally:
@@ -411,6 +464,21 @@ class Journal:
         slow). Not for production code."""
         return await self._submit(write)
 
+    async def _set_on_every_connection(self, setting: Write) -> None:
+        """Test hook: run `setting` (a PRAGMA SQLite keeps per connection, such as `max_page_count` to make
+        the disk look full) in a transaction on the event loop's connection and then, like
+        `_call_in_writer`, in the writer's, so both see the same disk. Not for production code."""
+        conn = self._loop_conn
+        if conn is not None:  # in a transaction, as the writer runs it
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                setting(conn)
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        await self._submit(setting)
+
     def _check_open(self) -> None:
         if not self._open:
             raise JournalError(f"journal {self.path} is not open")
@@ -422,8 +490,77 @@ class Journal:
         if self._outcomes:
             self._hand_over_outcomes()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Job(write, future))
+        self._put(_Job(write, future))
         return await future
+
+    def _put(self, job: _Job) -> None:
+        self._submitted += 1
+        self._queue.put(job)
+
+    # ---- commits on the event loop ------------------------------------------------------------------
+    def _loop_commit_allowed(self) -> bool:
+        """Whether `record()` may commit on the event loop now (see the module's docstring)."""
+        return (
+            self._loop_conn is not None
+            and not self._loop_turn_used
+            and self._submitted == self._settled  # the writer is idle: nothing queued or in its hands
+            and self.healthy
+            and not self._checkpoints_behind
+            and time.monotonic() >= self._loop_paused_until
+        )
+
+    def _commit_on_loop(self, write: Write) -> tuple[bool, Any]:
+        """Commit the waiting outcomes and `write` in one transaction on the loop's own connection; (True,
+        its result), or (False, None) with nothing written, for the caller to hand the write to the thread."""
+        conn = self._loop_conn
+        assert conn is not None
+        self._check_open()
+        slept = _sleeps()
+        started = time.perf_counter()
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # busy timeout 0: the thread or another process holds the lock
+        except sqlite3.Error:
+            return False, None
+        loop = asyncio.get_running_loop()
+        self._loop_turn_used = True
+        loop.call_soon(self._next_turn)
+        try:
+            for outcome in self._outcomes:
+                outcome(conn)
+            result = write(conn)
+            conn.execute("COMMIT")
+        except Exception as exc:  # rolled back; the thread writes it again and fails closed if it must
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            self._pause_loop_commits("failed", error=str(self._error("write failed", exc)))
+            return False, None
+        finally:
+            took = time.perf_counter() - started
+            # Slow because this thread slept (on the disk, or on a lock): pause. Slow only because the
+            # kernel ran something else meanwhile (a busy machine): the disk did not make the loop wait.
+            if took > SLOW_COMMIT_S and _sleeps() != slept:
+                self._pause_loop_commits("slow", took_ms=round(took * 1000, 3))
+        self.loop_commits += 1
+        if self._outcomes:
+            self._outcomes = []
+            if self._outcomes_due is not None:
+                self._outcomes_due.cancel()
+                self._outcomes_due = None
+        return True, result
+
+    def _next_turn(self) -> None:
+        self._loop_turn_used = False
+
+    def _pause_loop_commits(self, why: str, **detail: Any) -> None:
+        """Commit in the thread only, for LOOP_PAUSE_S from now. Called from the loop or the writer."""
+        paused = time.monotonic() < self._loop_paused_until
+        self._loop_paused_until = time.monotonic() + LOOP_PAUSE_S
+        if not paused and self._loop_commits_on:
+            self.loop_pauses += 1
+            log.warning(
+                "journal_loop_commits_paused", path=str(self.path), why=why, pause_s=LOOP_PAUSE_S, **detail
+            )
 
     # ---- the writer thread --------------------------------------------------------------------------
     def _run(self, opened: asyncio.Future[tuple[int, dict[str, dict[str, Any]]]]) -> None:
@@ -441,6 +578,8 @@ class Journal:
                 error = exc if isinstance(exc, JournalError) else self._error("cannot open", exc)
                 _deliver_soon([(opened, None, error)])
                 return
+            if self._loop_commits_on:
+                self._loop_conn = self._connect_for_loop()
             _deliver_soon([(opened, found, None)])
             done = threading.Event()
             checkpointer = threading.Thread(
@@ -453,6 +592,9 @@ class Journal:
                 done.set()
                 checkpointer.join()
         finally:
+            loop_conn, self._loop_conn = self._loop_conn, None
+            if loop_conn is not None and stop is not None:  # else the loop may be inside a commit on it
+                loop_conn.close()
             conn.close()
             self._open = False
             self._fail_queued()
@@ -467,6 +609,21 @@ class Journal:
             return sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         except sqlite3.Error as exc:
             raise self._error("cannot open", exc) from None
+
+    def _connect_for_loop(self) -> sqlite3.Connection | None:
+        """The event loop's connection (made here, used only there): it never waits for a lock (busy
+        timeout 0) and never checkpoints; its commits are as durable as the writer's (synchronous=NORMAL)."""
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            # Read the schema and the pages a record touches now, not in the first commit on the loop.
+            conn.execute("SELECT max(id) FROM requests").fetchone()
+            conn.execute("SELECT max(received_at) FROM requests").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("journal_loop_connection_failed", path=str(self.path), error=str(exc))
+            return None
+        return conn
 
     def _prepare(self, conn: sqlite3.Connection) -> tuple[int, dict[str, dict[str, Any]]]:
         """WAL, schema, unfinished requests of earlier runs (now marked unknown), retention, the modes."""
@@ -514,6 +671,7 @@ class Journal:
                     batch.append(self._queue.get_nowait())
             except queue.Empty:
                 pass
+            taken = len(batch)
             stop = next((job for job in batch if job.stop), None)
             batch = [job for job in batch if not job.stop]
             # Outcomes from a failed transaction go in a transaction of their own: one that can never be
@@ -521,7 +679,9 @@ class Journal:
             if retry and (batch or time.monotonic() >= retry_at or stop is not None):
                 retry = self._commit(conn, retry, retrying=True)
             if batch:
-                retry += self._commit(conn, batch)
+                retry += self._commit(conn, batch, taken=taken)
+            else:
+                self._settled += taken
             waiting = sum(job.rows for job in retry)
             if waiting > MAX_RETRY:
                 first = dropped = 0
@@ -549,6 +709,7 @@ class Journal:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:
             log.warning("journal_checkpointer_failed", path=str(self.path), error=str(exc))
+            self._checkpoints_behind = True  # for good: only the writer's own checkpoints are left
             return
         checkpointed = self.commits
         try:
@@ -557,14 +718,23 @@ class Journal:
                     continue
                 checkpointed = self.commits
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    _, wal_pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error as exc:  # the WAL grows until the writer's safety valve checkpoints
                     log.warning("journal_checkpoint_failed", path=str(self.path), error=str(exc))
+                    self._checkpoints_behind = True
+                else:
+                    # Loop commits never checkpoint: while this thread falls behind, the writer takes
+                    # every write, and its safety valve (WRITER_CHECKPOINT_PAGES) applies.
+                    self._checkpoints_behind = wal_pages - copied > WRITER_CHECKPOINT_PAGES
         finally:
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Job], *, retrying: bool = False) -> list[_Job]:
-        """Write `batch` in one transaction and settle its futures; returns the jobs to try again.
+    def _commit(
+        self, conn: sqlite3.Connection, batch: list[_Job], *, retrying: bool = False, taken: int = 0
+    ) -> list[_Job]:
+        """Write `batch` in one transaction and settle its futures; returns the jobs to try again. `taken`:
+        the jobs just taken from the queue, done once this returns (the loop may commit again when every
+        job it handed over is done: counted before a waiter hears of it, so its next record() may).
 
         Only a batch of new work makes the journal healthy again: a small retried outcome that happens
         to fit says nothing about whether the next order's intent will, and `healthy` is what the
@@ -574,24 +744,30 @@ class Journal:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
                 results.append(None if job.write is None else job.write(conn))
+            started = time.perf_counter()
             conn.execute("COMMIT")
+            took = time.perf_counter() - started
+            if took > SLOW_COMMIT_S + sys.getswitchinterval():  # the canary for loop commits
+                self._pause_loop_commits("slow", took_ms=round(took * 1000, 3), thread=True)
         except Exception as exc:  # every failure, a bug included, reaches every waiter and the log
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             error = self._error("write failed", exc)
             self._failed(error, unexpected=not isinstance(exc, sqlite3.Error))
+            self._settled += taken
             _deliver_soon(
                 [(job.future, None, JournalError(str(error))) for job in batch if job.future is not None]
             )
             return [job for job in batch if job.keep]
-        self.commits += 1
+        self.thread_commits += 1
         # Neither a retried outcome nor an empty transaction (a flush) says the next write will fit.
         if not retrying and any(job.write is not None for job in batch):
             if not self.healthy:
                 log.info("journal_write_recovered", path=str(self.path), failures=self._failures)
             self.healthy = True
             self._failures = 0
+        self._settled += taken
         _deliver_soon(
             [(job.future, result, None) for job, result in zip(batch, results, strict=True) if job.future]
         )
@@ -612,7 +788,7 @@ class Journal:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             raise
-        self.commits += 1
+        self.thread_commits += 1
         if requests or events:
             log.info("journal_pruned", path=str(self.path), requests=requests, events=events)
         return max(requests, events) >= PRUNE_CHUNK
@@ -650,6 +826,17 @@ class Journal:
                     pending.append((job.future, None, error))
         _deliver_soon(pending)
 
+
+def _sleeps() -> int:
+    """How many times the calling thread has slept so far (voluntary context switches: waiting on I/O or a
+    lock, as opposed to the kernel giving its core to someone else). Linux; elsewhere a new value each
+    call, so every slow commit counts as one that slept."""
+    if _RUSAGE_THREAD is None:
+        return time.perf_counter_ns()
+    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
+
+
+_RUSAGE_THREAD: Final = getattr(resource, "RUSAGE_THREAD", None)
 
 Settlement: TypeAlias = tuple[asyncio.Future[Any], Any, BaseException | None]
 

@@ -69,7 +69,11 @@ class Service:
         ]
         for account in self.accounts:
             self.metrics.add_account(account.name)
-        self.journal = Journal(config.journal.path, retention_days=config.journal.retention_days)
+        self.journal = Journal(
+            config.journal.path,
+            retention_days=config.journal.retention_days,
+            loop_commits=config.journal.commit_on_loop,
+        )
         self.metrics.watch_journal(lambda: self.journal.healthy)
         self.gateway = Gateway(
             self.accounts,
@@ -517,8 +521,11 @@ class Service:
                 if account.stream is not None:
                     account.stream.state.roll_day()  # a new UTC day: today's PnL starts again at 0
                 self.trips.check_loss(account)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that arrives
+            # as the wait ends, and stop() would wait for this task forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), REPORT_INTERVAL_S)
+                async with asyncio.timeout(REPORT_INTERVAL_S):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _probe_journal(self) -> None:

@@ -69,6 +69,7 @@ async def serving(
     notifier: Notifier | None = None,
     journal: Path | None = None,
     admin_token: str | None = None,
+    commit_on_loop: bool = True,
 ) -> AsyncIterator[Service]:
     """A started service on a free loopback port, its journal in a fresh temporary directory unless
     `journal` names one; stopped (with each account's policy) on exit."""
@@ -76,7 +77,7 @@ async def serving(
         config = Config(
             accounts=accounts,
             server=ServerConfig("127.0.0.1", 0, None if admin_token is None else Secret(admin_token)),
-            journal=JournalConfig(journal or Path(tmp) / "journal.sqlite3"),
+            journal=JournalConfig(journal or Path(tmp) / "journal.sqlite3", commit_on_loop=commit_on_loop),
         )
         service = Service(config, notifier=notifier or Notifier({}))
         await service.start()

@@ -203,6 +203,7 @@ BAD = [
     ("listen_integer", doc(server="listen = 8787"), "server.listen must be a string, not an integer"),
     ("journal_path_integer", doc(journal="path = 3"), "journal.path must be a string, not an integer"),
     ("journal_path_empty", doc(journal='path = ""'), "journal.path is empty"),
+    ("journal_commit_on_loop_string", doc(journal='commit_on_loop = "yes"'), "journal.commit_on_loop must be a boolean, not a string"),
     ("journal_retention_negative", doc(journal="retention_days = -1"), "journal.retention_days must be at least 0, got -1"),
     ("journal_retention_string", doc(journal='retention_days = "90"'), "journal.retention_days must be a number, not a string"),
     ("journal_retention_infinite", doc(journal="retention_days = inf"), "journal.retention_days must be a finite number"),
@@ -349,7 +350,7 @@ def test_edge_values_are_valid() -> None:
 def test_everything_is_read() -> None:
     text = doc(
         server='listen = "[::1]:0"',
-        journal='path = "/var/lib/guardian/journal.sqlite3"\nretention_days = 7.5',
+        journal='path = "/var/lib/guardian/journal.sqlite3"\nretention_days = 7.5\ncommit_on_loop = false',
         log='level = "debug"\nformat = "json"',
         account='base_url = "http://127.0.0.1:8788/"',
         switch="refresh_min_s = 1.5\nrefresh_max_s = 2\ntimeout_s = 5\nmin_remaining_s = 2\non_shutdown = 'disarm'",
@@ -360,7 +361,9 @@ def test_everything_is_read() -> None:
     config = parse(text)
     assert (config.server.host, config.server.port, config.server.listen) == ("::1", 0, "[::1]:0")
     assert config.server.admin_token == Secret(ADMIN_TOKEN)
-    assert config.journal == cfg.JournalConfig(Path("/var/lib/guardian/journal.sqlite3"), retention_days=7.5)
+    assert config.journal == cfg.JournalConfig(
+        Path("/var/lib/guardian/journal.sqlite3"), retention_days=7.5, commit_on_loop=False
+    )
     assert (config.log.level, config.log.format) == ("debug", "json")
     [account] = config.accounts
     assert account.base_url == "http://127.0.0.1:8788"

@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -542,7 +545,7 @@ async def test_an_unwritable_journal_stops_new_risk_but_not_cancels(
     ):
         placed = await b.send_order(**LMT)
         batched = await b.send_order(**{**LMT, "limitPrice": 58800})
-        await service.journal._call_in_writer(disk_full)
+        await service.journal._set_on_every_connection(disk_full)
         accepted = 2
         failure: ExchangeError | None = None
         for i in range(200):
@@ -574,12 +577,13 @@ async def test_an_unwritable_journal_stops_new_risk_but_not_cancels(
 
         def disk_freed_quietly(conn: sqlite3.Connection) -> None:
             disk_freed(conn)
-            freed.append(True)
-            raise sqlite3.OperationalError("not this time")
+            if threading.current_thread() is not threading.main_thread():  # the writer's, not the loop's
+                freed.append(True)
+                raise sqlite3.OperationalError("not this time")
 
         while not freed:
             with contextlib.suppress(JournalError):
-                await service.journal._call_in_writer(disk_freed_quietly)
+                await service.journal._set_on_every_connection(disk_freed_quietly)
         assert not service.journal.healthy
         # No order needed to find out: guardian tries a small write now and then by itself.
         await wait_for(lambda: service.journal.healthy, what="the journal writing again")
@@ -588,6 +592,63 @@ async def test_an_unwritable_journal_stops_new_risk_but_not_cancels(
         await b.send_order(**LMT)
     events = [r["kind"] for r in read_journal(tmp_path / "journal.sqlite3") if r.get("type") == "event"]
     assert "journal_writable" in events
+
+
+async def test_a_disk_turning_slow_stalls_the_loop_once_and_the_switch_keeps_its_beat(
+    exchange: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with gateway(exchange, tmp_path) as service, bot_client(service) as b:
+        await b.send_order(**LMT)
+        assert service.journal.loop_commits > 0  # intents are committed on the loop while the disk is fast
+
+        def slow_insert(conn: sqlite3.Connection, sql: str, row: tuple[Any, ...]) -> int | None:
+            time.sleep(0.3)  # from now on every write waits for the disk, wherever it is made
+            return conn.execute(sql, row).lastrowid
+
+        monkeypatch.setattr("guardian.journal._insert", slow_insert)
+        loop = asyncio.get_running_loop()
+        lateness: list[float] = []
+
+        async def beat() -> None:
+            while True:
+                started = loop.time()
+                await asyncio.sleep(0.02)
+                lateness.append(loop.time() - started - 0.02)
+
+        refreshed = len(reached(exchange, "cancelallordersafter"))
+        ticking = asyncio.create_task(beat())
+        started = time.monotonic()
+        try:
+            sent = 0
+            while time.monotonic() - started < 4.0:
+                await b.send_order(**LMT)  # each waits 0.3 s or more for its intent: the thread's
+                sent += 1
+        finally:
+            ticking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticking
+        assert sent >= 6 and service.journal.loop_pauses == 1
+        stalls = [late for late in lateness if late > 0.1]
+        assert len(stalls) <= 1 and all(late < 0.5 for late in stalls), stalls  # one slow commit, at most
+        refreshes = reached(exchange, "cancelallordersafter")[refreshed:]
+        assert len(refreshes) >= 2  # every 1.0-1.5 s, as configured, with orders waiting on the disk
+        at = [datetime.fromisoformat(r["time"]).timestamp() for r in refreshes]
+        assert max(later - earlier for earlier, later in itertools.pairwise(at)) < 1.5 + 0.5, at
+        assert service.accounts[0].switch.state is SwitchState.ARMED
+
+
+async def test_with_commit_on_loop_off_every_intent_is_committed_by_the_writer_thread(
+    exchange: Simulator, tmp_path: Path
+) -> None:
+    account = account_config(exchange.url, switch=SWITCH, guard=GUARD, clients=CLIENTS)
+    async with serving(account, journal=tmp_path / "journal.sqlite3", commit_on_loop=False) as service:
+        await until_ready(service)
+        async with bot_client(service) as b:
+            for _ in range(3):
+                await b.send_order(**LMT)
+        assert service.journal.loop_commits == 0 and service.journal.thread_commits >= 3
+    forwarded = [r for r in read_journal(tmp_path / "journal.sqlite3") if r.get("verdict") == "forwarded"]
+    assert len(forwarded) == 3
 
 
 # ---- retries ------------------------------------------------------------------------------------------

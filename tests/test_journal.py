@@ -270,7 +270,7 @@ async def test_outcomes_past_the_retry_limit_are_dropped_and_counted(
     monkeypatch.setattr("guardian.journal.MAX_RETRY", 3)
     journal = await reopen(path)
     ids = [await journal.record(forwarded()) for _ in range(5)]
-    await journal._call_in_writer(disk_full)
+    await journal._set_on_every_connection(disk_full)
     with capture_logs() as logged:
         for request_id in ids:  # five outcomes, no room for any of them
             journal.finish(
@@ -306,7 +306,7 @@ def disk_freed(conn: sqlite3.Connection) -> None:
 async def test_a_failed_write_raises_marks_unhealthy_and_recovers(journal: Journal, path: Path) -> None:
     REDACTOR.register([REGISTERED_SECRET])
     pending = await journal.record(forwarded())
-    await journal._call_in_writer(disk_full)
+    await journal._set_on_every_connection(disk_full)
     large = forwarded(
         params={**ORDER, "cliOrdId": "x" * 20000, "note": REGISTERED_SECRET, "api_secret": API_SECRET}
     )
@@ -322,7 +322,7 @@ async def test_a_failed_write_raises_marks_unhealthy_and_recovers(journal: Journ
         await journal.flush()  # the outcome kept is retried on its own, needs no new page, and is written
         assert read_journal(path)[0]["outcome"] == "success"
         assert not journal.healthy  # but neither it nor an empty transaction says the next record fits
-        await journal._call_in_writer(disk_freed)  # new work that commits: that does
+        await journal._set_on_every_connection(disk_freed)  # new work that commits: that does
         assert journal.healthy
         request_id = await journal.record(large)
     message = str(caught.value)
@@ -366,7 +366,7 @@ async def test_an_outcome_that_can_never_be_written_does_not_take_new_records_do
 async def test_close_says_how_many_outcomes_it_could_not_write(path: Path) -> None:
     journal = await reopen(path)
     request_id = await journal.record(forwarded())
-    await journal._call_in_writer(disk_full)
+    await journal._set_on_every_connection(disk_full)
     journal.finish(
         request_id,
         outcome="success",
@@ -580,6 +580,177 @@ async def test_the_event_loop_keeps_ticking_while_a_write_is_slow(journal: Journ
     assert max(lateness) < 0.1, lateness  # the write takes 0.3 s; the loop never waits for it
     await slow
     assert await queued > 0
+
+
+# --- commits on the event loop ---------------------------------------------------------------------------
+
+
+async def test_a_record_commits_on_the_loop_while_the_writer_is_idle_with_the_waiting_outcome(
+    journal: Journal, path: Path
+) -> None:
+    first = await journal.record(forwarded())
+    journal.finish(first, outcome="success", http_status=200, answer=ANSWER, upstream_s=None, total_s=None)
+    await asyncio.sleep(0)  # the next turn of the loop
+    loop_commits, thread_commits = journal.loop_commits, journal.thread_commits
+    second = await journal.record(forwarded())
+    assert (journal.loop_commits, journal.thread_commits) == (loop_commits + 1, thread_commits)
+    # committed when record() returned, the outcome that waited for a ride in the same transaction
+    assert [(row["id"], row["outcome"]) for row in read_journal(path)] == [
+        (first, "success"),
+        (second, "unknown"),
+    ]
+
+
+async def test_a_record_queues_behind_a_busy_writer_and_keeps_its_order(journal: Journal, path: Path) -> None:
+    slow = asyncio.ensure_future(journal._call_in_writer(lambda conn: time.sleep(0.2)))
+    await asyncio.sleep(0.02)  # the writer is inside the slow transaction now
+    loop_commits = journal.loop_commits
+    queued = asyncio.ensure_future(journal.record(forwarded(params={"n": "1"})))
+    await asyncio.sleep(0)
+    later = asyncio.ensure_future(journal.record(forwarded(params={"n": "2"})))
+    await asyncio.sleep(0.02)
+    assert not queued.done() and not later.done()  # neither went past the writer on the loop
+    await slow
+    assert await queued < await later
+    assert journal.loop_commits == loop_commits
+    assert [row["params"] for row in read_journal(path)] == [{"n": "1"}, {"n": "2"}]
+
+
+async def test_a_burst_in_one_turn_of_the_loop_commits_once_on_it_and_the_rest_together(
+    journal: Journal, path: Path
+) -> None:
+    await asyncio.sleep(0)
+    loop_commits, thread_commits = journal.loop_commits, journal.thread_commits
+    ids = await asyncio.gather(*(journal.record(forwarded(params={"n": str(i)})) for i in range(50)))
+    assert journal.loop_commits == loop_commits + 1
+    assert journal.thread_commits - thread_commits <= 5  # group commit, as before
+    assert ids == sorted(ids)
+    assert [row["params"] for row in read_journal(path)] == [{"n": str(i)} for i in range(50)]
+
+
+async def test_a_slow_commit_on_the_loop_stalls_it_once_then_every_write_goes_to_the_thread(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("guardian.journal.LOOP_PAUSE_S", 1.0)
+    journal = await reopen(path)
+    loop = asyncio.get_running_loop()
+    await journal.record(forwarded())
+    slow = True
+
+    def insert(conn: sqlite3.Connection, sql: str, row: tuple[Any, ...]) -> int | None:
+        if slow:
+            time.sleep(0.1)  # a disk stalling every write, wherever it is made
+        return conn.execute(sql, row).lastrowid
+
+    monkeypatch.setattr("guardian.journal._insert", insert)
+    lateness: list[float] = []
+
+    async def beat() -> None:  # what the switch's refresh sees: how late its timer fires
+        while True:
+            started = loop.time()
+            await asyncio.sleep(0.005)
+            lateness.append(loop.time() - started - 0.005)
+
+    loop_commits = journal.loop_commits
+    with capture_logs() as logged:
+        ticking = asyncio.create_task(beat())
+        await asyncio.sleep(0.02)
+        for i in range(8):
+            await journal.record(forwarded(params={"n": str(i)}))
+            await asyncio.sleep(0.001)
+        ticking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticking
+    assert journal.loop_commits == loop_commits + 1  # the first slow one, and no other
+    assert journal.loop_pauses == 1
+    [paused] = [line for line in logged if line["event"] == "journal_loop_commits_paused"]
+    assert paused["why"] == "slow" and paused["took_ms"] >= 100
+    stalls = [late for late in lateness if late > 0.05]
+    assert len(stalls) == 1 and stalls[0] < 0.2, lateness  # that one commit, once; 7 more took 0.7 s
+    assert sum(lateness) < 0.35, lateness
+    slow = False
+    await asyncio.sleep(1.0)  # the pause ends; the disk is fast again
+    await journal.record(forwarded())
+    assert journal.loop_commits == loop_commits + 2
+    await journal.close()
+    assert len(read_journal(path)) == 10
+
+
+async def test_a_slow_commit_in_the_writer_pauses_loop_commits_before_one_is_slow(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("guardian.journal.SLOW_COMMIT_S", -1.0)  # every commit in the writer is "slow"
+    await journal.event("drill", None, {})
+    monkeypatch.setattr("guardian.journal.SLOW_COMMIT_S", 0.002)
+    loop_commits = journal.loop_commits
+    await asyncio.sleep(0)
+    await journal.record(forwarded())
+    assert journal.loop_commits == loop_commits and journal.loop_pauses == 1
+
+
+async def test_a_failed_commit_on_the_loop_fails_closed_exactly_as_in_the_writer(
+    journal: Journal, path: Path
+) -> None:
+    kept = await journal.record(forwarded())
+    await journal._set_on_every_connection(disk_full)
+    await asyncio.sleep(0)
+    loop_commits, loop_pauses = journal.loop_commits, journal.loop_pauses
+    large = forwarded(params={**ORDER, "cliOrdId": "x" * 20000})
+    with pytest.raises(JournalError) as caught:
+        await journal.record(large)
+    assert str(caught.value) == f"journal {path}: write failed: database or disk is full"
+    assert not journal.healthy  # as the writer reports it: no new risk goes out
+    assert journal.loop_commits == loop_commits and journal.loop_pauses == loop_pauses + 1
+    await asyncio.sleep(0)
+    with pytest.raises(JournalError):  # unhealthy: every write goes to the writer until one commits there
+        await journal.record(large)
+    assert journal.loop_commits == loop_commits
+    assert [row["id"] for row in read_journal(path)] == [kept]
+
+
+async def test_a_write_that_fails_only_on_the_loop_is_written_once_by_the_writer(
+    journal: Journal, path: Path
+) -> None:
+    await journal.record(forwarded())
+    assert journal._loop_conn is not None
+    disk_full(journal._loop_conn)  # only the loop's connection sees a full disk
+    await asyncio.sleep(0)
+    loop_commits = journal.loop_commits
+    second = await journal.record(forwarded(params={**ORDER, "cliOrdId": "x" * 20000}))
+    assert journal.loop_commits == loop_commits and journal.healthy
+    rows = read_journal(path)
+    assert [row["id"] for row in rows] == [second - 1, second]  # rolled back on the loop: no duplicate
+
+
+async def test_while_the_checkpointer_falls_behind_every_write_goes_to_the_writer(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("guardian.journal.CHECKPOINT_EVERY_S", 0.02)
+    journal = await reopen(path)
+    # From its next checkpoint on, the WAL counts as outgrowing the checkpointer: loop commits never
+    # checkpoint, so they stop, and the writer, whose own checkpoints are the safety valve, takes every write.
+    monkeypatch.setattr("guardian.journal.WRITER_CHECKPOINT_PAGES", -1)
+    try:
+        for _ in range(2):  # the checkpointer may start after the first: it sees the second
+            await journal.record(forwarded())
+            await asyncio.sleep(0.1)
+        loop_commits = journal.loop_commits
+        assert loop_commits >= 1
+        await journal.record(forwarded())
+        assert journal.loop_commits == loop_commits
+    finally:
+        await journal.close()
+
+
+async def test_without_loop_commits_every_write_is_the_writers(path: Path) -> None:
+    journal = await reopen(path, loop_commits=False)
+    try:
+        for _ in range(3):
+            await journal.record(forwarded())
+            await asyncio.sleep(0)
+        assert journal.loop_commits == 0 and journal.thread_commits >= 3
+    finally:
+        await journal.close()
 
 
 # --- reading ---------------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ class Gateway:
         except (asyncio.CancelledError, web.HTTPException):
             raise
         except Refusal as refusal:
-            trail.outcome = "refused"
+            trail.outcome, trail.raw = "refused", None
             trail.reason = refusal.code
             response = self._refused(refusal)
             await self._journal_local(trail, "refused", refusal.code, refusal.http_status)
@@ -155,14 +155,18 @@ class Gateway:
             log.exception(
                 "gateway_error", account=trail.account or None, bot=trail.bot, endpoint=trail.endpoint
             )
-            trail.outcome = "error"
+            trail.outcome, trail.raw = "error", None
             body = {"result": "error", "serverTime": to_iso(time.time()), "error": "Server Error"}
             response = web.json_response(
                 {**body, "message": "guardian failed on this request; see its log"}, status=500
             )
         if self._observe is not None:
-            asyncio.get_running_loop().call_soon(self._observe, trail, time.perf_counter() - started)
+            asyncio.get_running_loop().call_soon(self._observed, trail, time.perf_counter() - started)
         return response
+
+    def _observed(self, trail: Trail, total_s: float) -> None:
+        trail.read_answer()
+        self._observe(trail, total_s)
 
     async def _handle(self, request: web.Request, trail: Trail) -> web.StreamResponse:
         routed = ep.match(request.path, request.method)
@@ -757,6 +761,7 @@ class Gateway:
             log.error("journal_write_failed", endpoint=trail.endpoint, error=str(exc))
 
     def _finish(self, request_id: int, trail: Trail, http_status: int, total_s: float) -> None:
+        trail.read_answer()
         stream = self.accounts[trail.account].stream if trail.account in self.accounts else None
         if stream is not None and trail.answer is not None and trail.endpoint in _PLACING:
             stream.placed(trail.bot, placed_ids(trail.answer, trail.params))
@@ -799,7 +804,7 @@ class Gateway:
             trail.outcome = "unavailable"
             return _local_error(502, "Unavailable", f"the exchange could not be reached ({exc})")
         trail.upstream_s = time.perf_counter() - started
-        trail.outcome, trail.answer = _read_answer(answer)
+        trail.raw = answer  # read after the bot has it (Trail.read_answer): the bot does not wait for that
         return answer
 
     # ---- answers ----------------------------------------------------------------------------------
@@ -838,6 +843,13 @@ class Trail:
     upstream_s: float | None = None
     answer: dict[str, Any] | None = None  # the exchange's answer, parsed, for the journal
     body: str = field(default="", repr=False)  # the request's body as the bot sent it
+    raw: RawAnswer | None = None  # the exchange's answer until read_answer() has read it
+
+    def read_answer(self) -> None:
+        """The outcome and the journal's copy of the exchange's answer, from one parse of its body, once."""
+        if self.raw is not None:
+            self.outcome, self.answer = _read_answer(self.raw)
+            self.raw = None
 
 
 def _response(answer: RawAnswer) -> web.Response:

@@ -221,7 +221,8 @@ class Halts:
         upstream_timeout_s = account.config.guard.upstream_timeout_s
         try:
             # The gateway's own client gives up after upstream_timeout_s; the margin is a backstop only.
-            answer = await asyncio.wait_for(flight.wait(), upstream_timeout_s + 1.0)
+            async with asyncio.timeout(upstream_timeout_s + 1.0):  # not wait_for: see Service._report
+                answer = await flight.wait()
         except TimeoutError:
             answer = None
         targets = None if answer is None else left_open(flight, answer)

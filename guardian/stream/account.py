@@ -197,8 +197,9 @@ class AccountStream:
             if not self.link.up:
                 interval = min(interval, max(0.5, self.settings.state_max_age_s / 2))
             # Woken early when the link comes up (a reconnect) or goes down (the faster beat starts).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: see Service._report
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def reconcile(self) -> bool:
