@@ -441,6 +441,8 @@ class Gateway:
         """The answer is in: release what it shows was not placed, bind the rest to its order ids."""
         stream = account.stream
         reconciles = stream.reconciles if stream is not None else 0
+        if trail is not None:
+            trail.read_answer()  # what was placed: the hold needs it now, not after the bot has its answer
         if trail is not None and trail.outcome == "replayed":  # the first attempt holds the orders
             account.exposure.release(hold)
             return
