@@ -30,7 +30,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Final, TypeVar
+from typing import Final
 
 from guardian.config import ClientConfig, GuardConfig
 from guardian.gateway.orders import OrderIntent
@@ -38,7 +38,6 @@ from guardian.gateway.refusal import Refusal
 from guardian.stream.state import Event, Fill, OpenOrder, OrderClosed, StateView
 
 ZERO: Final = Decimal(0)
-_T = TypeVar("_T")
 RATE_WINDOW_S: Final = 60.0
 MAX_REMEMBERED: Final = 20_000  # fills and closes by order id, for answers that arrive after the stream
 RECONCILES_TO_SETTLE: Final = 2  # a reconciliation wholly after the answer: the second one counted
@@ -235,10 +234,10 @@ def _position_why(view: Exposure, c: Candidate, figure: Decimal, limit: Decimal)
 
 
 def _replaced(view: Exposure, c: Candidate, where: Callable[[Working], bool]) -> int:
-    """1 when `c` is an edit of a working order matching `where` (that order then does not count)."""
+    """How many working orders matching `where` an edit `c` replaces (those do not count: `_kept`)."""
     if c.replaces is None:
         return 0
-    return 1 if any(w.key == c.replaces and where(w) for w in view.working) else 0
+    return sum(1 for w in view.working if w.key == c.replaces and where(w))
 
 
 def _open_orders_figure(view: Exposure, c: Candidate) -> Decimal:
@@ -813,9 +812,9 @@ class Book:
         return found, count
 
     @staticmethod
-    def _window(table: dict[str | None, deque[_T]], bot: str | None, since: float) -> deque[_T]:
-        found: deque[_T] = table.setdefault(bot, deque())
-        while found and _time_of(found[0]) < since:
+    def _window(table: dict[str | None, deque[float]], bot: str | None, since: float) -> deque[float]:
+        found = table.setdefault(bot, deque())
+        while found and found[0] < since:
             found.popleft()
         return found
 
@@ -940,10 +939,6 @@ def _kept(working: Working, candidate: Candidate) -> bool:
 
 def _event_keys(event: Event) -> tuple[str, ...]:
     return tuple(k for k in (event.order_id, event.cli_ord_id) if k)
-
-
-def _time_of(entry: object) -> float:
-    return entry[0] if isinstance(entry, tuple) else float(entry)  # type: ignore[arg-type]
 
 
 def _dec(value: float | int | None) -> Decimal | None:
