@@ -223,6 +223,14 @@ class _Topic:
         self.waiting |= self.live
         self.live = set()
 
+    def snapshot_came(self) -> set[Sink]:
+        """The upstream snapshot is in: the cache follows it, and the waiting subscribers go live (they
+        get this snapshot); every live subscriber, to send it to."""
+        self.ready = True
+        self.live |= self.waiting
+        self.waiting = set()
+        return self.live
+
 
 class PublicFeeds:
     """One exchange's public feeds for the relay: one upstream subscription per (feed, product).
@@ -354,10 +362,7 @@ class PublicFeeds:
                     "sell": {row["price"]: row["qty"] for row in message.get("asks") or ()},
                 }
                 topic.book_meta = {k: message.get(k) for k in ("timestamp", "seq", "tickSize")}
-                topic.ready = True
-                topic.live |= topic.waiting
-                topic.waiting = set()
-                self._fan(topic.live, message, "book")
+                self._fan(topic.snapshot_came(), message, "book")
         elif feed == "book":
             topic = self.topics.get(("book", product))
             if topic is not None and topic.ready and topic.book is not None:
@@ -376,10 +381,7 @@ class PublicFeeds:
                 topic.trades.clear()
                 rows = [t for t in message.get("trades") or () if isinstance(t, dict)]
                 topic.trades.extend(rows[:TRADES_KEPT])
-                topic.ready = True
-                topic.live |= topic.waiting
-                topic.waiting = set()
-                self._fan(topic.live, message, "trade")
+                self._fan(topic.snapshot_came(), message, "trade")
         elif feed == "trade":
             topic = self.topics.get(("trade", product))
             if topic is not None and topic.ready:
