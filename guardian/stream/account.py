@@ -228,8 +228,12 @@ class AccountStream:
             self.last_reconcile_at = time.monotonic()
             self.reconciles += 1
             self.last_reconcile_error = None
+            # Counted with the picture they describe, before any await: a reader between the journal's
+            # writes must never see REST's picture adopted with only part of its drift counted.
             for drift in drifts:
-                await self._drifted(drift)
+                self._count_drift(drift)
+            for drift in drifts:
+                await self._event("account_state_drift", {"kind": drift.kind, "detail": drift.detail})
             return True
         log.info("account_state_reconcile_deferred", note="the stream kept changing while REST was read")
         return False
@@ -249,14 +253,13 @@ class AccountStream:
         self.last_reconcile_error = error
         log.warning("account_state_reconcile_failed", error=error, failures=self.reconcile_failures)
 
-    async def _drifted(self, drift: Drift) -> None:
+    def _count_drift(self, drift: Drift) -> None:
         self.drift_total[drift.kind] = self.drift_total.get(drift.kind, 0) + 1
         log.warning(
             "account_state_drift", kind=drift.kind, detail=drift.detail, link=self.link.status.state.value
         )
         if self._on_drift is not None:
             self._on_drift(drift.kind, drift.detail)
-        await self._event("account_state_drift", {"kind": drift.kind, "detail": drift.detail})
 
     # ---- the stream's messages ------------------------------------------------------------------------
     def _apply(self, message: Mapping[str, Any]) -> None:
