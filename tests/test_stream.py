@@ -102,6 +102,8 @@ def shown_positions(service: Service) -> dict[str, float]:
 
 
 async def journal_events(service: Service, kind: str) -> list[dict[str, Any]]:
+    for stream in service.streams:  # what the stream has applied is journaled in the background: let it land
+        await stream.settle()
     await service.journal.flush()
     rows = read_journal(service.config.journal.path, limit=100_000)
     return [r["detail"] for r in rows if r.get("type") == "event" and r["kind"] == kind]
