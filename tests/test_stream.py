@@ -232,11 +232,19 @@ async def test_changes_made_while_the_link_is_down_come_from_reconciliation_as_d
         service.journal.event = held  # type: ignore[method-assign]
         exchange.stream.refuse("Failed to subscribe to authenticated feed")
         exchange.stream.drop_all()
-        await wait_for(lambda: not service.streams[0].link.up, 2.0, "the link down")
+        stream = service.streams[0]
+        await wait_for(lambda: not stream.link.up, 2.0, "the link down")
+        # Both changes reach one reconciliation: none adopts the first alone (positions unreadable meanwhile).
+        exchange.faults.add(Fault("openpositions", "error", code="Unavailable", status=503))
+        failures = stream.reconcile_failures
+        await wait_for(
+            lambda: stream.reconcile_failures > failures, STREAM.state_max_age_s, "a reconcile failed"
+        )
         # Changed at the exchange directly (another program, a person on the website).
         async with KrakenClient(exchange.url, Credentials(TRADE_KEY, ApiSecret(TRADE_SECRET))) as direct:
             await direct.send_order(**LMT)
             await direct.send_order(orderType="mkt", symbol="PF_ETHUSD", side="buy", size=3)
+        exchange.faults.clear("openpositions")
         await wait_for(
             lambda: (
                 shown_positions(service) == {"PF_ETHUSD": 3.0}
