@@ -317,6 +317,67 @@ async def test_the_same_order_under_a_new_cliordid_is_a_duplicate_and_a_retry_is
         assert sent(exchange) == 3
 
 
+async def test_a_retry_of_an_order_in_flight_or_answered_gets_its_answer_not_a_limit_refusal(
+    exchange: Simulator, tmp_path: Path
+) -> None:
+    """The retry of an order adds no risk (it gets the first attempt's answer): it is not counted a second
+    time, which would refuse it for an order that exists once, while the bot never learns it was placed."""
+    async with (
+        guarded(exchange, tmp_path, max_position=5) as service,
+        bot(service, 0) as b0,
+        bot(service, 1) as b1,
+    ):
+        order = {**limit_buy(below(exchange)), "size": 5, "cliOrdId": "retry-1"}
+        exchange.faults.add(Fault("sendorder", "latency", latency_s=0.5, times=1))
+        first = asyncio.create_task(b0.send_order(**order))
+        await wait_for(lambda: len(service.accounts[0].exposure) == 1, 2.0, "the first attempt held")
+        assert await b0.send_order(**order) == await first  # in flight: it waited for the first answer
+        assert first.result()["sendStatus"]["status"] == "placed"
+        assert await b0.send_order(**order) == first.result()  # answered: the answer again
+        assert sent(exchange) == 1 and open_orders(exchange) == 1
+        await refused(exchange, b1, limit_buy(below(exchange)), "positionLimitExceeded")  # counted once
+        await refused(exchange, b0, {**order, "cliOrdId": "retry-2"}, "positionLimitExceeded")
+
+
+async def test_a_batch_retried_while_in_flight_gets_its_answer_not_a_limit_refusal(
+    exchange: Simulator, tmp_path: Path
+) -> None:
+    async with guarded(exchange, tmp_path, max_position=4) as service, bot(service, 0) as b0:
+        price = below(exchange)
+        batch = [
+            {"order": "send", "order_tag": str(i), **limit_buy(price), "size": 2, "cliOrdId": f"batch-{i}"}
+            for i in (1, 2)
+        ]
+        exchange.faults.add(Fault("batchorder", "latency", latency_s=0.5, times=1))
+        first = asyncio.create_task(b0.batch_order(batch))
+        await wait_for(lambda: len(service.accounts[0].exposure) == 2, 2.0, "the first attempt held")
+        assert await b0.batch_order(batch) == await first
+        assert [s["status"] for s in first.result()["batchStatus"]] == ["placed"] * 2
+        assert await b0.batch_order(batch) == first.result()
+        assert sent(exchange) == 1 and open_orders(exchange) == 2
+
+
+async def test_a_retry_sent_again_after_its_first_attempt_was_lost_is_judged_as_new_risk(
+    exchange: Simulator, tmp_path: Path
+) -> None:
+    """A retry that waited on its first attempt is judged when that attempt turns out not to be at the
+    exchange and the retry would go out in its place. The lost attempt still counts until reconciled (a
+    request that hung may yet arrive), so here the retry does not fit."""
+    async with guarded(exchange, tmp_path, max_position=5) as service, bot(service, 0) as b0:
+        order = {**limit_buy(below(exchange)), "size": 3, "cliOrdId": "lost-1"}
+        exchange.faults.add(Fault("sendorder", "hang", times=1))
+        try:
+            first = asyncio.create_task(b0.send_order(**order))
+            await wait_for(lambda: len(service.accounts[0].exposure) == 1, 2.0, "the first attempt held")
+            message = await refused(exchange, b0, order, "positionLimitExceeded")  # waits for the timeout
+            assert "max_position 5" in message
+            with pytest.raises(ExchangeError):
+                await first  # no answer in time: its outcome is unknown
+        finally:
+            exchange.release_hangs()
+        assert open_orders(exchange) == 0
+
+
 # ---- blindness -----------------------------------------------------------------------------------------
 
 

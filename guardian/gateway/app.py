@@ -90,6 +90,9 @@ class Decision:
     key_items: tuple[int, ...] = ()
     content: Hashable = None
     hold: exposure.Hold | None = None  # what the exposure guard holds for this request until it settles
+    # The orders the exposure guard judges, kept when the judgement waits: a retry of an attempt in flight
+    # or answered adds no risk (it gets that attempt's answer), and is judged only if it is sent after all.
+    deferred: Sequence[tuple[int, OrderIntent, bool]] | None = None
     bot: str | None = None  # the bot that sent it (its own mode applies too)
 
 
@@ -216,19 +219,22 @@ class Gateway:
             return await self._switch_answer(account, fields, trail)
 
         decision = await self._guard(account, caller, endpoint, fields, trail)
-        if decision.hold is None:
+        if decision.hold is None and decision.deferred is None:
             return await self._send(account, caller, endpoint, fields, path_params, request, decision, trail)
         try:
             response = await self._send(
                 account, caller, endpoint, fields, path_params, request, decision, trail
             )
         except Refusal:
-            account.exposure.release(decision.hold)
+            if decision.hold is not None:
+                account.exposure.release(decision.hold)
             raise
         except BaseException:
-            self._settle(account, decision.hold, None)
+            if decision.hold is not None:
+                self._settle(account, decision.hold, None)
             raise
-        self._settle(account, decision.hold, trail)
+        if decision.hold is not None:  # a replayed retry holds nothing: its first attempt's hold counts
+            self._settle(account, decision.hold, trail)
         return response
 
     async def _send(
@@ -377,7 +383,7 @@ class Gateway:
                 rules.check_batch(decision.intents, decision.mode, account.config.guard, marks, originals)
             except Refusal as refusal:
                 raise _named(account, caller.bot, refusal) from None
-            decision.hold = self._hold(account, caller, decision, _merged_batch(decision.intents, originals))
+            self._judge(account, caller, decision, _merged_batch(decision.intents, originals))
             return decision
         [intent] = decision.intents
         decision.mode = account.mode_for(caller.bot)
@@ -397,8 +403,29 @@ class Gateway:
                 account.marks.mark(symbol),
                 reducible=_reducible(account, intent),
             )
-            decision.hold = self._hold(account, caller, decision, [(0, intent, intent.kind == "edit")])
+            self._judge(account, caller, decision, [(0, intent, intent.kind == "edit")])
         return decision
+
+    def _judge(
+        self,
+        account: Account,
+        caller: Caller,
+        decision: Decision,
+        judged: Sequence[tuple[int, OrderIntent, bool]],
+    ) -> None:
+        """The exposure limits now, or, for a retry of an attempt in flight or answered, only if it is
+        sent after all (`_send_once`): the attempt's own hold already counts that order, and counting it
+        twice would refuse the retry (or another bot's order) for an order that exists once."""
+        if decision.keys and account.config.guard.dedupe_window_s > 0:
+            earlier = account.recent.get(decision.keys[0])
+            if (
+                earlier is not None
+                and earlier.outcome is not Outcome.UNKNOWN
+                and earlier.is_retry(caller.bot, decision.content, decision.keys)
+            ):
+                decision.deferred = judged
+                return
+        decision.hold = self._hold(account, caller, decision, judged)
 
     @staticmethod
     def _hold(
@@ -627,6 +654,10 @@ class Gateway:
             # A first attempt again, unless another retry got there first (then this one waits for it).
             return await self._send_once(out, decision, trail, caller, cost)
         try:
+            if decision.deferred is not None and decision.hold is None:
+                # A retry whose first attempt turned out not to exist (or was refused): new risk after
+                # all, judged now as a first attempt is, before it spends or leaves.
+                decision.hold = self._hold(account, caller, decision, decision.deferred)
             self._spend(account, caller, cost, decision)
             answer = await self._forward_journaled(out, decision, trail)
         except Refusal:
