@@ -33,6 +33,7 @@ from tests.relay_helpers import (
     OWN_SECRET,
     READER_KEY,
     READER_SECRET,
+    WsBot,
     exchange_and_guardian,
     rest,
     ws_bot,
@@ -308,50 +309,62 @@ def _close_code(data: bytes) -> int | None:
 async def test_a_slow_consumer_is_dropped_with_1013_and_the_others_are_not_delayed(
     pair: tuple[Simulator, Service],
 ) -> None:
+    """A bot that stops reading never holds up the others or the upstream: with its queue made large
+    enough that it is not given up, the fast bots get every delta while it sits thousands of messages
+    behind (a relay that waited on it would stall once its socket's few kilobytes were full). Then its
+    queue's limit is what it is in production, and it is dropped with 1013. The fast bots' delays are
+    printed, not asserted: timing is the benchmark's job (bench/relay_latency.py), not a shared CI's."""
     exchange, service = pair
-    service.relay.queue_size = 50
+    service.relay.queue_size = 100_000
     service.relay.send_buffer_bytes = 8192
     port = int(service.url.rsplit(":", 1)[1])
     slow = await asyncio.to_thread(RawSlowBot, port)
     with capture_logs() as logs:
+        await asyncio.to_thread(
+            slow.send_text, '{"event":"subscribe","feed":"book","product_ids":["PF_XBTUSD"]}'
+        )
+        [slow_conn] = await wait_for(
+            lambda: [c for c in service.relay.connections if c.public] or None, 3.0, "the slow bot subscribed"
+        )
         async with ws_bot(service) as fast_a, ws_bot(service, OWN_KEY, OWN_SECRET) as fast_b:
-            await asyncio.to_thread(
-                slow.send_text, '{"event":"subscribe","feed":"book","product_ids":["PF_XBTUSD"]}'
-            )
-            for bot in (fast_a, fast_b):
+            fast = (fast_a, fast_b)
+            for bot in fast:
                 await bot.subscribe_public("book", ["PF_XBTUSD"])
                 await bot.expect(lambda m: is_data(m, "book_snapshot"))
-            for i in range(60):  # each move replaces every level: 40 book deltas
+            for i in range(100):  # each move replaces levels: about 25 book deltas
                 exchange.exchange.market.set_mark("PF_XBTUSD", Decimal(60000 + 20 * (i % 2)))
-                await asyncio.sleep(0.06)
-            slow_conn = await wait_for(
-                lambda: next((c for c in service.relay.connections if c.reason == "slow_consumer"), None),
-                10.0,
-                "the slow bot given up",
+                await asyncio.sleep(0.04)
+
+            def deltas(bot: WsBot) -> list[tuple[object, object, object]]:
+                return [(m["side"], m["price"], m["qty"]) for _, m in bot.messages if is_data(m, "book")]
+
+            await wait_for(
+                lambda: len(deltas(fast_a)) >= 2400 and deltas(fast_a) == deltas(fast_b), 20.0, "every delta"
             )
+            behind = slow_conn.queued
+            assert slow_conn.reason is None and behind > 0, f"the slow bot, stuck all along ({behind})"
+            delays = [d for bot in fast for d in _arrival_delays_ms(bot)]
+            slow_conn.limit = 50  # production's rule: so far behind is given up at the next message
+            exchange.exchange.market.set_mark("PF_XBTUSD", Decimal(60040))
+            await wait_for(lambda: slow_conn.reason == "slow_consumer", 5.0, "the slow bot given up")
             assert slow_conn.bot is None and slow_conn.queued == 0  # its backlog is let go at once
             code = await asyncio.to_thread(slow.read_to_close, 10.0)  # it reads again: the close is next
             await wait_for(lambda: len(service.relay.connections) == 2, 10.0, "the slow bot gone")
-            await asyncio.sleep(0.5)
-            deltas = {}
-            delays = []
-            for bot in (fast_a, fast_b):
-                rows = [(t, m) for t, m in bot.messages if is_data(m, "book")]
-                deltas[id(bot)] = [(m["side"], m["price"], m["qty"]) for _, m in rows]
-                delays.extend(_arrival_delays_ms(bot))
     assert code == 1013
-    a, b = deltas.values()
-    assert a == b and len(a) >= 2000, "both fast bots got every delta"
+    assert exchange.stream.overflowed == 0  # guardian's upstream kept reading the exchange all along
     p99 = statistics.quantiles(delays, n=100)[98]
     print(
-        f"fast bots' delay from the exchange's timestamp: p50 {statistics.median(delays):.1f} ms, p99 {p99:.1f} ms"
+        f"fast bots' delay from the exchange's timestamp, a stuck bot {behind} messages behind: "
+        f"p50 {statistics.median(delays):.1f} ms, p99 {p99:.1f} ms"
     )
-    assert p99 < 250, "the fast bots were held up"
     closed = [e for e in logs if e["event"] == "relay_connection_closed"]
     assert closed and closed[0]["reason"] == "slow_consumer" and closed[0]["log_level"] == "warning"
-    async with aiohttp.ClientSession() as http:
-        found = await scrape(http, service.url)
-    assert found[("guardian_ws_disconnects_total", frozenset({("reason", "slow_consumer")}))] == 1
+    counted = ("guardian_ws_disconnects_total", frozenset({("reason", "slow_consumer")}))
+    async with aiohttp.ClientSession() as http:  # counted once the connection's ending has run its course
+        deadline = time.monotonic() + 10.0
+        while (await scrape(http, service.url)).get(counted) != 1:
+            assert time.monotonic() < deadline, "the slow consumer's disconnect counted"
+            await asyncio.sleep(0.05)
 
 
 async def test_a_bot_that_never_reads_again_is_cut_after_the_close_grace(
@@ -389,8 +402,6 @@ async def test_a_bot_that_never_reads_again_is_cut_after_the_close_grace(
 
 def _arrival_delays_ms(bot: object) -> list[float]:
     """Each book delta's arrival against the exchange's timestamp on it (wall clock, ms)."""
-    from tests.relay_helpers import WsBot
-
     assert isinstance(bot, WsBot)
     offset = time.time() - time.monotonic()
     return [(t + offset) * 1000 - m["timestamp"] for t, m in bot.messages if is_data(m, "book")]
