@@ -183,10 +183,8 @@ async def test_a_concurrent_reuse_is_refused_at_once_while_the_retry_waits_for_t
         first = asyncio.create_task(a.send_order(**ORDER_A, cliOrdId="racing"))
         await asyncio.sleep(0.15)  # the first attempt is at the exchange
         retry = asyncio.create_task(a.send_order(**ORDER_A, cliOrdId="racing"))
-        started = time.monotonic()
         await refused(b.send_order(**ORDER_B, cliOrdId="racing"), "clientOrderIdAlreadyExist")
-        assert time.monotonic() - started < 0.4  # refused without waiting for the first attempt
-        assert not first.done() and not retry.done()
+        assert not first.done() and not retry.done()  # refused without waiting for the first attempt
         assert (await first) == (await retry)
     assert len(sends(exchange)) == 1
 
