@@ -118,11 +118,11 @@ async def test_orders_fills_and_positions_reach_the_state_and_the_journal_names_
     async with bot(guardian) as b:
         resting = await b.send_order(**LMT, cliOrdId="rest-1")
         order_id = resting["sendStatus"]["order_id"]
-        await wait_for(lambda: account_state(guardian)["open_orders"]["count"] == 1, 1.0, "the order shown")
+        await wait_for(lambda: account_state(guardian)["open_orders"]["count"] == 1, 3.0, "the order shown")
         await b.send_order(orderType="mkt", symbol="PF_XBTUSD", side="buy", size=2)
-        await wait_for(lambda: shown_positions(guardian) == {"PF_XBTUSD": 2.0}, 1.0, "the position shown")
+        await wait_for(lambda: shown_positions(guardian) == {"PF_XBTUSD": 2.0}, 3.0, "the position shown")
         await b.cancel_order(order_id=order_id)
-        await wait_for(lambda: account_state(guardian)["open_orders"]["count"] == 0, 1.0, "the cancel shown")
+        await wait_for(lambda: account_state(guardian)["open_orders"]["count"] == 0, 3.0, "the cancel shown")
     state = account_state(guardian)
     assert state["fresh"] is True and state["link"]["state"] == "connected"
     assert state["fills_today"]["count"] == 1
@@ -158,7 +158,7 @@ async def test_metrics_and_status_of_a_fresh_account(guardian: Service, exchange
     async with bot(guardian) as b:
         await b.send_order(**LMT)
         await b.send_order(orderType="mkt", symbol="PF_XBTUSD", side="sell", size=1)
-    await wait_for(lambda: shown_positions(guardian) == {"PF_XBTUSD": -1.0}, 1.0, "the short shown")
+    await wait_for(lambda: shown_positions(guardian) == {"PF_XBTUSD": -1.0}, 3.0, "the short shown")
     async with aiohttp.ClientSession() as http:
         found = await scrape(http, guardian.url)
     assert found[("guardian_exchange_link_up", frozenset({("account", "main")}))] == 1
@@ -198,7 +198,7 @@ async def test_a_dropped_stream_is_made_again_with_fresh_snapshots(
     assert link.status.reconnects == 1
     async with bot(guardian) as b:
         await b.send_order(**LMT)
-    await wait_for(lambda: account_state(guardian)["open_orders"]["count"] == 1, 1.0, "the new link's delta")
+    await wait_for(lambda: account_state(guardian)["open_orders"]["count"] == 1, 3.0, "the new link's delta")
 
 
 async def test_a_stalled_stream_is_noticed_within_the_link_timeout(
