@@ -25,6 +25,7 @@ from structlog.testing import capture_logs
 from guardian.journal import Intent, Journal, JournalError, read_journal
 from guardian.kraken.wire import loads_strict
 from guardian.logs import REDACTOR
+from tests.daemon import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTERED_SECRET = "registered-secret-value-7f3a9c"
@@ -284,8 +285,13 @@ async def test_outcomes_past_the_retry_limit_are_dropped_and_counted(
             journal._hand_over_outcomes()  # one job each, as when they come further apart than the delay
         with contextlib.suppress(JournalError):
             await journal.flush()
-    dropped = [line["count"] for line in logged if line["event"] == "journal_outcomes_dropped"]
-    assert sum(dropped) == 2
+
+        def dropped() -> int:
+            return sum(line["count"] for line in logged if line["event"] == "journal_outcomes_dropped")
+
+        # The writer thread says so after it has answered the flush: wait for its word, not just the flush.
+        await wait_for(lambda: dropped() >= 2, 5.0, "the writer's word on the dropped outcomes")
+    assert dropped() == 2
     with pytest.raises(JournalError, match=r"3 outcome\(s\) could not be written"):
         await journal.close()
 
