@@ -210,6 +210,9 @@ class Switch:
             )
             return self._failed(off, loop.time() - started)
         duration = loop.time() - started
+        # Run out while the refresh was on its way (our count said expired, and said so in the log): the
+        # exchange may have cancelled everything before it took the refresh, so this is a re-arm too.
+        was_expired = was_expired or self.state is SwitchState.EXPIRED
         self.last_status = status
         self._deadline = status.deadline
         self._ever_armed = True

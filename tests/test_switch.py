@@ -232,3 +232,19 @@ async def test_rate_limited_refreshes_wait_for_the_next_beat_outages_retry_at_on
         assert (len(failed) > 1) is quick_retries, failed
         if not quick_retries:
             assert failed[0].outcome == "rate_limited"
+
+
+async def test_a_timer_that_runs_out_while_the_refresh_is_on_its_way_counts_as_a_rearm_after_expiry(
+    sim: Simulator,
+) -> None:
+    """Our count runs out during the request (and the log says expired): the exchange may have cancelled
+    every order before the refresh reached it, so the refresh that lands is a re-arm after expiry, as the
+    operator was told. CI once saw the expiry logged and the re-arm not counted."""
+    async with KrakenClient(sim.url, Credentials(TRADE_KEY, ApiSecret(TRADE_SECRET))) as client:
+        switch = Switch("main", client, Settings())
+        assert await switch.refresh_once()
+        await wait_for(lambda: (switch.remaining() or 0.0) <= 0.1)
+        sim.faults.add(Fault("cancelallordersafter", "latency", latency_s=0.25, times=1))  # longer than left
+        assert await switch.refresh_once()
+        assert switch.state is SwitchState.ARMED
+        assert switch.rearms_after_expiry == 1
