@@ -78,6 +78,8 @@ async def prometheus(tmp_path: Path, target: str, rules: Sequence[Path] = ()) ->
 async def query(http: aiohttp.ClientSession, base: str, promql: str) -> list[dict[str, Any]]:
     try:
         async with http.get(f"{base}/api/v1/query", params={"query": promql}) as response:
+            if response.status == 503:
+                return []  # listening, but its storage not ready yet ("Service Unavailable", plain text)
             doc = await response.json()
     except aiohttp.ClientConnectionError:
         return []  # not listening yet
