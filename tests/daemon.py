@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import inspect
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -88,10 +89,13 @@ async def serving(
 
 
 async def wait_for(predicate: Callable[[], Any], timeout_s: float = 5.0, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout_s`."""
+    """Poll `predicate` until it returns something truthy; fail after `timeout_s`. A coroutine function's
+    result is awaited (a scrape, a journal read)."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:

@@ -361,10 +361,11 @@ async def test_a_slow_consumer_is_dropped_with_1013_and_the_others_are_not_delay
     assert closed and closed[0]["reason"] == "slow_consumer" and closed[0]["log_level"] == "warning"
     counted = ("guardian_ws_disconnects_total", frozenset({("reason", "slow_consumer")}))
     async with aiohttp.ClientSession() as http:  # counted once the connection's ending has run its course
-        deadline = time.monotonic() + 10.0
-        while (await scrape(http, service.url)).get(counted) != 1:
-            assert time.monotonic() < deadline, "the slow consumer's disconnect counted"
-            await asyncio.sleep(0.05)
+
+        async def disconnect_counted() -> bool:
+            return (await scrape(http, service.url)).get(counted) == 1
+
+        await wait_for(disconnect_counted, 10.0, "the slow consumer's disconnect counted")
 
 
 async def test_a_bot_that_never_reads_again_is_cut_after_the_close_grace(

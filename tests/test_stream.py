@@ -266,10 +266,7 @@ async def test_changes_made_while_the_link_is_down_come_from_reconciliation_as_d
             kinds.update(d["kind"] for d in await journal_events(service, "account_state_drift"))
             return kinds == {"open_orders", "positions"}
 
-        deadline = time.monotonic() + 5.0
-        while not await journaled():
-            assert time.monotonic() < deadline, f"drift journaled: {kinds}"
-            await asyncio.sleep(0.05)
+        await wait_for(journaled, 5.0, "both drifts journaled")
         async with aiohttp.ClientSession() as http:
             found = await scrape(http, service.url)
         assert (
