@@ -186,7 +186,8 @@ def daemon_toml(
     every guard limit on (the exposure limits too, far from binding: their checks run on every order) and
     its local rate budget out of the way (benchmarks raise the simulator's too),
     `guard` appended to `[accounts.guard]`, then `bots`. Intents are committed on the loop (the figures in
-    docs/benchmarks.md) unless GUARDIAN_BENCH_COMMIT_ON_LOOP=0 asks for the default, the writer thread. Secrets come from the environment (secrets_env)."""
+    docs/benchmarks.md) unless GUARDIAN_BENCH_COMMIT_ON_LOOP=0 asks for the default, the writer thread.
+    Secrets come from the environment (secrets_env)."""
     return f"""[server]
 listen = "127.0.0.1:{port}"
 [journal]

@@ -87,7 +87,6 @@ class ServerConfig:
 class JournalConfig:
     path: Path = Path("guardian-journal.sqlite3")  # a relative path is relative to the working directory
     retention_days: float | None = 90.0  # rows older than this are deleted; None: kept forever
-    # record() commits on the event loop while the writer is idle (guardian.journal); False: never
     commit_on_loop: bool = False  # True: intents committed on the event loop while the writer is idle
 
 

@@ -3,10 +3,11 @@ in one SQLite file.
 
 A forwarded order's intent is committed before the order leaves and its outcome after, so a crash leaves
 a row whose outcome is unknown rather than a silent gap. One thread owns the connection and does every
-write (but for `record()` while the thread is idle: see below). Callers hand it jobs through a queue and, where they must
-know the write is committed (`record`, `event`, `set_mode`, `flush`), await a future the thread resolves
-once the transaction holding it has committed. The thread takes everything queued at once and writes it
-in one transaction (group commit): under load many requests share one commit.
+write (but for `record()` while the thread is idle: see below). Callers hand it jobs through a queue
+and, where they must know the write is committed (`record`, `event`, `set_mode`, `flush`), await a
+future the thread resolves once the transaction holding it has committed. The thread takes everything
+queued at once and writes it in one transaction (group commit): under load many requests share one
+commit.
 
 What a commit guarantees: WAL mode with `synchronous=NORMAL` writes each transaction to the WAL before
 `record()` returns, so it survives the process being killed (`kill -9`, a crash, the OOM killer), not a
