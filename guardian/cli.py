@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="contracts per price level of the simulated book until the market moves (default: unlimited)",
     )
+    sim.add_argument(
+        "--instruments",
+        default="default",
+        choices=("default", "wide"),
+        help="default: PF_XBTUSD, PF_ETHUSD, PF_SOLUSD; wide: 24 perpetuals, for benchmarks",
+    )
     sim.add_argument("--log-level", default="info", choices=logs.LEVELS)
     sim.add_argument("--log-format", default="auto", choices=logs.FORMATS)
 
@@ -263,7 +269,7 @@ def _journal_line(row: Mapping[str, Any]) -> str:
 async def _run_sim(args: argparse.Namespace) -> int:
     from guardian.secret import ApiSecret
     from guardian.sim.app import SimKey, Simulator
-    from guardian.sim.market import Market
+    from guardian.sim.market import INSTRUMENT_SETS, Market
 
     if (args.key is None) != (args.secret is None):
         raise ConfigError("--key and --secret go together (or leave both out to generate a pair)")
@@ -280,7 +286,7 @@ async def _run_sim(args: argparse.Namespace) -> int:
         raise ConfigError("--book-depth must be positive")
     sim = Simulator(
         [key],
-        market=Market(seed=args.seed),
+        market=Market(instruments=INSTRUMENT_SETS[args.instruments], seed=args.seed),
         tick_s=args.tick or None,
         control_token=args.control_token,
         budget_capacity=args.budget,

@@ -13,6 +13,10 @@ many contracts until the market next moves: a crossing order walks the levels up
 partial fills happen. Fees are charged per fill (`maker_fee`, `taker_fee`: fractions of the notional) and
 realised PnL is booked to the USD balance when a position is reduced; funding is not modelled.
 
+What each order reads of the resting book (the margin the open orders hold, the account's best resting
+prices for the self-fill check, the orders a price move reaches) is kept as running figures by
+`guardian.sim.book`, updated as each order changes, so an order costs the same with 5 or 5,000 resting.
+
 Every change is published on `bus` (see `guardian.sim.events`) as it happens, already rendered in the
 WebSocket feeds' shapes (`guardian.sim.feeds`), so streams show exactly what REST reads show.
 """
@@ -20,6 +24,7 @@ WebSocket feeds' shapes (`guardian.sim.feeds`), so streams show exactly what RES
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import time
 import uuid
 from collections import deque
@@ -30,6 +35,7 @@ from typing import Any
 
 from guardian.kraken.times import parse_iso, to_iso
 from guardian.sim import feeds
+from guardian.sim.book import OrderBook
 from guardian.sim.events import EventBus
 from guardian.sim.market import Instrument, Market
 
@@ -162,11 +168,13 @@ class Position:
 @dataclass
 class Account:
     name: str
+    index: int = 0  # its place among the exchange's accounts (the order price moves visit them in)
     balance: Decimal = Decimal(100_000)  # USD collateral: the deposit, plus realised PnL, minus fees
     realized_pnl: Decimal = ZERO  # booked when positions are reduced, since the account opened
     fees: Decimal = ZERO  # paid since the account opened (a maker rebate counts negative)
-    orders: dict[str, Order] = field(default_factory=dict)
+    orders: dict[str, Order] = field(default_factory=dict)  # every order kept, oldest first
     open_ids: dict[str, None] = field(default_factory=dict)  # insertion-ordered set
+    by_cli: dict[str, Order] = field(default_factory=dict)  # cliOrdId -> the latest order kept with it
     positions: dict[str, Position] = field(default_factory=dict)
     fills: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10_000))
     stream_fills: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=1_000))  # feed shape
@@ -184,13 +192,24 @@ class Account:
     def open_orders(self) -> list[Order]:
         return [self.orders[i] for i in self.open_ids]
 
+    def keep(self, order: Order) -> None:
+        """Hold `order` (again: keeping an order twice leaves it where it was)."""
+        self.orders[order.order_id] = order
+        if order.cli_ord_id is not None:
+            self.by_cli[order.cli_ord_id] = order
+
+    def forget(self, order_id: str) -> None:
+        """Drop a kept order (the oldest ones go first, so no older order has its cliOrdId)."""
+        order = self.orders.pop(order_id)
+        if order.cli_ord_id is not None and self.by_cli.get(order.cli_ord_id) is order:
+            del self.by_cli[order.cli_ord_id]
+
     def find(self, order_id: str | None, cli_ord_id: str | None) -> Order | None:
+        """An order by id, else the latest one kept with `cli_ord_id`."""
         if order_id:
             return self.orders.get(order_id)
         if cli_ord_id:
-            for oid in reversed(self.orders):
-                if self.orders[oid].cli_ord_id == cli_ord_id:
-                    return self.orders[oid]
+            return self.by_cli.get(cli_ord_id)
         return None
 
 
@@ -284,6 +303,7 @@ class Exchange:
         # orders/status only reports orders that are open or closed within this many seconds.
         self.status_retention_s = status_retention_s
         self.accounts: dict[str, Account] = {}
+        self.book = OrderBook()  # running figures over the resting orders: see guardian.sim.book
 
     # ---- time -------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -298,7 +318,7 @@ class Exchange:
 
     def account(self, name: str) -> Account:
         if name not in self.accounts:
-            self.accounts[name] = Account(name)
+            self.accounts[name] = Account(name, index=len(self.accounts))
         return self.accounts[name]
 
     # ---- validation -------------------------------------------------------------------------------
@@ -370,7 +390,7 @@ class Exchange:
                 return "invalidPrice"
         if limit_price is not None and not self._within_collar(side, limit_price, quote.mark):
             return "outsidePriceCollar"
-        if cli_ord_id is not None and any(o.cli_ord_id == cli_ord_id for o in acct.open_orders()):
+        if cli_ord_id is not None and self._cli_ord_id_open(acct, cli_ord_id):
             return "clientOrderIdAlreadyExist"
         if len(acct.open_ids) >= self.max_open_orders:
             return "tooManyOrders"
@@ -416,20 +436,23 @@ class Exchange:
         held = position.size if position else ZERO
         return (held > 0 and order.side == "sell") or (held < 0 and order.side == "buy")
 
+    @staticmethod
+    def _cli_ord_id_open(acct: Account, cli_ord_id: str) -> bool:
+        """Whether an open order carries `cli_ord_id`. While one does, no other order with it is accepted
+        and none is dropped (only closed orders are), so it is the latest one kept with it."""
+        latest = acct.by_cli.get(cli_ord_id)
+        return latest is not None and latest.state == "open"
+
     def _self_fill(self, acct: Account, order: Order) -> bool:
-        """A limit-priced order that would trade against one of the account's own resting orders."""
+        """A limit-priced order that would trade against one of the account's own resting orders: a buy
+        at or above its lowest resting offer, a sell at or below its highest resting bid."""
         if order.order_type not in LIMIT_PRICED or order.limit_price is None:
             return False
-        for other in acct.open_orders():
-            if other.symbol != order.symbol or other.side == order.side or other.is_trigger:
-                continue
-            if other.limit_price is None:
-                continue
-            if order.side == "buy" and order.limit_price >= other.limit_price:
-                return True
-            if order.side == "sell" and order.limit_price <= other.limit_price:
-                return True
-        return False
+        if order.side == "buy":
+            lowest = self.book.best_limit(acct, order.symbol, "sell")
+            return lowest is not None and order.limit_price >= lowest
+        highest = self.book.best_limit(acct, order.symbol, "buy")
+        return highest is not None and order.limit_price <= highest
 
     def _margin_needed(self, acct: Account, order: Order, mark: Decimal) -> Decimal:
         price = order.limit_price or mark
@@ -471,15 +494,21 @@ class Exchange:
             total += abs(position.size) * self.market.quotes[symbol].mark / self.leverage(acct, symbol)
         return total
 
+    def orders_margin(self, acct: Account, symbol: str | None = None) -> Decimal:
+        """The initial margin `acct`'s open orders hold (those in `symbol`, or all): their unfilled size at
+        the limit price, or the mark for orders without one, over the leverage; reduce-only orders hold
+        none. Read from the book's running sums, one term per symbol."""
+        exposure = self.book.exposure(acct)
+        symbols = exposure.keys() if symbol is None else [symbol] if symbol in exposure else []
+        total = ZERO
+        for name in symbols:
+            held = exposure[name]
+            notional = held.notional + held.unpriced * self.market.quotes[name].mark
+            total += notional / self.leverage(acct, name)
+        return total
+
     def available_margin(self, acct: Account) -> Decimal:
-        orders = sum(
-            (
-                self._margin_needed(acct, o, self.market.quotes[o.symbol].mark)
-                for o in acct.open_orders()
-                if not o.reduce_only
-            ),
-            ZERO,
-        )
+        orders = self.orders_margin(acct)
         return acct.balance + self.unrealized(acct) - self.initial_margin(acct) - orders
 
     # ---- execution --------------------------------------------------------------------------------
@@ -590,6 +619,7 @@ class Exchange:
             acct.open_ids.pop(order.order_id, None)
         else:
             order.update_reason = "PARTIAL_FILL"
+        self.book.sync(acct, order)
         if self.book_depth is not None:
             taken = self._taken_at(order.symbol)
             taken[(order.side, price)] = taken.get((order.side, price), ZERO) + amount
@@ -662,8 +692,9 @@ class Exchange:
         return quote.ask if order.side == "buy" else quote.bid
 
     def _rest(self, acct: Account, order: Order) -> None:
-        acct.orders[order.order_id] = order
+        acct.keep(order)
         acct.open_ids[order.order_id] = None
+        self.book.sync(acct, order)
         self._trim(acct)
         self._dirty.add(acct.name)
 
@@ -672,7 +703,7 @@ class Exchange:
             oldest = next(iter(acct.orders))
             if oldest in acct.open_ids:
                 break
-            del acct.orders[oldest]
+            acct.forget(oldest)
 
     def _available_within_limit(self, order: Order) -> Decimal | None:
         levels = self._levels(order)
@@ -707,7 +738,7 @@ class Exchange:
             )
             return "iocWouldNotExecute", [self._reject(order, "IOC_WOULD_NOT_EXECUTE")]
         if crosses:
-            acct.orders[order.order_id] = order
+            acct.keep(order)
             events = self._take(acct, order)
             if order.state == "open" and order.unfilled > 0:
                 if order.order_type in ("ioc", "fok", "mkt"):  # the rest of an immediate order is dropped
@@ -824,6 +855,7 @@ class Exchange:
         if order.order_type == "trailing_stop" and order.is_trigger and deviation is not None:
             order.stop_price = self._trailing_trigger(order, instrument)  # same anchor, new distance
         order.updated_ms = self.now_ms()
+        self.book.sync(acct, order)
         events: list[dict[str, Any]] = [
             {"type": "EDIT", "old": old, "new": order.view(), "reducedQuantity": None}
         ]
@@ -861,6 +893,7 @@ class Exchange:
         order.update_reason = reason
         order.updated_ms = self.now_ms()
         acct.open_ids.pop(order.order_id, None)
+        self.book.sync(acct, order)
         self._dirty.add(acct.name)
         self._publish_order(acct, order, WS_REASONS.get(reason, reason.lower()), is_cancel=True)
         if order.is_trigger:  # a trigger order that never fired is shown as the trigger it still is
@@ -943,7 +976,8 @@ class Exchange:
     # ---- reads ------------------------------------------------------------------------------------
     def open_orders_payload(self, acct: Account) -> list[dict[str, Any]]:
         rows = []
-        for order in reversed(acct.open_orders()):  # newest first, as Kraken lists them
+        for order_id in reversed(acct.open_ids):  # newest first, as Kraken lists them
+            order = acct.orders[order_id]
             row: dict[str, Any] = {
                 "order_id": order.order_id,
                 "symbol": order.symbol,
@@ -1137,27 +1171,48 @@ class Exchange:
 
     # ---- prices moving ----------------------------------------------------------------------------
     def on_prices(self) -> None:
-        """After a price change: fire trigger orders whose level was reached, fill resting limits."""
-        for acct in self.accounts.values():
-            for order in acct.open_orders():
-                if order.state != "open":
-                    continue
-                instrument = self.market.instrument(order.symbol)
-                assert instrument is not None
-                if order.is_trigger:
-                    self._watch_trigger(acct, order, instrument)
-                elif self._crosses(order):
-                    assert order.limit_price is not None
-                    if order.reduce_only and not self._reduces(acct, order):
-                        # The position it was to reduce is gone (or flipped): Kraken cancels it.
-                        self._cancel(acct, order, "WOULD_NOT_REDUCE_POSITION")
-                        continue
-                    available = self.liquidity(order.symbol, order.side, order.limit_price)
-                    want = self._wanted(acct, order)
-                    amount = want if available is None else min(want, available)
-                    if amount > 0:
-                        self._fill(acct, order, order.limit_price, amount, maker=True)
+        """After a price change: fire trigger orders whose level was reached, fill resting limits.
+
+        Orders are visited in the order of a walk over every account's open orders, but only those a
+        visit may act on (`OrderBook.due`). A fill moves the last price; the stops and take-profits on the
+        last price whose level it passes join the walk if the walk has not gone past them yet."""
+        quotes = self.market.quotes
+        walk = self.book.due(quotes)
+        heapq.heapify(walk)
+        queued = {key for key, _ in walk}
+        while walk:
+            key, resting = heapq.heappop(walk)
+            order = resting.order
+            if order.state != "open":
+                continue
+            quote = quotes[order.symbol]
+            last = quote.last
+            self._visit(resting.account, order)
+            if quote.last != last:
+                for later in self.book.reached_by_last(order.symbol, last, quote.last):
+                    if later[0] > key and later[0] not in queued:
+                        queued.add(later[0])
+                        heapq.heappush(walk, later)
         self._flush()
+
+    def _visit(self, acct: Account, order: Order) -> None:
+        """A price moved: a trigger order fires if its level was reached, a resting limit that crosses
+        fills."""
+        instrument = self.market.instrument(order.symbol)
+        assert instrument is not None
+        if order.is_trigger:
+            self._watch_trigger(acct, order, instrument)
+        elif self._crosses(order):
+            assert order.limit_price is not None
+            if order.reduce_only and not self._reduces(acct, order):
+                # The position it was to reduce is gone (or flipped): Kraken cancels it.
+                self._cancel(acct, order, "WOULD_NOT_REDUCE_POSITION")
+                return
+            available = self.liquidity(order.symbol, order.side, order.limit_price)
+            want = self._wanted(acct, order)
+            amount = want if available is None else min(want, available)
+            if amount > 0:
+                self._fill(acct, order, order.limit_price, amount, maker=True)
 
     def _trailing_trigger(self, order: Order, instrument: Instrument) -> Decimal:
         assert order.trailing_anchor is not None and order.trailing_deviation is not None
@@ -1189,6 +1244,7 @@ class Exchange:
         order.triggered = True
         order.update_reason = "STOP_ORDER_TRIGGERED"
         order.updated_ms = self.now_ms()
+        self.book.sync(acct, order)  # now a limit order (or a market order about to trade)
         if order.limit_price is None:  # a stop without a limit price fires as a market order
             self._take(acct, order)
             if order.state == "open":  # the book ran out: the rest of a market order is dropped

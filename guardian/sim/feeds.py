@@ -128,14 +128,7 @@ def position_rows(exchange: Exchange, acct: Account) -> list[dict[str, Any]]:
         notional = abs(position.size) * quote.mark
         initial = notional / instrument.max_leverage
         equity = acct.balance + exchange.unrealized(acct)
-        orders = sum(
-            (
-                exchange.margin_needed(acct, o)
-                for o in acct.open_orders()
-                if o.symbol == symbol and not o.reduce_only
-            ),
-            Decimal(0),
-        )
+        orders = exchange.orders_margin(acct, symbol)
         rows.append(
             {
                 "instrument": symbol,

@@ -47,6 +47,45 @@ DEFAULT_INSTRUMENTS: tuple[Instrument, ...] = (
 )
 
 
+def _perpetual(base: str, tick: str, precision: int, price: str, leverage: int) -> Instrument:
+    """A linear multi-collateral perpetual, `PF_` + base + `USD`."""
+    return Instrument(
+        f"PF_{base}USD", base, "USD", Decimal(tick), precision, Decimal(price), max_leverage=leverage
+    )
+
+
+# Opt-in (`guardian sim --instruments wide`, `Market(instruments=WIDE_INSTRUMENTS)`): 24 perpetuals for
+# benchmarks and tests that spread orders over many symbols. The first three are the default set.
+WIDE_INSTRUMENTS: tuple[Instrument, ...] = (
+    *DEFAULT_INSTRUMENTS,
+    _perpetual("XRP", "0.0001", 0, "0.6", 25),
+    _perpetual("ADA", "0.00001", 0, "0.45", 25),
+    _perpetual("DOGE", "0.000001", 0, "0.15", 25),
+    _perpetual("LTC", "0.01", 1, "80", 25),
+    _perpetual("LINK", "0.001", 1, "15", 25),
+    _perpetual("DOT", "0.001", 1, "7", 25),
+    _perpetual("AVAX", "0.001", 1, "35", 25),
+    _perpetual("BCH", "0.05", 2, "450", 25),
+    _perpetual("ATOM", "0.001", 1, "9", 20),
+    _perpetual("UNI", "0.001", 1, "8", 20),
+    _perpetual("XLM", "0.00001", 0, "0.11", 20),
+    _perpetual("ETC", "0.001", 1, "26", 20),
+    _perpetual("FIL", "0.001", 1, "5.5", 20),
+    _perpetual("TRX", "0.00001", 0, "0.12", 20),
+    _perpetual("NEAR", "0.001", 1, "5.5", 20),
+    _perpetual("APT", "0.001", 1, "9", 10),
+    _perpetual("ARB", "0.0001", 1, "1.1", 10),
+    _perpetual("OP", "0.0001", 1, "2.4", 10),
+    _perpetual("INJ", "0.001", 1, "25", 10),
+    _perpetual("SUI", "0.0001", 1, "1.2", 10),
+    _perpetual("AAVE", "0.01", 2, "95", 10),
+)
+INSTRUMENT_SETS: dict[str, tuple[Instrument, ...]] = {
+    "default": DEFAULT_INSTRUMENTS,
+    "wide": WIDE_INSTRUMENTS,
+}
+
+
 @dataclass(slots=True)
 class Quote:
     """Prices of one instrument at one moment."""
@@ -78,18 +117,18 @@ class Market:
     spread: float = 0.0002  # bid/ask at mark -/+ half of this fraction
     quotes: dict[str, Quote] = field(init=False)
     _rng: random.Random = field(init=False, repr=False)
+    _by_symbol: dict[str, Instrument] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
+        self._by_symbol = {}
         self.quotes = {}
         for instrument in self.instruments:
+            self._by_symbol.setdefault(instrument.symbol, instrument)
             self.quotes[instrument.symbol] = self._quote(instrument, instrument.initial_price)
 
     def instrument(self, symbol: str) -> Instrument | None:
-        for instrument in self.instruments:
-            if instrument.symbol == symbol:
-                return instrument
-        return None
+        return self._by_symbol.get(symbol)
 
     def _quote(self, instrument: Instrument, mark: Decimal, *, last: Decimal | None = None) -> Quote:
         half = Decimal(str(self.spread / 2))
