@@ -108,7 +108,10 @@ class Account:
         self.budget = CostBudget(guard.rate_budget, guard.rate_window_s + RATE_WINDOW_MARGIN_S)
         self.recent = RecentOrders(guard.dedupe_window_s)
         self.in_flight = InFlight()  # new-risk requests forwarded and not yet settled, for a halt to watch
-        self.exposure = Book()  # orders let out that the stream has not shown yet, and the bots' rates
+        # The exposure guard's running figures, the orders let out that the stream has not shown yet, and
+        # the bots' rates. Its figures price notional at these marks, told of each one that moves.
+        self.exposure = Book(marks=self.marks)
+        self.marks.listeners.append(self.exposure.ledger.mark_changed)
         self.stream: AccountStream | None = None  # the account's picture of itself (set by the service)
         refresh = endpoint("cancelallordersafter").cost
         # What the switch may spend in any one window: every refresh that fits, plus one retry. Its spends

@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Coroutine, Iterable, Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -31,6 +32,7 @@ from guardian.gateway.halt import Halts
 from guardian.gateway.trips import Trips
 from guardian.journal import Journal, JournalError
 from guardian.kraken.times import to_iso
+from guardian.loopwatch import LoopWatch
 from guardian.metrics import Metrics
 from guardian.notify import Notifier
 from guardian.relay.fanout import AccountFeeds, PublicFeeds
@@ -41,7 +43,7 @@ from guardian.stream.account import state_json as stream_json
 from guardian.stream.link import TickerLink
 from guardian.stream.maintenance import MaintenancePolicy
 from guardian.stream.settle import settle_unknown
-from guardian.stream.state import Fill, OrderClosed, StateView
+from guardian.stream.state import Fill, OrderClosed
 from guardian.switch import Switch, SwitchState
 
 log = structlog.get_logger("guardian.service")
@@ -100,6 +102,7 @@ class Service:
         self.stopping = False
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.loop_watch = LoopWatch(on_lag=self.metrics.on_loop_lag)
         self._last_states: dict[str, SwitchState] = {}
         self._probe_at = 0.0  # monotonic time of the next journal probe, while it cannot be written
         self._rearms_seen: dict[str, int] = {}  # rearms_after_expiry at the reporter's last look
@@ -115,7 +118,10 @@ class Service:
             on_drift=lambda kind, _detail: self.metrics.on_drift(account.name, kind),
             on_fill=lambda fill: self.metrics.on_fill(account.name, fill),
             on_events=lambda events: self._stream_events(account, events),
+            observer=account.exposure.ledger,
+            on_learned=account.exposure.ledger.learned,
         )
+        account.exposure.ledger.owner = stream.owner
         account.stream = stream
         return stream
 
@@ -139,7 +145,7 @@ class Service:
                 for account in group:
                     marks = account.marks
                     configured = set(account.config.guard.symbols or ())
-                    held = set(account.stream.view().positions) if account.stream else set()
+                    held = account.stream.state.position_symbols() if account.stream else set()
                     wanted |= (marks.wanted | configured | held) & marks.known
                 return wanted
 
@@ -249,6 +255,7 @@ class Service:
         for account in self.accounts:
             await account.start()
         self._tasks = [
+            asyncio.create_task(self.loop_watch.run(), name="loop-watch"),
             asyncio.create_task(self._report(), name="report"),
             asyncio.create_task(self.notifier.run_watchdog(self.healthy), name="watchdog"),
             asyncio.create_task(self.relay.run(), name="relay"),
@@ -430,32 +437,29 @@ class Service:
             "relay": self.relay.state_json(),
         }
 
-    def exposure_view(self, account: Account, bot: str | None = None) -> exposure.Exposure:
-        """The account as the exposure guard sees it now (for a bot's own figures, with `bot`)."""
+    def exposure_book(self, account: Account) -> exposure.Book:
+        """The account's exposure book, its holds pruned to the stream's reconciliations (as the guard
+        sees it when it next judges)."""
         stream = account.stream
-        return account.exposure.exposure(
-            stream.view() if stream is not None else StateView(),
-            marks=account.marks.mark,
-            owner=stream.owner if stream is not None else (lambda _o, _c: None),
-            reconciles=stream.reconciles if stream is not None else 0,
-            bot=bot,
-        )
+        account.exposure.prune(stream.reconciles if stream is not None else 0)
+        return account.exposure
 
     def limits(self, account: Account) -> list[exposure.Usage]:
-        view = self.exposure_view(account)
-        return exposure.usage(view, account.config.guard, fills_in_window=self.trips.fills_in_window(account))
+        stream = account.stream
+        return exposure.usage(
+            self.exposure_book(account).ledger,
+            account.config.guard,
+            daily_pnl=stream.state.daily_pnl() if stream is not None else Decimal(0),
+            fills_in_window=self.trips.fills_in_window(account),
+        )
 
     def limits_json(self, account: Account) -> dict[str, object]:
         """The exposure fields of `/guardian/state` (contract names): `limits`, `daily_pnl`, and each bot's
         mode and own limits under `bots`."""
-        view = self.exposure_view(account)
+        book = self.exposure_book(account)
         bots = []
         for client in account.config.clients:
-            own = exposure.bot_usage(
-                self.exposure_view(account, client.name),
-                exposure.Limits(account.config.guard, client),
-                client.name,
-            )
+            own = exposure.bot_usage(book, exposure.Limits(account.config.guard, client), client.name)
             bots.append(
                 {
                     "name": client.name,
@@ -463,10 +467,11 @@ class Service:
                     "limits": [u.as_json() for u in own],
                 }
             )
-        fresh = account.stream is not None and account.stream.fresh()
+        stream = account.stream
+        fresh = stream is not None and stream.fresh()
         return {
             "limits": [u.as_json() for u in self.limits(account)],
-            "daily_pnl": float(view.daily_pnl) if view.daily_pnl is not None and fresh else None,
+            "daily_pnl": float(stream.state.daily_pnl()) if stream is not None and fresh else None,
             "bots": bots,
         }
 
@@ -474,8 +479,8 @@ class Service:
         """For the metrics, at scrape time: each account's limits' usage, daily PnL, and bots' modes."""
         found = []
         for account in self.accounts:
-            fresh = account.stream is not None and account.stream.fresh()
-            pnl = exposure.daily_pnl(account.stream.view()) if account.stream is not None and fresh else None
+            stream = account.stream
+            pnl = stream.state.daily_pnl() if stream is not None and stream.fresh() else None
             modes = {c.name: account.bot_modes.get(c.name, Mode.ACTIVE).value for c in account.config.clients}
             found.append((account.name, self.limits(account), None if pnl is None else float(pnl), modes))
         return found

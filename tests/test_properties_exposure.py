@@ -123,7 +123,7 @@ class World:
             view = self.service.streams[0].view()
             shown = view.positions[SYMBOL].size if SYMBOL in view.positions else Decimal(0)
             ids = {o.order_id for o in self.orders()}
-            self.service.exposure_view(account)  # holds end lazily, when the guard next looks
+            self.service.exposure_book(account)  # holds settled by reconciliations end when next looked at
             return shown == self.position() and set(view.orders) == ids and len(account.exposure) == 0
 
         for _ in range(300):

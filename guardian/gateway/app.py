@@ -49,7 +49,6 @@ from guardian.kraken.times import to_iso
 from guardian.kraken.wire import LIST_FIELDS, WireError, parse_batch, request_fields
 from guardian.ratelimit import CostBudget
 from guardian.stream.account import PLACING, placed_ids
-from guardian.stream.state import StateView
 from guardian.switch import SwitchState
 
 log = structlog.get_logger("guardian.gateway")
@@ -60,6 +59,8 @@ ORDER_ENDPOINTS = frozenset({"sendorder", "editorder", "cancelorder", "cancelall
 # The account-history pool, modelled like the derivatives budget: 100 tokens, refilled 100 per 10 minutes.
 HISTORY_CAPACITY = 100.0
 HISTORY_WINDOW_S = 600.0
+ANSWER_KEPT = 64 * 1024  # the journal keeps an exchange answer up to this size (see _read_answer)
+SETTLE_WAIT_S = 2.0  # the longest an order waits for the exposure figures to settle before it is refused
 
 GuardedIntent = OrderIntent | CancelIntent | CancelAllIntent
 
@@ -375,6 +376,7 @@ class Gateway:
             decision.intents = [rules.merge_edit(original, edit) if original is not None else edit]
         if name == "batchorder":
             originals = await self._batch_originals(account, decision.intents)
+            await self._settled(account)  # the last wait: from here to the hold, one synchronous step
             marks = {s: account.marks.mark(s) for s in _symbols(decision.intents, originals)}
             self._gate(account, decision)
             decision.mode = account.mode_for(caller.bot)
@@ -386,6 +388,8 @@ class Gateway:
             self._judge(account, caller, decision, _merged_batch(decision.intents, originals))
             return decision
         [intent] = decision.intents
+        if isinstance(intent, OrderIntent):
+            await self._settled(account)  # the last wait: from here to the hold, one synchronous step
         decision.mode = account.mode_for(caller.bot)
         _check_mode(account, caller.bot, intent)
         self._gate(account, decision)
@@ -435,18 +439,15 @@ class Gateway:
         judged: Sequence[tuple[int, OrderIntent, bool]],
     ) -> exposure.Hold | None:
         """The exposure limits, checked and held in one step (nothing is awaited here): None when the
-        request has no order to hold."""
+        request has no order to hold. The running figures must be settled (`_settled`) just before."""
         if not judged:
             return None
         stream = account.stream
-        view = account.exposure.exposure(
-            stream.view() if stream is not None else StateView(),
-            marks=account.marks.mark,
-            owner=stream.owner if stream is not None else _no_owner,
+        trial = account.exposure.trial(
+            caller.bot,
             reconciles=stream.reconciles if stream is not None else 0,
-            bot=caller.bot,
+            daily_pnl=stream.state.daily_pnl() if stream is not None else Decimal(0),
             window_s=account.config.guard.duplicate_window_s,
-            symbols={intent.symbol.upper() for _, intent, _ in judged if intent.symbol},
         )
         candidates = []
         for index, intent, replaces in judged:
@@ -456,12 +457,28 @@ class Gateway:
             candidates.append((index, found))
         tags = [i.order_tag if isinstance(i, OrderIntent) else None for i in decision.intents]
         return account.exposure.judge(
-            view,
+            trial,
             candidates,
             exposure.Limits(account.config.guard, caller.client),
             fresh=stream is not None and stream.fresh(),
             item=lambda index, refusal: refusal.for_item(index, tags[index]) if decision.items else refusal,
         )
+
+    @staticmethod
+    async def _settled(account: Account) -> None:
+        """Until the running figures are not between two pictures (a large snapshot or reconciliation
+        being applied in slices: tens of milliseconds at most); at once otherwise."""
+        ledger = account.exposure.ledger
+        if ledger.settling:
+            try:
+                async with asyncio.timeout(SETTLE_WAIT_S):
+                    await ledger.settled()
+            except TimeoutError:
+                raise Refusal(
+                    "accountStateUnavailable",
+                    "guardian is still taking in a large change of the account's picture (a snapshot or a "
+                    f"reconciliation) after {SETTLE_WAIT_S:g} s: no new order until it has; cancels pass",
+                ) from None
 
     @staticmethod
     def _settle(account: Account, hold: exposure.Hold, trail: Trail | None) -> None:
@@ -657,6 +674,7 @@ class Gateway:
             if decision.deferred is not None and decision.hold is None:
                 # A retry whose first attempt turned out not to exist (or was refused): new risk after
                 # all, judged now as a first attempt is, before it spends or leaves.
+                await self._settled(account)
                 decision.hold = self._hold(account, caller, decision, decision.deferred)
             self._spend(account, caller, cost, decision)
             answer = await self._forward_journaled(out, decision, trail)
@@ -881,7 +899,7 @@ class Trail:
     def read_answer(self) -> None:
         """The outcome and the journal's copy of the exchange's answer, from one parse of its body, once."""
         if self.raw is not None:
-            self.outcome, self.answer = _read_answer(self.raw)
+            self.outcome, self.answer = _read_answer(self.raw, keep_all=self.endpoint in ORDER_ENDPOINTS)
             self.raw = None
 
 
@@ -894,9 +912,17 @@ def _local_error(status: int, code: str, message: str) -> RawAnswer:
     return RawAnswer(status, json.dumps(body).encode(), "application/json")
 
 
-def _read_answer(answer: RawAnswer) -> tuple[str, dict[str, Any]]:
+def _read_answer(answer: RawAnswer, *, keep_all: bool = False) -> tuple[str, dict[str, Any]]:
     """The outcome (`success`, `error:<code>` or `http_<status>`, for metrics and the journal) and the
-    answer as the journal keeps it, from one parse of the exchange's body."""
+    answer as the journal keeps it, from one parse of the exchange's body.
+
+    A read's answer larger than ANSWER_KEPT (thousands of open orders or fills) is not parsed or kept:
+    reading and storing it would hold the event loop for tens of milliseconds on every such read. The
+    exchange's errors are a few hundred bytes, so a large answer below HTTP 400 is a success; the journal
+    says how large it was. An order request's answer (`keep_all`) is always read: it says what was placed."""
+    if len(answer.body) > ANSWER_KEPT and not keep_all:
+        outcome = "success" if answer.status < 400 else f"http_{answer.status}"
+        return outcome, {"http_status": answer.status, "omitted": f"{len(answer.body)} bytes, not kept"}
     try:
         doc = json.loads(answer.body)
     except ValueError:
@@ -997,20 +1023,13 @@ def _named(account: Account, bot: str | None, refusal: Refusal) -> Refusal:
     )
 
 
-def _no_owner(order_id: str | None, cli_ord_id: str | None) -> str | None:
-    return None
-
-
 def _reducible(account: Account, intent: OrderIntent) -> Decimal | None:
     """How much a reduce-only order may close: the position's size, from a fresh account state (None
     otherwise, and for orders that are not reduce-only)."""
     stream = account.stream
     if intent.reduce_only is not True or stream is None or not stream.fresh() or intent.symbol is None:
         return None
-    state = stream.view()
-    symbol = intent.symbol.upper()
-    feed = state.positions[symbol].size if symbol in state.positions else Decimal(0)
-    fills = state.fill_positions.get(symbol, Decimal(0))
+    feed, fills = stream.state.position_readings(intent.symbol.upper())
     return min(abs(feed), abs(fills))  # the smaller reading: never more than is surely there
 
 

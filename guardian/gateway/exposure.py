@@ -1,6 +1,8 @@
 """The exposure guard: what the account already holds and has working, and the limits a new order must
-keep with it. Each limit is one rule over an immutable view of the account (`Exposure`) and one row in
-`RULES`; `Book` is the account's memory of what was let out and not yet shown by the stream.
+keep with it. Each limit is one rule (a row of `RULES`) over `Trial`, the account as one request sees it:
+the running figures of `guardian.gateway.ledger.Ledger`, less what an edit replaces, plus the earlier
+items of the same batch. `Book` is the account's memory of what was let out and not yet shown by the
+stream (the holds' lives), and of each bot's rate and duplicate windows.
 
 Worst case, on purpose:
 - a position is read twice, from the positions feed and from the fills applied (a fill moves the second
@@ -19,41 +21,34 @@ reconciliations with REST have completed after the answer: REST's picture then h
 Orders that can only reduce a position (`reduceOnly=true`) are exempt from `max_position` and the
 account's gross notional; cancels are never judged here. Rules that read the account state refuse new
 risk with `accountStateUnavailable` while that state is stale (guardian does not guess).
+
+Every figure a rule reads is kept up to date as things change, so judging an order costs the same with
+5,000 orders resting as with 5 (issue 20; `bench/exposure.py`).
 """
 
 from __future__ import annotations
 
-import bisect
 import functools
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Final
+from typing import Final, TypeVar
 
 from guardian.config import ClientConfig, GuardConfig
+from guardian.gateway.ledger import Held, Ledger, MarkSource, Working
 from guardian.gateway.orders import OrderIntent
 from guardian.gateway.refusal import Refusal
-from guardian.stream.state import Event, Fill, OpenOrder, OrderClosed, StateView
+from guardian.stream.state import Event, Fill, OrderClosed, StateView
+
+__all__ = ["Book", "Candidate", "Held", "Hold", "Limits", "Trial", "Usage", "Working", "judge"]
 
 ZERO: Final = Decimal(0)
+T = TypeVar("T")
 RATE_WINDOW_S: Final = 60.0
 MAX_REMEMBERED: Final = 20_000  # fills and closes by order id, for answers that arrive after the stream
 RECONCILES_TO_SETTLE: Final = 2  # a reconciliation wholly after the answer: the second one counted
-
-
-@dataclass(frozen=True, slots=True)
-class Working:
-    """An order that may still add to the account's exposure: open at the exchange, or held."""
-
-    symbol: str
-    side: str  # buy | sell
-    remaining: Decimal
-    reduce_only: bool
-    price: Decimal | None  # its limit or stop price; None: it trades at about the mark
-    bot: str | None
-    key: str | None  # order id (or cliOrdId) when known: how an open order and a hold are matched
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,95 +66,10 @@ class Candidate:
     cli_ord_id: str | None = None
     order_tag: str | None = None  # a batch item's
 
-
-@dataclass(frozen=True, slots=True)
-class Notional:
-    """The notional of the first `count` orders of a view's `working` that are not reduce-only, ready for
-    any marks: per symbol, the size of those without a price, and those with one sorted by price with
-    running sums of size and price x size. Each order counts at the higher of its price and the mark, so
-    one bisection per symbol gives what a pass over every order would (`_gross_figure` checks one
-    against the other in the tests)."""
-
-    count: int
-    by_symbol: Mapping[str, tuple[Decimal, list[Decimal], list[Decimal], list[Decimal]]]
-    positions: tuple[tuple[str, Decimal], ...] = ()  # each position's larger absolute reading, if not 0
-
-    @staticmethod
-    def part(orders: Iterable[Working]) -> tuple[Decimal, list[Decimal], list[Decimal], list[Decimal]]:
-        """One symbol's entry, from its orders."""
-        unpriced = ZERO
-        rows: list[tuple[Decimal, Decimal]] = []
-        for w in orders:
-            if w.reduce_only:
-                continue
-            if w.price is None:
-                unpriced += w.remaining
-            else:
-                rows.append((w.price, w.remaining))
-        rows.sort(key=lambda row: row[0])
-        sizes, values = [ZERO], [ZERO]
-        for price, size in rows:
-            sizes.append(sizes[-1] + size)
-            values.append(values[-1] + price * size)
-        return unpriced, [r[0] for r in rows], sizes, values
-
-    def total(self, view: Exposure) -> Decimal:
-        total = ZERO
-        for symbol, (unpriced, prices, sizes, values) in self.by_symbol.items():
-            mark = view.marks.get(symbol)
-            if mark is None:
-                if unpriced:
-                    _price_of(view, symbol, None)  # refuses: no mark, and an order without a price
-                total += values[-1]
-                continue
-            at = bisect.bisect_left(prices, mark)  # from here on the order's price is the higher
-            total += values[-1] - values[at] + mark * (sizes[at] + unpriced)
-        return total
-
-
-@dataclass(frozen=True, slots=True)
-class Exposure:
-    """The immutable view the rules read."""
-
-    positions: Mapping[str, tuple[Decimal, Decimal]]  # symbol -> (lowest, highest) reading, signed
-    working: tuple[Working, ...]
-    marks: Mapping[str, Decimal | None]
-    daily_pnl: Decimal | None  # realised since 00:00 UTC plus unrealised, net of fees; None: unknown
-    bot_orders: int = 0  # the judged bot's new orders and edits in the last minute
-    bot_recent: tuple[tuple[float, tuple[object, ...], str | None], ...] = ()  # its recent sends
-    bot_recent_count: Mapping[tuple[object, ...], int] = field(default_factory=dict)  # content -> how many
-    now: float = 0.0  # monotonic
-    notional: Notional | None = None  # of the first orders of `working`, when worked out ahead
-    duplicate_window_s: float = 0.0  # the window `bot_recent` was read with (0: the rule is off)
-
-    def position(self, symbol: str) -> tuple[Decimal, Decimal]:
-        return self.positions.get(symbol, (ZERO, ZERO))
-
-    def with_order(self, candidate: Candidate) -> Exposure:
-        """The view once `candidate` is out (the next item of a batch is judged against it)."""
-        kept = tuple(w for w in self.working if _kept(w, candidate))
-        added = Working(
-            candidate.symbol,
-            candidate.side,
-            candidate.size,
-            candidate.reduce_only,
-            candidate.price,
-            candidate.bot,
-            candidate.replaces or candidate.cli_ord_id,
-        )
-        recent = (*self.bot_recent, (self.now, candidate.content, candidate.cli_ord_id))
-        count = {
-            **self.bot_recent_count,
-            candidate.content: self.bot_recent_count.get(candidate.content, 0) + 1,
-        }
-        return replace(
-            self,
-            working=(*kept, added),
-            bot_orders=self.bot_orders + 1,
-            bot_recent=recent,
-            bot_recent_count=count,
-            notional=self.notional if candidate.replaces is None else None,  # an edit drops one it covers
-        )
+    def working(self) -> Working:
+        """The candidate as it counts once let out."""
+        key = self.replaces or self.cli_ord_id
+        return Working(self.symbol, self.side, self.size, self.reduce_only, self.price, self.bot, key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +93,150 @@ class Limits:
         return _dec(None if self.client is None else self.client.max_open_orders)
 
 
+class Recent:
+    """One bot's sends within the duplicate window: what each said, under which cliOrdId, counted as they
+    come and go, so that how many match a new order is a lookup."""
+
+    __slots__ = ("by_cli", "by_content", "items")
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[float, tuple[object, ...], str | None]] = deque()
+        self.by_content: Counter[tuple[object, ...]] = Counter()
+        self.by_cli: Counter[tuple[tuple[object, ...], str]] = Counter()
+
+    def add(self, at: float, content: tuple[object, ...], cli: str | None) -> None:
+        self.items.append((at, content, cli))
+        self.by_content[content] += 1
+        if cli is not None:
+            self.by_cli[(content, cli)] += 1
+
+    def prune(self, since: float) -> None:
+        items = self.items
+        while items and items[0][0] < since:
+            _, content, cli = items.popleft()
+            _take(self.by_content, content)
+            if cli is not None:
+                _take(self.by_cli, (content, cli))
+
+    def matching(self, content: tuple[object, ...], cli: str | None) -> int:
+        """Sends of the same content under another cliOrdId (or none)."""
+        same = self.by_content.get(content, 0)
+        return same - (self.by_cli.get((content, cli), 0) if same and cli is not None else 0)
+
+
+class Trial:
+    """The account as the rules see it for one request: the ledger's running figures, less the orders an
+    edit replaces, plus the request's earlier items (a batch's next item is judged with those out). It
+    lives for one synchronous judgement and copies nothing of the book."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        daily_pnl: Decimal | None = None,
+        bot_orders: int = 0,
+        recent: Recent | None = None,
+        now: float = 0.0,
+        duplicate_window_s: float = 0.0,
+    ) -> None:
+        self.ledger = ledger
+        self.daily_pnl = daily_pnl  # realised since 00:00 UTC plus unrealised, net of fees; None: unknown
+        self.bot_orders = bot_orders  # the judged bot's new orders and edits in the last minute
+        self.recent = recent
+        self.now = now  # monotonic
+        self.duplicate_window_s = duplicate_window_s  # 0: the duplicate rule is off
+        self.added: list[Working] = []  # the earlier items that still count
+        self.sent: list[tuple[tuple[object, ...], str | None]] = []  # the earlier items' content, cliOrdId
+        self.replaced: set[str] = set()  # keys the earlier items' edits replaced
+        self._scope: tuple[Candidate, list[Working], list[Working]] | None = None
+
+    def add(self, c: Candidate) -> None:
+        """`c` is out: the next item is judged with it counted."""
+        if c.replaces is not None:
+            self.replaced.add(c.replaces)
+            self.added = [w for w in self.added if w.key != c.replaces]
+        self.added.append(c.working())
+        self.sent.append((c.content, c.cli_ord_id))
+        self.bot_orders += 1
+        self._scope = None
+
+    def scope(self, c: Candidate) -> tuple[list[Working], list[Working]]:
+        """What does not count beside `c` (the orders it and earlier edits replace), and what the earlier
+        items add."""
+        if self._scope is not None and self._scope[0] is c:
+            return self._scope[1], self._scope[2]
+        keys = self.replaced if c.replaces is None else {*self.replaced, c.replaces}
+        out: list[Working] = []
+        seen: set[int] = set()
+        for key in keys:
+            for entry in self.ledger.named(key):
+                if id(entry) not in seen and entry.counted is not None:
+                    seen.add(id(entry))
+                    out.append(entry.counted)
+        inn = [w for w in self.added if c.replaces is None or w.key != c.replaces]
+        self._scope = (c, out, inn)
+        return out, inn
+
+    # ---- the figures ----------------------------------------------------------------------------------
+    def position(self, symbol: str) -> tuple[Decimal, Decimal]:
+        return self.ledger.position(symbol)
+
+    def same_side(self, c: Candidate) -> Decimal:
+        """Every non-reduce-only order on the candidate's side of its symbol that counts beside it."""
+        out, inn = self.scope(c)
+        size = self.ledger.side_size(c.symbol, c.side)
+        for w in out:
+            if w.symbol == c.symbol and w.side == c.side and not w.reduce_only:
+                size -= w.remaining
+        for w in inn:
+            if w.symbol == c.symbol and w.side == c.side and not w.reduce_only:
+                size += w.remaining
+        return size
+
+    def count(self, c: Candidate, where: Callable[[Working], bool], counted: int) -> int:
+        """`counted` (the ledger's count of what `where` selects) as it stands beside `c`."""
+        out, inn = self.scope(c)
+        if not out and not inn:
+            return counted
+        return counted - sum(1 for w in out if where(w)) + sum(1 for w in inn if where(w))
+
+    def gross(self, c: Candidate) -> Decimal:
+        """The gross notional beside `c`, without `c`. Refusal when a mark it needs is missing."""
+        total, missing = self.ledger.gross()
+        if missing is not None:
+            raise _no_mark(missing)
+        out, inn = self.scope(c)
+        for w in out:
+            if not w.reduce_only:
+                total -= w.remaining * self.price_of(w.symbol, w.price)
+        for w in inn:
+            if not w.reduce_only:
+                total += w.remaining * self.price_of(w.symbol, w.price)
+        return total
+
+    def price_of(self, symbol: str, price: Decimal | None) -> Decimal:
+        """The higher of an order's own price and the mark (the worse for notional)."""
+        found = self.ledger.price(symbol, price)
+        if found is None:
+            raise _no_mark(symbol)
+        return found
+
+    def duplicates(self, c: Candidate) -> int:
+        found = 0 if self.recent is None else self.recent.matching(c.content, c.cli_ord_id)
+        for content, cli in self.sent:
+            if content == c.content and (cli is None or cli != c.cli_ord_id):
+                found += 1
+        return found
+
+
+def _no_mark(symbol: str) -> Refusal:
+    return Refusal(
+        "markPriceUnavailable",
+        f"no mark price for {symbol}, which max_gross_notional needs: guardian refuses rather than guess; "
+        "try again when the mark is back",
+    )
+
+
 # ---- the rules -------------------------------------------------------------------------------------------
 
 
@@ -195,34 +249,23 @@ class Rule:
     code: str
     needs_state: bool
     limit: Callable[[Limits, Candidate], Decimal | None]
-    figure: Callable[[Exposure, Candidate], Decimal]
-    explain: Callable[[Exposure, Candidate, Decimal, Decimal], str]
+    figure: Callable[[Trial, Candidate], Decimal]
+    explain: Callable[[Trial, Candidate, Decimal, Decimal], str]
     exempt: Callable[[Candidate], bool] = lambda c: False
     at_limit_refuses: bool = False  # a figure exactly at the limit passes, except where this says
 
 
-def _same_side(view: Exposure, c: Candidate) -> Decimal:
-    return sum(
-        (
-            w.remaining
-            for w in view.working
-            if w.symbol == c.symbol and w.side == c.side and not w.reduce_only and _kept(w, c)
-        ),
-        ZERO,
-    )
-
-
-def _position_figure(view: Exposure, c: Candidate) -> Decimal:
+def _position_figure(t: Trial, c: Candidate) -> Decimal:
     """How far the position could go in the candidate's direction: the worse reading of the position,
     plus every non-reduce-only order on that side, plus the candidate."""
-    low, high = view.position(c.symbol)
+    low, high = t.position(c.symbol)
     if c.side == "buy":
-        return high + _same_side(view, c) + c.size
-    return -(low - _same_side(view, c) - c.size)
+        return high + t.same_side(c) + c.size
+    return -(low - t.same_side(c) - c.size)
 
 
-def _position_why(view: Exposure, c: Candidate, figure: Decimal, limit: Decimal) -> str:
-    low, high = view.position(c.symbol)
+def _position_why(t: Trial, c: Candidate, figure: Decimal, limit: Decimal) -> str:
+    low, high = t.position(c.symbol)
     held = high if c.side == "buy" else -low
     room = max(ZERO, limit - (figure - c.size))
     return (
@@ -233,31 +276,22 @@ def _position_why(view: Exposure, c: Candidate, figure: Decimal, limit: Decimal)
     )
 
 
-def _replaced(view: Exposure, c: Candidate, where: Callable[[Working], bool]) -> int:
-    """How many working orders matching `where` an edit `c` replaces (those do not count: `_kept`)."""
-    if c.replaces is None:
-        return 0
-    return sum(1 for w in view.working if w.key == c.replaces and where(w))
-
-
-def _open_orders_figure(view: Exposure, c: Candidate) -> Decimal:
+def _open_orders_figure(t: Trial, c: Candidate) -> Decimal:
     symbol = c.symbol
-    count = sum(1 for w in view.working if w.symbol == symbol)
-    return Decimal(count - _replaced(view, c, lambda w: w.symbol == symbol) + 1)
+    return Decimal(t.count(c, lambda w: w.symbol == symbol, t.ledger.count(symbol)) + 1)
 
 
-def _open_total_figure(view: Exposure, c: Candidate) -> Decimal:
-    return Decimal(len(view.working) - _replaced(view, c, lambda w: True) + 1)
+def _open_total_figure(t: Trial, c: Candidate) -> Decimal:
+    return Decimal(t.count(c, lambda w: True, t.ledger.total) + 1)
 
 
-def _bot_open_figure(view: Exposure, c: Candidate) -> Decimal:
+def _bot_open_figure(t: Trial, c: Candidate) -> Decimal:
     bot = c.bot
-    count = sum(1 for w in view.working if w.bot == bot)
-    return Decimal(count - _replaced(view, c, lambda w: w.bot == bot) + 1)
+    return Decimal(t.count(c, lambda w: w.bot == bot, t.ledger.bot_count(bot)) + 1)
 
 
-def _count_why(scope: str, key: str) -> Callable[[Exposure, Candidate, Decimal, Decimal], str]:
-    def why(view: Exposure, c: Candidate, figure: Decimal, limit: Decimal) -> str:
+def _count_why(scope: str, key: str) -> Callable[[Trial, Candidate, Decimal, Decimal], str]:
+    def why(t: Trial, c: Candidate, figure: Decimal, limit: Decimal) -> str:
         where = scope.format(symbol=c.symbol, bot=c.bot)
         return (
             f"{where} would have {_fmt(figure)} open orders (open and unsettled ones counted), above {key} "
@@ -267,47 +301,12 @@ def _count_why(scope: str, key: str) -> Callable[[Exposure, Candidate, Decimal, 
     return why
 
 
-def _price_of(view: Exposure, symbol: str, price: Decimal | None) -> Decimal:
-    """The higher of an order's own price and the mark (the worse for notional)."""
-    mark = view.marks.get(symbol)
-    found = mark if price is None else price if mark is None or price > mark else mark
-    if found is None:
-        raise Refusal(
-            "markPriceUnavailable",
-            f"no mark price for {symbol}, which max_gross_notional needs: guardian refuses rather than guess; "
-            "try again when the mark is back",
-        )
-    return found
+def _gross_figure(t: Trial, c: Candidate) -> Decimal:
+    return t.gross(c) + c.size * t.price_of(c.symbol, c.price)
 
 
-def _sizes(positions: Mapping[str, tuple[Decimal, Decimal]]) -> tuple[tuple[str, Decimal], ...]:
-    """Each position's larger absolute reading, where it is not 0."""
-    found = ((symbol, max(abs(low), abs(high))) for symbol, (low, high) in positions.items())
-    return tuple((symbol, size) for symbol, size in found if size)
-
-
-def _gross_figure(view: Exposure, c: Candidate) -> Decimal:
-    total = ZERO
-    marks, replaces = view.marks, c.replaces
-    sizes = view.notional.positions if view.notional is not None else _sizes(view.positions)
-    for symbol, size in sizes:
-        mark = marks.get(symbol)
-        total += size * (mark if mark is not None else _price_of(view, symbol, None))
-    rest: Iterable[Working] = view.working
-    if view.notional is not None and replaces is None:  # an edit: the order it replaces does not count
-        total += view.notional.total(view)
-        rest = view.working[view.notional.count :]
-    for w in rest:  # _price_of inlined
-        if w.reduce_only or (replaces is not None and w.key == replaces):
-            continue
-        price, mark = w.price, marks.get(w.symbol)
-        found = mark if price is None else price if mark is None or price > mark else mark
-        total += w.remaining * (found if found is not None else _price_of(view, w.symbol, price))
-    return total + c.size * _price_of(view, c.symbol, c.price)
-
-
-def _gross_why(view: Exposure, c: Candidate, figure: Decimal, limit: Decimal) -> str:
-    this = c.size * _price_of(view, c.symbol, c.price)
+def _gross_why(t: Trial, c: Candidate, figure: Decimal, limit: Decimal) -> str:
+    this = c.size * t.price_of(c.symbol, c.price)
     room = max(ZERO, limit - (figure - this))
     return (
         f"the account's gross notional would be {_fmt(figure)} (positions at the mark, open and unsettled "
@@ -316,38 +315,30 @@ def _gross_why(view: Exposure, c: Candidate, figure: Decimal, limit: Decimal) ->
     )
 
 
-def _rate_why(view: Exposure, c: Candidate, figure: Decimal, limit: Decimal) -> str:
+def _rate_why(t: Trial, c: Candidate, figure: Decimal, limit: Decimal) -> str:
     return (
         f"bot {c.bot!r} has sent {_fmt(figure - 1)} new orders and edits in the last minute, max_orders_per_minute "
         f"is {_fmt(limit)}: wait a few seconds (cancels are never throttled)"
     )
 
 
-def _loss_figure(view: Exposure, c: Candidate) -> Decimal:
-    return ZERO if view.daily_pnl is None else -view.daily_pnl
+def _loss_figure(t: Trial, c: Candidate) -> Decimal:
+    return ZERO if t.daily_pnl is None else -t.daily_pnl
 
 
-def _loss_why(view: Exposure, c: Candidate, figure: Decimal, limit: Decimal) -> str:
+def _loss_why(t: Trial, c: Candidate, figure: Decimal, limit: Decimal) -> str:
     return (
         f"today's PnL is {_fmt(-figure)} (realised since 00:00 UTC, unrealised, fees), at or past max_daily_loss "
         f"{_fmt(limit)}: only reduce-only orders and cancels pass"
     )
 
 
-def _duplicate_figure(view: Exposure, c: Candidate) -> Decimal:
-    """1 when the bot sent the same order under another cliOrdId (or none) within the window."""
-    if not view.bot_recent_count.get(c.content):
-        return ZERO  # not sent at all within the window: no need to look through them
-    return Decimal(
-        sum(
-            1
-            for _, content, cli in view.bot_recent
-            if content == c.content and (cli is None or cli != c.cli_ord_id)
-        )
-    )
+def _duplicate_figure(t: Trial, c: Candidate) -> Decimal:
+    """How many times the bot sent the same order under another cliOrdId (or none) within the window."""
+    return Decimal(t.duplicates(c))
 
 
-def _duplicate_why(view: Exposure, c: Candidate, figure: Decimal, limit: Decimal) -> str:
+def _duplicate_why(t: Trial, c: Candidate, figure: Decimal, limit: Decimal) -> str:
     return (
         f"bot {c.bot!r} sent the same order ({c.side} {_fmt(c.size)} {c.symbol} at the same prices) within "
         "duplicate_window_s under another cliOrdId: it is refused as a duplicate; a retry of the same request "
@@ -417,7 +408,7 @@ RULES: Final[tuple[Rule, ...]] = (
         "orderRateExceeded",
         False,
         lambda lim, c: lim.orders_per_minute(),
-        lambda view, c: Decimal(view.bot_orders + 1),
+        lambda t, c: Decimal(t.bot_orders + 1),
         _rate_why,
     ),
     Rule(
@@ -431,7 +422,7 @@ RULES: Final[tuple[Rule, ...]] = (
 )
 
 
-def judge(view: Exposure, candidate: Candidate, limits: Limits, *, fresh: bool) -> None:
+def judge(t: Trial, candidate: Candidate, limits: Limits, *, fresh: bool) -> None:
     """Refuse `candidate` if it breaks a rule (the first one, in `RULES` order)."""
     for rule in RULES:
         limit = rule.limit(limits, candidate)
@@ -443,9 +434,12 @@ def judge(view: Exposure, candidate: Candidate, limits: Limits, *, fresh: bool) 
                 f"guardian's picture of the account is stale (its stream and REST reads are behind), and "
                 f"{rule.name} needs it: no new risk until it is fresh again; reduce-only orders and cancels pass",
             )
-        figure = rule.figure(view, candidate)
+        figure = rule.figure(t, candidate)
         if figure > limit or (rule.at_limit_refuses and figure == limit):
-            raise Refusal(rule.code, rule.explain(view, candidate, figure, limit))
+            raise Refusal(rule.code, rule.explain(t, candidate, figure, limit))
+
+
+# ---- what the state endpoint, the metrics and `guardian status` show ------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,36 +464,34 @@ class Usage:
         return found
 
 
-def usage(view: Exposure, guard: GuardConfig, *, fills_in_window: int) -> list[Usage]:
+def usage(
+    ledger: Ledger, guard: GuardConfig, *, daily_pnl: Decimal | None, fills_in_window: int
+) -> list[Usage]:
     """How much of each account-wide and per-symbol limit that is on is used now (the worst case, as the
-    rules count it: a new order of size 0 would lead to these figures). Symbols: those configured, held
-    or worked."""
+    rules count it: a new order of size 0 would lead to these figures). Symbols: those configured, and
+    those with a position or an order counted. Reads the running figures: O(symbols)."""
     found: list[Usage] = []
-    symbols = sorted({*(guard.symbols or ()), *view.positions, *(w.symbol for w in view.working)})
-    for symbol in symbols:
+    t = Trial(ledger, daily_pnl=daily_pnl)
+    for symbol in sorted({*(guard.symbols or ()), *ledger.symbols()}):
         limits = guard.limits_for(symbol)
         if limits.max_position is not None:
             buy = Candidate(symbol, "buy", ZERO, False, None, None)
             sell = Candidate(symbol, "sell", ZERO, False, None, None)
-            used = max(_position_figure(view, buy), _position_figure(view, sell), ZERO)
+            used = max(_position_figure(t, buy), _position_figure(t, sell), ZERO)
             found.append(Usage("max_position", used, _dec(limits.max_position) or ZERO, symbol))
         if limits.max_open_orders is not None:
-            count = Decimal(sum(1 for w in view.working if w.symbol == symbol))
+            count = Decimal(ledger.count(symbol))
             found.append(Usage("max_open_orders", count, Decimal(limits.max_open_orders), symbol))
     if guard.max_open_orders_total is not None:
         found.append(
-            Usage("max_open_orders_total", Decimal(len(view.working)), Decimal(guard.max_open_orders_total))
+            Usage("max_open_orders_total", Decimal(ledger.total), Decimal(guard.max_open_orders_total))
         )
     if guard.max_gross_notional is not None:
-        nothing = Candidate(symbols[0] if symbols else "", "buy", ZERO, False, ZERO, None)
-        try:
-            gross = _gross_figure(view, nothing)
-        except Refusal:  # a mark is missing: no figure rather than a wrong one
-            gross = None
-        if gross is not None:
+        gross, missing = ledger.gross()
+        if missing is None:  # a mark is missing: no figure rather than a wrong one
             found.append(Usage("max_gross_notional", gross, _dec(guard.max_gross_notional) or ZERO))
-    if guard.max_daily_loss is not None and view.daily_pnl is not None:
-        loss = max(ZERO, -view.daily_pnl)
+    if guard.max_daily_loss is not None and daily_pnl is not None:
+        loss = max(ZERO, -daily_pnl)
         found.append(Usage("max_daily_loss", loss, _dec(guard.max_daily_loss) or ZERO))
     if guard.max_fills_per_minute is not None:
         found.append(
@@ -508,16 +500,15 @@ def usage(view: Exposure, guard: GuardConfig, *, fills_in_window: int) -> list[U
     return found
 
 
-def bot_usage(view: Exposure, limits: Limits, bot: str) -> list[Usage]:
+def bot_usage(book: Book, limits: Limits, bot: str) -> list[Usage]:
     """A bot's own limits' usage: its orders in the last minute, its open orders."""
     found: list[Usage] = []
     rate = limits.orders_per_minute()
     if rate is not None:
-        found.append(Usage("max_orders_per_minute", Decimal(view.bot_orders), rate, bot=bot))
+        found.append(Usage("max_orders_per_minute", Decimal(book.orders_in_window(bot)), rate, bot=bot))
     own = limits.bot_open_orders()
     if own is not None:
-        count = Decimal(sum(1 for w in view.working if w.bot == bot))
-        found.append(Usage("max_open_orders", count, own, bot=bot))
+        found.append(Usage("max_open_orders", Decimal(book.ledger.bot_count(bot)), own, bot=bot))
     return found
 
 
@@ -560,308 +551,110 @@ def candidate(intent: OrderIntent, bot: str | None) -> Candidate:
 
 
 @dataclass(slots=True, eq=False)
-class Held:
-    """One order let out whose effect the stream may not show yet."""
-
-    order: Working
-    cli_ord_id: str | None
-    order_id: str | None = None
-    tag: str | None = None  # a batch send item's order_tag, to find its status in the answer
-    edit: bool = False  # an edit of the open order `order_id`
-    answered: bool = False
-    settle_at: int | None = None  # released once the stream has completed this many reconciliations
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return tuple(k for k in (self.order_id, self.cli_ord_id, self.order.key) if k)
-
-
-@dataclass(slots=True, eq=False)
 class Hold:
     """What one request holds: one `Held` per send or edit item, in order."""
 
     items: list[Held] = field(default_factory=list)
 
 
-class Picture:
-    """What the rules need of one state view, worked out once per view: each position's two readings
-    (lowest, highest), each open order as a Working (by order id; order ids by cliOrdId), the symbols of
-    both, and the open orders' `Notional`.
-
-    A new view is usually the last one with one order changed, so `of` works from the last picture: only
-    the orders whose OpenOrder object is new (the state's are immutable, and kept while unchanged), gone,
-    or whose owner has become known since (owners never change once known) are made again, and only their
-    symbols' notional entries. `build` makes the same from nothing (the tests hold the two equal)."""
-
-    __slots__ = (
-        "groups",
-        "notional",
-        "order_id_of",
-        "parts",
-        "positions",
-        "shown",
-        "state",
-        "symbols",
-        "unowned",
-    )
+class Book:
+    """One account's running figures (`ledger`), the lives of its holds, and each bot's rate and duplicate
+    windows. Single-threaded: the event loop's."""
 
     def __init__(
-        self,
-        state: StateView,
-        positions: dict[str, tuple[Decimal, Decimal]],
-        shown: dict[str, Working],
-        order_id_of: dict[str, str],
-        unowned: dict[str, str | None],
-        groups: dict[str, dict[str, Working]],
-        parts: dict[str, tuple[Decimal, list[Decimal], list[Decimal], list[Decimal]]],
-        last: Picture | None = None,
+        self, *, clock: Callable[[], float] = time.monotonic, marks: MarkSource | None = None
     ) -> None:
-        self.state = state
-        self.positions = positions
-        self.shown = shown  # order id -> Working
-        self.order_id_of = order_id_of  # cliOrdId -> order id
-        self.unowned = unowned  # order id -> cliOrdId, of the orders whose owner is not known yet
-        self.groups = groups  # symbol -> order id -> Working
-        self.parts = parts  # symbol -> its Notional entry
-        self.symbols: frozenset[str]
-        sizes: tuple[tuple[str, Decimal], ...]
-        if last is not None and positions is last.positions and groups.keys() == last.groups.keys():
-            self.symbols, sizes = last.symbols, last.notional.positions
-        else:
-            self.symbols, sizes = frozenset({*positions, *groups}), _sizes(positions)
-        self.notional: Notional = Notional(len(shown), parts, sizes)
-
-    @staticmethod
-    def _positions(state: StateView) -> dict[str, tuple[Decimal, Decimal]]:
-        positions: dict[str, tuple[Decimal, Decimal]] = {}
-        for symbol in set(state.positions) | set(state.fill_positions):
-            feed = state.positions[symbol].size if symbol in state.positions else ZERO
-            fills = state.fill_positions.get(symbol, ZERO)
-            positions[symbol] = (min(feed, fills), max(feed, fills))
-        return positions
-
-    @staticmethod
-    def _working(order: OpenOrder, placer: str | None) -> Working:
-        price = order.limit_price if order.limit_price is not None else order.stop_price
-        return Working(
-            order.symbol, order.side, order.remaining, order.reduce_only, price, placer, order.order_id
-        )
-
-    @classmethod
-    def build(cls, state: StateView, owner: Callable[[str | None, str | None], str | None]) -> Picture:
-        shown: dict[str, Working] = {}
-        order_id_of: dict[str, str] = {}
-        unowned: dict[str, str | None] = {}
-        groups: dict[str, dict[str, Working]] = {}
-        for order_id, order in state.orders.items():
-            placer = owner(order_id, order.cli_ord_id)
-            item = shown[order_id] = cls._working(order, placer)
-            groups.setdefault(order.symbol, {})[order_id] = item
-            if order.cli_ord_id:
-                order_id_of[order.cli_ord_id] = order_id
-            if placer is None:
-                unowned[order_id] = order.cli_ord_id
-        parts = {symbol: Notional.part(orders.values()) for symbol, orders in groups.items()}
-        return cls(state, cls._positions(state), shown, order_id_of, unowned, groups, parts)
-
-    @classmethod
-    def of(
-        cls, state: StateView, owner: Callable[[str | None, str | None], str | None], last: Picture | None
-    ) -> Picture:
-        """The picture of `state`, from the `last` one where that saves work."""
-        if last is None:
-            return cls.build(state, owner)
-        learned = [i for i, cli in last.unowned.items() if owner(i, cli) is not None]
-        if last.state is state and not learned:
-            return last
-        before, now = last.state.orders, state.orders
-        changed = [i for i, order in now.items() if before.get(i) is not order]
-        added = sum(1 for i in changed if i not in before)
-        gone = before.keys() - now.keys() if len(now) - added < len(before) else ()
-        if len(changed) + len(gone) > len(now) // 2 + 1:
-            return cls.build(state, owner)  # most of it is new anyway
-        shown, order_id_of, unowned = dict(last.shown), dict(last.order_id_of), dict(last.unowned)
-        groups, parts = dict(last.groups), dict(last.parts)
-        touched: set[str] = set()
-        for order_id in (*gone, *changed, *learned):  # out with the old
-            old = last.shown.get(order_id)
-            if old is None or order_id not in shown:
-                continue
-            del shown[order_id]
-            unowned.pop(order_id, None)
-            cli = before[order_id].cli_ord_id if order_id in before else None
-            if cli and order_id_of.get(cli) == order_id:
-                del order_id_of[cli]
-            group = groups[old.symbol] = (
-                dict(groups[old.symbol]) if old.symbol not in touched else groups[old.symbol]
-            )
-            touched.add(old.symbol)
-            del group[order_id]
-        for order_id in (*changed, *learned):  # in with the new
-            order = now.get(order_id)
-            if order is None or order_id in shown:
-                continue
-            placer = owner(order_id, order.cli_ord_id)
-            item = shown[order_id] = cls._working(order, placer)
-            if order.symbol not in touched:
-                groups[order.symbol] = dict(groups.get(order.symbol, {}))
-                touched.add(order.symbol)
-            groups[order.symbol][order_id] = item
-            if order.cli_ord_id:
-                order_id_of[order.cli_ord_id] = order_id
-            if placer is None:
-                unowned[order_id] = order.cli_ord_id
-        for symbol in touched:
-            if groups[symbol]:
-                parts[symbol] = Notional.part(groups[symbol].values())
-            else:
-                del groups[symbol]
-                parts.pop(symbol, None)
-        positions = (
-            last.positions
-            if state.positions == last.state.positions and state.fill_positions == last.state.fill_positions
-            else cls._positions(state)
-        )
-        return cls(state, positions, shown, order_id_of, unowned, groups, parts, last)
-
-
-class Book:
-    """One account's holds and the bots' recent orders. Single-threaded: the event loop's."""
-
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._held: list[Held] = []
+        self.ledger = Ledger(marks)
         self._orders_at: dict[str | None, deque[float]] = {}
-        self._recent: dict[str | None, deque[tuple[float, tuple[object, ...], str | None]]] = {}
-        self._recent_count: dict[str | None, Counter[tuple[object, ...]]] = {}  # kept with _recent
+        self._recent: dict[str | None, Recent] = {}
         self._filled: OrderedDict[str, Decimal] = OrderedDict()
         self._closed: OrderedDict[str, None] = OrderedDict()
-        self._picture: Picture | None = None  # the last state's, see `Picture`
+        self._settling: dict[int, list[Held]] = {}  # reconciliation count -> holds released at it
+        self._reconciles = 0  # the count the holds were last pruned at
 
     def __len__(self) -> int:
-        return len(self._held)
+        return len(self.ledger)
 
-    # ---- the view --------------------------------------------------------------------------------------
-    def exposure(
+    def held(self) -> Iterator[Working]:
+        return (h.order for h in self.ledger.holds())
+
+    # ---- one request's view --------------------------------------------------------------------------
+    def trial(
         self,
-        state: StateView,
+        bot: str | None,
         *,
-        marks: Callable[[str], Decimal | None],
-        owner: Callable[[str | None, str | None], str | None],
         reconciles: int,
-        bot: str | None = None,
+        daily_pnl: Decimal | None = None,
         window_s: float = 0.0,
-        symbols: Iterable[str] = (),
-    ) -> Exposure:
-        """The account as the rules see it now: the state's positions and orders, plus what is held."""
-        self._prune(reconciles)
+    ) -> Trial:
+        """The account as `bot`'s request sees it now. `window_s`: the duplicate window (0: off)."""
+        self.prune(reconciles)
         now = self._clock()
-        picture = self._picture = Picture.of(state, owner, self._picture)
-        positions, shown_by_id, order_id_of = picture.positions, picture.shown, picture.order_id_of
-        state_symbols, notional = picture.symbols, picture.notional
-        copied = False
-        extra: list[Working] = []
-        for held in list(self._held):
-            found = next(
-                (i for i in (k if k in shown_by_id else order_id_of.get(k) for k in held.keys) if i), None
-            )
-            if found is None:
-                extra.append(held.order)
-                continue
-            shown = shown_by_id[found]
-            if held.answered and shown.remaining >= held.order.remaining:
-                self._drop(held)  # the stream shows it at least as large: the open order counts it now
-            elif held.order.remaining > shown.remaining:
-                if not copied:
-                    shown_by_id, copied = dict(shown_by_id), True  # the cache's is the state's: copy on write
-                shown_by_id[found] = replace(shown, remaining=held.order.remaining)
-        unique = shown_by_id
-        wanted = {*state_symbols, *symbols, *(w.symbol for w in extra)}
-        marks_now = {s: marks(s) for s in wanted}
-        for symbol, position in state.positions.items():
-            if marks_now.get(symbol) is None and position.mark_price is not None:
-                marks_now[symbol] = position.mark_price
-        times = self._window(self._orders_at, bot, now - RATE_WINDOW_S)
-        # The duplicate window, read only when judging with it: a reader without it (the state, the
-        # metrics) must not prune the bot's memory to nothing.
-        recent, count = self._recent_window(bot, now - window_s) if window_s > 0 else ((), Counter())
-        return Exposure(
-            positions=positions,
-            working=(*unique.values(), *extra),
-            notional=None if copied else notional,  # it covers the state's orders as the state has them
-            marks=marks_now,
-            daily_pnl=daily_pnl(state),
-            bot_orders=len(times),
-            bot_recent=tuple(recent),
-            bot_recent_count=count,
+        recent = None
+        if window_s > 0:  # read only when judging with it: a reader without it keeps the bot's memory
+            recent = self._recent.get(bot)
+            if recent is None:
+                recent = self._recent[bot] = Recent()
+            recent.prune(now - window_s)
+        return Trial(
+            self.ledger,
+            daily_pnl=daily_pnl,
+            bot_orders=self.orders_in_window(bot, now),
+            recent=recent,
             now=now,
             duplicate_window_s=window_s,
         )
 
-    def _recent_window(
-        self, bot: str | None, since: float
-    ) -> tuple[deque[tuple[float, tuple[object, ...], str | None]], Counter[tuple[object, ...]]]:
-        """The bot's sends within the duplicate window, and how many of each content (kept together)."""
-        found = self._recent.setdefault(bot, deque())
-        count = self._recent_count.setdefault(bot, Counter())
-        while found and found[0][0] < since:
-            content = found.popleft()[1]
-            count[content] -= 1
-            if count[content] <= 0:
-                del count[content]
-        return found, count
-
-    @staticmethod
-    def _window(table: dict[str | None, deque[float]], bot: str | None, since: float) -> deque[float]:
-        found = table.setdefault(bot, deque())
+    def orders_in_window(self, bot: str | None, now: float | None = None) -> int:
+        """`bot`'s new orders and edits in the last minute."""
+        found = self._orders_at.get(bot)
+        if found is None:
+            return 0
+        since = (self._clock() if now is None else now) - RATE_WINDOW_S
         while found and found[0] < since:
             found.popleft()
-        return found
+        return len(found)
 
     # ---- judge and hold, one step ----------------------------------------------------------------------
     def judge(
         self,
-        view: Exposure,
+        trial: Trial,
         candidates: Sequence[tuple[int, Candidate]],
         limits: Limits,
         *,
         fresh: bool,
         item: Callable[[int, Refusal], Refusal] = lambda _, r: r,
     ) -> Hold:
-        """Judge each candidate against the view with the earlier ones added; if all pass, hold them all
-        and count them as the bot's orders. Synchronous: nothing else runs between the check and the hold."""
-        last = len(candidates) - 1
-        for n, (index, c) in enumerate(candidates):
+        """Judge each candidate with the earlier ones out; if all pass, hold them all and count them as the
+        bot's orders. Synchronous: nothing else runs between the check and the hold."""
+        for index, c in candidates:
             try:
-                judge(view, c, limits, fresh=fresh)
+                judge(trial, c, limits, fresh=fresh)
             except Refusal as refusal:
                 raise item(index, refusal) from None
-            if n < last:  # a batch's next item is judged with this one out
-                view = view.with_order(c)
+            trial.add(c)
         hold = Hold()
         now = self._clock()
         for _, c in candidates:
             held = Held(
-                Working(c.symbol, c.side, c.size, c.reduce_only, c.price, c.bot, c.replaces or c.cli_ord_id),
-                c.cli_ord_id,
-                order_id=c.replaces,
-                tag=c.order_tag,
-                edit=c.replaces is not None,
+                c.working(), c.cli_ord_id, order_id=c.replaces, tag=c.order_tag, edit=c.replaces is not None
             )
-            self._held.append(held)
+            self.ledger.hold(held)
             hold.items.append(held)
             self._orders_at.setdefault(c.bot, deque()).append(now)
-            if c.content and view.duplicate_window_s > 0:  # remembered only while the rule is on
-                self._recent.setdefault(c.bot, deque()).append((now, c.content, c.cli_ord_id))
-                count = self._recent_count.setdefault(c.bot, Counter())
-                count[c.content] += 1
+            if c.content and trial.duplicate_window_s > 0:  # remembered only while the rule is on
+                recent = self._recent.get(c.bot)
+                if recent is None:
+                    recent = self._recent[c.bot] = Recent()
+                recent.add(now, c.content, c.cli_ord_id)
         return hold
 
     # ---- settling --------------------------------------------------------------------------------------
     def release(self, hold: Hold) -> None:
         """Nothing of `hold` reached the exchange (refused before it left, or rejected)."""
         for held in hold.items:
-            self._drop(held)
+            self.ledger.release(held)
 
     def answered(
         self, hold: Hold, placed: Sequence[tuple[str | None, bool] | None] | None, reconciles: int
@@ -871,74 +664,82 @@ class Book:
         nothing is released; the others are bound to their order id and released by the stream, or
         after two more reconciliations whatever happens."""
         for index, held in enumerate(hold.items):
+            if not self.ledger.holding(held):
+                continue  # the stream already ended it
+            keys = held.keys
             held.answered = True
             held.settle_at = reconciles + RECONCILES_TO_SETTLE
+            self._settling.setdefault(held.settle_at, []).append(held)
             if placed is None or index >= len(placed) or placed[index] is None:
+                self.ledger.held_changed(held, keys)
                 continue
             order_id, left = placed[index]  # type: ignore[misc]
             if not left:
-                self._drop(held)
+                self.ledger.release(held)
                 continue
             held.order_id = order_id or held.order_id
-            if held.edit:  # applied: the order's earlier holds (its send, older edits) no longer say its size
-                for other in [h for h in self._held if h is not held and held.order_id in h.keys]:
-                    self._drop(other)
+            self.ledger.held_changed(held, keys)
+            if held.edit and held.order_id:  # applied: the order's earlier holds no longer say its size
+                for other in self.ledger.holds_named(held.order_id):
+                    if other is not held:
+                        self.ledger.release(other)
             if held.order_id:
                 self._apply_known(held, held.order_id)
 
     def observe(self, events: Iterable[Event]) -> None:
         """The stream's fills and closed orders: holds shrink and end with them."""
         for event in events:
-            for key in _event_keys(event):
+            keys = tuple(k for k in (event.order_id, event.cli_ord_id) if k)
+            for key in keys:
                 if isinstance(event, Fill):
                     self._filled[key] = self._filled.get(key, ZERO) + event.size
                     self._filled.move_to_end(key)
                 else:
                     self._closed[key] = None
-            for held in list(self._held):
-                if any(k in held.keys for k in _event_keys(event)):
-                    if isinstance(event, OrderClosed):
-                        self._drop(held)
-                    else:
-                        self._shrink(held, event.size)
+            touched = {h for key in keys for h in self.ledger.holds_named(key)}
+            for held in touched:
+                if isinstance(event, OrderClosed):
+                    self.ledger.release(held)
+                else:
+                    self._shrink(held, event.size)
         for memory in (self._filled, self._closed):
             while len(memory) > MAX_REMEMBERED:
                 memory.popitem(last=False)
 
+    def prune(self, reconciles: int) -> None:
+        """Release the holds whose second reconciliation after their answer has completed."""
+        if reconciles <= self._reconciles:
+            return
+        self._reconciles = reconciles
+        for at in [at for at in self._settling if at <= reconciles]:  # a few counts at most
+            for held in self._settling.pop(at):
+                self.ledger.release(held)
+
     def _apply_known(self, held: Held, order_id: str) -> None:
         """What the stream already showed of an order before its answer arrived."""
         if order_id in self._closed:
-            self._drop(held)
+            self.ledger.release(held)
         elif order_id in self._filled:
             self._shrink(held, self._filled[order_id])
 
     def _shrink(self, held: Held, size: Decimal) -> None:
+        if not self.ledger.holding(held):
+            return
         left = held.order.remaining - size
         if left <= 0:
-            self._drop(held)
-        else:
-            held.order = replace(held.order, remaining=left)
-
-    def _drop(self, held: Held) -> None:
-        if held in self._held:
-            self._held.remove(held)
-
-    def _prune(self, reconciles: int) -> None:
-        for held in list(self._held):
-            if held.settle_at is not None and reconciles >= held.settle_at:
-                self._held.remove(held)
-
-    def held(self) -> Iterator[Working]:
-        return (h.order for h in self._held)
+            self.ledger.release(held)
+            return
+        keys = held.keys
+        held.order = replace(held.order, remaining=left)
+        self.ledger.held_changed(held, keys)
 
 
-def _kept(working: Working, candidate: Candidate) -> bool:
-    """Whether `working` still counts beside `candidate`: not when the candidate is an edit of it."""
-    return candidate.replaces is None or working.key != candidate.replaces
-
-
-def _event_keys(event: Event) -> tuple[str, ...]:
-    return tuple(k for k in (event.order_id, event.cli_ord_id) if k)
+def _take(counter: Counter[T], key: T) -> None:
+    left = counter[key] - 1
+    if left > 0:
+        counter[key] = left
+    else:
+        del counter[key]
 
 
 def _dec(value: float | int | None) -> Decimal | None:

@@ -47,6 +47,12 @@ class Marks:
         self.wanted: set[str] = set()  # symbols asked for: the ticker feed subscribes them
         self._suspended: set[str] = set()
         self.stream_up: Callable[[], bool] = lambda: False
+        # Told of each symbol whose usable mark may have changed (the exposure guard's running figures).
+        self.listeners: list[Callable[[str], None]] = []
+
+    def now(self) -> float:
+        """The clock marks age by (monotonic)."""
+        return self._clock()
 
     def suspended(self, symbol: str) -> bool:
         """The market says it is suspended (ticker `suspended`): no new order goes to it."""
@@ -54,13 +60,19 @@ class Marks:
 
     def mark(self, symbol: str) -> Decimal | None:
         """The fresh mark of `symbol`, or None (unknown, stale, or its market suspended)."""
+        found = self.quote(symbol)
+        return None if found is None else found[0]
+
+    def quote(self, symbol: str) -> tuple[Decimal, float] | None:
+        """The fresh mark of `symbol` and until when it stays fresh (on `now()`'s clock), or None."""
         if symbol not in self.wanted and symbol in self.known:  # bounded by what the exchange lists
             self.wanted.add(symbol)
         found = self._marks.get(symbol)
         if found is None:
             return None
         price, at = found
-        return price if self._clock() - at <= self.max_age_s else None
+        until = at + self.max_age_s
+        return (price, until) if self._clock() <= until else None
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         """Every mark held, with its age and whether it is still fresh enough to use."""
@@ -100,9 +112,15 @@ class Marks:
             log.info("market_resumed", symbol=symbol)
         price = _price(ticker.get("markPrice"))
         if price is None or symbol in self._suspended:
-            self._marks.pop(symbol, None)
+            if self._marks.pop(symbol, None) is not None:
+                self._changed(symbol)
             return
         self._marks[symbol] = (price, now)
+        self._changed(symbol)
+
+    def _changed(self, symbol: str) -> None:
+        for listener in self.listeners:
+            listener(symbol)
 
     def _covered(self) -> bool:
         """The feed is up and gives every symbol in use a fresh mark: no poll needed."""

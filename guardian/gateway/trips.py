@@ -27,7 +27,6 @@ import structlog
 
 from guardian.account import Account, Mode, Trip, stricter
 from guardian.config import LossAction
-from guardian.gateway.exposure import daily_pnl
 from guardian.gateway.halt import Halts
 from guardian.journal import Journal, JournalError
 from guardian.stream.state import Event, Fill
@@ -108,7 +107,7 @@ class Trips:
         stream = account.stream
         if guard.max_daily_loss is None or stream is None or not stream.fresh():
             return
-        pnl = daily_pnl(stream.view())
+        pnl = stream.state.daily_pnl()
         at_limit = pnl <= -guard.max_daily_loss
         rearm_day = self._loss_rearm.get(account.name)
         if rearm_day is not None and (not at_limit or rearm_day != _day(self._clock())):

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from guardian import __version__
+from guardian import __version__, jsonslice
 from guardian.errors import (
     AuthenticationFailed,
     ExchangeError,
@@ -94,12 +94,17 @@ class SwitchStatus:
         return self.server_time - midpoint_wall
 
 
-def classify(name: str, status: int, body: bytes) -> dict[str, Any]:
-    """The parsed success payload of an answer, or the guardian error that describes it."""
-    try:
-        doc = loads_strict(body) if body else None
-    except (ValueError, UnicodeDecodeError):
-        doc = None
+_UNREAD: Any = object()
+
+
+def classify(name: str, status: int, body: bytes, doc: Any = _UNREAD) -> dict[str, Any]:
+    """The parsed success payload of an answer, or the guardian error that describes it. `doc`: the body
+    already parsed (None: it is not JSON)."""
+    if doc is _UNREAD:
+        try:
+            doc = loads_strict(body) if body else None
+        except (ValueError, UnicodeDecodeError):
+            doc = None
     code = _error_code(doc)
     where = f"{name}: HTTP {status}"
     if status == 429 or code == "apiLimitExceeded":
@@ -264,7 +269,13 @@ class KrakenClient:
         encoded = encode_params(params or {})
         query, body = (encoded, "") if ep.method == "GET" else ("", encoded)
         answer = await self.send(ep, query, body, timeout_s=timeout_s)
-        return classify(ep.name, answer.status, answer.body)
+        if len(answer.body) < jsonslice.THRESHOLD:
+            return classify(ep.name, answer.status, answer.body)
+        try:  # thousands of open orders: read in slices, so the event loop keeps its turns
+            doc = await jsonslice.loads_strict(answer.body)
+        except (ValueError, UnicodeDecodeError):
+            doc = None
+        return classify(ep.name, answer.status, answer.body, doc)
 
     # ---- typed calls ------------------------------------------------------------------------------
     async def cancelallordersafter(self, timeout_s: int, *, deadline_s: float | None = None) -> SwitchStatus:

@@ -10,7 +10,7 @@ Each message is serialised once per shape, however many subscribers get it.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -20,6 +20,7 @@ from typing import Any, Final, Protocol
 import structlog
 
 from guardian.relay import render
+from guardian.slicing import sliced
 from guardian.stream.account import AccountStream
 from guardian.stream.link import LinkState, TickerLink
 
@@ -37,8 +38,7 @@ RECOVERED_FEEDS: Final = {
 HOLD = object()  # the "own" filter's answer while a message's bot is not known yet
 
 
-def dumps(message: Mapping[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"))
+dumps = render.dumps
 
 
 class Sink(Protocol):
@@ -68,6 +68,10 @@ class AccountFeeds:
         self.subs: dict[str, set[Sink]] = {feed: set() for feed in render.PRIVATE_FEEDS}
         self.balances: dict[str, Any] | None = None
         self._held: dict[Sink, deque[_Held]] = {}
+        # A subscriber whose snapshot is being rendered (in slices: thousands of orders) gets the deltas
+        # that come meanwhile after it: they wait here, per (subscriber, feed).
+        self._pending: dict[tuple[Sink, str], list[str]] = {}
+        self._renders: set[asyncio.Task[None]] = set()
         stream.listeners.append(self)
 
     @property
@@ -75,22 +79,73 @@ class AccountFeeds:
         return self.stream.link.up
 
     # ---- subscribers ----------------------------------------------------------------------------------
-    def subscribe(self, sink: Sink, feed: str) -> dict[str, Any]:
-        """Add `sink` to `feed`; the snapshot it gets first (from the state, no exchange call)."""
+    async def subscribe(self, sink: Sink, feed: str) -> None:
+        """Add `sink` to `feed` and give it its snapshot first (from the state, no exchange call; rendered
+        in slices, the deltas that come meanwhile following it)."""
         self.subs[feed].add(sink)
-        return self.snapshot(feed, sink)
+        await self._snapshots(self._wait_for_snapshot([sink], feed), feed, self.stream.view())
 
     def unsubscribe(self, sink: Sink, feed: str) -> None:
         self.subs[feed].discard(sink)
+        self._pending.pop((sink, feed), None)
 
     def forget(self, sink: Sink) -> None:
-        for subs in self.subs.values():
+        for feed, subs in self.subs.items():
             subs.discard(sink)
+            self._pending.pop((sink, feed), None)
         self._held.pop(sink, None)
 
     def snapshot(self, feed: str, sink: Sink) -> dict[str, Any]:
         mine = self._mine(sink.bot) if sink.own else None
         return render.snapshot(feed, self.stream.view(), self.name, balances=self.balances, mine=mine)
+
+    async def close(self) -> None:
+        """Stop the snapshots being rendered (shutdown)."""
+        for task in list(self._renders):
+            task.cancel()
+        await asyncio.gather(*self._renders, return_exceptions=True)
+
+    def _wait_for_snapshot(self, sinks: Iterable[Sink], feed: str) -> list[tuple[Sink, list[str]]]:
+        """From now on, `feed`'s deltas to these sinks wait for their snapshot (one synchronous step with
+        the look at the state the snapshot is rendered from)."""
+        found = []
+        for sink in sinks:
+            waiting: list[str] = []
+            self._pending[(sink, feed)] = waiting
+            found.append((sink, waiting))
+        return found
+
+    async def _snapshots(self, sinks: list[tuple[Sink, list[str]]], feed: str, view: Any) -> None:
+        """Render `feed`'s snapshot of `view` for each sink (once per "own" bot, once for the rest), in
+        slices; offer it, then the deltas that waited for it."""
+        texts: dict[tuple[bool, str | None], str] = {}
+        try:
+            for sink, waiting in sinks:
+                key = (sink.own, sink.bot if sink.own else None)
+                text = texts.get(key)
+                if text is None:
+                    mine = self._mine(sink.bot) if sink.own else None
+                    steps = render.snapshot_text(feed, view, self.name, balances=self.balances, mine=mine)
+                    text = texts[key] = await sliced(steps)
+                if self._pending.get((sink, feed)) is not waiting:
+                    continue  # gone, or a newer snapshot is on its way to it
+                del self._pending[(sink, feed)]
+                if sink in self.subs[feed]:
+                    sink.offer(text, feed)
+                    for queued in waiting:
+                        sink.offer(queued, feed)
+        finally:
+            for sink, waiting in sinks:
+                if self._pending.get((sink, feed)) is waiting:
+                    del self._pending[(sink, feed)]
+
+    def _offer(self, sink: Sink, text: str, feed: str) -> None:
+        """Offer a delta, behind the sink's snapshot if that is still being rendered."""
+        waiting = self._pending.get((sink, feed))
+        if waiting is not None:
+            waiting.append(text)
+        else:
+            sink.offer(text, feed)
 
     def _mine(self, bot: str | None) -> Callable[[str | None, str | None], bool]:
         def mine(order_id: str | None, cli_ord_id: str | None) -> bool:
@@ -135,9 +190,13 @@ class AccountFeeds:
             self.balances = render.merge_balances(self.balances, message)
         recovered = RECOVERED_FEEDS.get(str(feed))
         if recovered is not None:  # a new upstream connection's snapshot: each subscriber's fresh one
+            view = self.stream.view()
             for name in recovered:
-                for sink in list(self.subs[name]):
-                    sink.offer(dumps(self.snapshot(name, sink)), name)
+                if self.subs[name]:
+                    waiting = self._wait_for_snapshot(list(self.subs[name]), name)
+                    task = asyncio.create_task(self._snapshots(waiting, name, view), name=f"relay-{name}")
+                    self._renders.add(task)
+                    task.add_done_callback(self._rendered)
             return
         if feed in ("open_orders", "open_orders_verbose"):
             # Upstream carries open_orders; the verbose feed is served from it (same shape, renamed).
@@ -145,6 +204,11 @@ class AccountFeeds:
             self._send("open_orders_verbose", {**message, "feed": "open_orders_verbose"})
         elif feed in ("fills", "open_positions", "balances", "notifications_auth"):
             self._send(str(feed), message)
+
+    def _rendered(self, task: asyncio.Task[None]) -> None:
+        self._renders.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("relay_snapshot_failed", account=self.name, error=repr(task.exception()))
 
     def _send(self, feed: str, message: Mapping[str, Any]) -> None:
         subs = self.subs[feed]
@@ -158,7 +222,7 @@ class AccountFeeds:
                 continue
             if text is None:
                 text = dumps(message)
-            sink.offer(text, feed)
+            self._offer(sink, text, feed)
 
     # ---- the "own" view ---------------------------------------------------------------------------
     def _offer_own(self, sink: Sink, feed: str, message: Mapping[str, Any], now: float) -> None:
@@ -171,7 +235,7 @@ class AccountFeeds:
         if verdict is HOLD:
             self._held.setdefault(sink, deque()).append(_Held(now + self.hold_s, feed, message))
         elif isinstance(verdict, Mapping):
-            sink.offer(dumps(verdict), feed)
+            self._offer(sink, dumps(verdict), feed)
 
     def _drain(self, sink: Sink, now: float) -> None:
         held = self._held.get(sink)
@@ -182,7 +246,7 @@ class AccountFeeds:
                 return
             held.popleft()
             if isinstance(verdict, Mapping):
-                sink.offer(dumps(verdict), head.feed)
+                self._offer(sink, dumps(verdict), head.feed)
         self._held.pop(sink, None)
 
     def _own(self, bot: str | None, feed: str, message: Mapping[str, Any], *, final: bool) -> object:

@@ -10,8 +10,9 @@ sent (its groups merged as deltas arrive) and serves that.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, Final
 
@@ -29,6 +30,12 @@ PRIVATE_FEEDS: Final = (
 PUBLIC_FEEDS: Final = ("ticker", "ticker_lite", "book", "trade", "heartbeat")
 ORDER_TYPES: Final = {"lmt": "limit", "stp": "stop", "post": "limit", "ioc": "limit", "mkt": "limit"}
 FILLS_IN_SNAPSHOT: Final = 100
+ROWS_PER_STEP: Final = 250  # a large open orders snapshot is rendered this many orders at a time
+
+
+def dumps(message: Mapping[str, Any] | list[Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))
+
 
 Owner = Callable[[str | None, str | None], str | None]  # (order_id, cli_ord_id) -> the bot that placed it
 
@@ -67,6 +74,39 @@ def fill_row(fill: Fill, seq: int) -> dict[str, Any]:
         "fill_type": fill.fill_type or "taker",
         "fee_paid": float(fill.fee),
     }
+
+
+def snapshot_text(
+    feed: str,
+    view: StateView,
+    account: str,
+    *,
+    balances: Mapping[str, Any] | None,
+    mine: Callable[[str | None, str | None], bool] | None = None,
+) -> Generator[None, None, str]:
+    """`snapshot` as the JSON text a subscriber gets, worked out a step at a time (`guardian.slicing`):
+    an open orders snapshot of thousands of orders is sorted in one step and rendered ROWS_PER_STEP orders
+    per step; the other feeds' snapshots are small and made in one."""
+    if feed not in ("open_orders", "open_orders_verbose"):
+        return dumps(snapshot(feed, view, account, balances=balances, mine=mine))
+    orders = sorted(view.orders.values(), key=_order_id)
+    yield
+    parts: list[str] = []
+    for start in range(0, len(orders), ROWS_PER_STEP):
+        rows = [
+            order_row(o)
+            for o in orders[start : start + ROWS_PER_STEP]
+            if mine is None or mine(o.order_id, o.cli_ord_id)
+        ]
+        if rows:
+            parts.append(dumps(rows)[1:-1])
+        yield
+    empty = dumps({"feed": f"{feed}_snapshot", "account": account, "orders": []})
+    return empty[: -len("]}")] + ",".join(parts) + "]}"
+
+
+def _order_id(order: OpenOrder) -> str:
+    return order.order_id
 
 
 def snapshot(

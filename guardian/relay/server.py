@@ -334,7 +334,7 @@ class Relay:
             if not isinstance(feed, str):
                 conn.send({"event": "error", "message": "Json Error"})
             elif feed in render.PRIVATE_FEEDS:
-                self._private(conn, event == "subscribe", feed, doc)
+                await self._private(conn, event == "subscribe", feed, doc)
             elif feed in render.PUBLIC_FEEDS:
                 await self._public(conn, event == "subscribe", feed, doc)
             else:
@@ -382,7 +382,7 @@ class Relay:
             return None
         return caller
 
-    def _private(self, conn: Connection, subscribe: bool, feed: str, doc: Mapping[str, Any]) -> None:
+    async def _private(self, conn: Connection, subscribe: bool, feed: str, doc: Mapping[str, Any]) -> None:
         caller = self._authenticate(conn, feed, doc)
         if caller is None:
             return
@@ -416,7 +416,7 @@ class Relay:
         else:
             conn.send({"event": "subscribed", "feed": feed})
             conn.private.add(feed)
-        conn.send(feeds.subscribe(conn, feed))
+        await feeds.subscribe(conn, feed)
         if not feeds.up:
             conn.send({"event": "alert", "message": "Upstream feed interrupted: feeds paused"})
 
@@ -480,6 +480,8 @@ class Relay:
     async def close(self) -> None:
         """Shutdown: no new connections; each bot is told (1001) and its socket closed."""
         self.closing = True
+        for feeds in self.accounts.values():
+            await feeds.close()
         for conn in list(self.connections):
             conn.reason = conn.reason or "shutdown"
             if conn.writer is not None:

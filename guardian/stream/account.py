@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, Final, Protocol
 
@@ -30,7 +31,7 @@ from guardian.kraken.endpoints import endpoint
 from guardian.kraken.times import to_iso
 from guardian.ratelimit import CostBudget
 from guardian.stream.link import LinkState, PrivateLink
-from guardian.stream.state import AccountState, Drift, Fill, OrderClosed, StateView
+from guardian.stream.state import AccountState, Drift, Fill, OrderClosed, StateObserver, StateView
 
 log = structlog.get_logger("guardian.stream")
 
@@ -85,11 +86,13 @@ class AccountStream:
         on_fill: Callable[[Fill], None] | None = None,
         on_link: Callable[[LinkState, LinkState], None] | None = None,
         on_events: Callable[[list[Fill | OrderClosed]], None] | None = None,
+        observer: StateObserver | None = None,
+        on_learned: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
         self.settings = config.stream
-        self.state = AccountState()
+        self.state = AccountState(observer=observer)
         self._client = client
         self._journal = journal
         self._budget = budget
@@ -98,6 +101,7 @@ class AccountStream:
         self._on_fill = on_fill
         self._on_link = on_link
         self._on_events = on_events
+        self._on_learned = on_learned
         self.link = PrivateLink(
             self.name,
             config.ws_url,
@@ -155,11 +159,14 @@ class AccountStream:
         cliOrdIds): fills and closes of them are journaled as that bot's."""
         if bot is None:
             return
+        ids = list(ids)
         for key in ids:
             self._owners[key] = bot
             self._owners.move_to_end(key)
         while len(self._owners) > MAX_OWNERS:
             self._owners.popitem(last=False)
+        if self._on_learned is not None:
+            self._on_learned(ids)
         for listener in self.listeners:
             listener.on_placed()
 
@@ -224,7 +231,19 @@ class AccountStream:
             if self._changes != before and self.link.up:
                 await asyncio.sleep(RECONCILE_RETRY_S)
                 continue
-            drifts = self.state.reconcile(orders, positions, accounts, notices)
+            # Adopted in slices (thousands of orders must not hold the event loop), and only if no stream
+            # message came while REST's orders were parsed: then the stream is the newer truth.
+            found = await self.state.reconcile_sliced(
+                orders,
+                positions,
+                accounts,
+                notices,
+                current=functools.partial(self._current, before),
+            )
+            if found is None:
+                await asyncio.sleep(RECONCILE_RETRY_S)
+                continue
+            drifts = found
             self.last_reconcile_at = time.monotonic()
             self.reconciles += 1
             self.last_reconcile_error = None
@@ -237,6 +256,11 @@ class AccountStream:
             return True
         log.info("account_state_reconcile_deferred", note="the stream kept changing while REST was read")
         return False
+
+    def _current(self, before: int) -> bool:
+        """REST's answers are the newest truth: no stream message came since `before`, or the link is
+        down (then no stream message can come)."""
+        return self._changes == before or not self.link.up
 
     async def _notifications(self) -> list[dict[str, Any]] | None:
         """REST notifications; None (not read) if that one read fails: it is not worth a stale state."""
@@ -262,10 +286,20 @@ class AccountStream:
             self._on_drift(drift.kind, drift.detail)
 
     # ---- the stream's messages ------------------------------------------------------------------------
-    def _apply(self, message: Mapping[str, Any]) -> None:
-        """Apply in order (synchronously, in the link's loop); journal the events in the background,
-        each journal write owned and collected."""
-        events = self.state.apply(message)
+    def _apply(self, message: Mapping[str, Any]) -> Awaitable[None] | None:
+        """Apply in order (synchronously, in the link's loop; a snapshot of many orders in slices, which
+        the link awaits before it reads on); journal the events in the background, each journal write
+        owned and collected."""
+        if AccountState.large(message):
+            return self._apply_large(message)
+        self._applied(message, self.state.apply(message))
+        return None
+
+    async def _apply_large(self, message: Mapping[str, Any]) -> None:
+        self._changes += 1  # from the start: a reconciliation whose reads overlap it is read again
+        self._applied(message, await self.state.apply_sliced(message))
+
+    def _applied(self, message: Mapping[str, Any], events: list[Fill | OrderClosed]) -> None:
         self._changes += 1
         for event in events:
             if isinstance(event, Fill) and self._on_fill is not None:
@@ -356,8 +390,8 @@ def state_json(stream: AccountStream, now: float | None = None, wall: float | No
             for p in sorted(view.positions.values(), key=lambda p: p.symbol)
         ],
         "open_orders": {
-            "count": len(view.orders),
-            "by_symbol": dict(sorted(view.orders_by_symbol().items())),
+            "count": stream.state.order_count(),
+            "by_symbol": dict(sorted(stream.state.orders_by_symbol().items())),
         },
         "balances": {
             "portfolio_value": _float(balances.portfolio_value),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import random
 import time
 from collections import deque
@@ -27,6 +26,7 @@ from typing import Any, Final, Protocol
 import aiohttp
 import structlog
 
+from guardian import jsonslice
 from guardian.kraken.signing import sign_challenge
 from guardian.kraken.times import to_iso
 from guardian.secret import ApiSecret
@@ -91,7 +91,7 @@ class Link:
         url: str,
         *,
         link_timeout_s: float,
-        on_message: Callable[[Mapping[str, Any]], None],
+        on_message: Callable[[Mapping[str, Any]], Awaitable[None] | None],
         on_connected: Callable[[], Awaitable[None] | None] | None = None,
         on_state: Callable[[LinkState, LinkState], None] | None = None,
     ) -> None:
@@ -181,7 +181,9 @@ class Link:
                 await result
         while True:
             message = await self._receive(ws)
-            self._dispatch(message)
+            handled = self._dispatch(message)
+            if handled is not None:  # a large message applied in slices: in order, before the next
+                await handled
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> Mapping[str, Any]:
         """The next JSON object; LinkError when the link is quiet for link_timeout_s or closes."""
@@ -192,8 +194,8 @@ class Link:
                 raise LinkError(f"no message for {self.link_timeout_s:g} s: the link is stalled") from None
             if frame.type is aiohttp.WSMsgType.TEXT:
                 self.status.last_message_at = time.monotonic()
-                try:
-                    doc = json.loads(frame.data)
+                try:  # a snapshot of thousands of orders is read in slices: the loop keeps its turns
+                    doc = await jsonslice.loads(frame.data)
                 except ValueError:
                     log.warning("stream_message_not_json", link=self.kind, name=self.name)
                     continue
@@ -212,22 +214,24 @@ class Link:
             message = await self._receive(ws)
             if message.get("event") == event:
                 return message
-            self._dispatch(message)
+            handled = self._dispatch(message)
+            if handled is not None:
+                await handled
 
-    def _dispatch(self, message: Mapping[str, Any]) -> None:
+    def _dispatch(self, message: Mapping[str, Any]) -> Awaitable[None] | None:
         event = message.get("event")
         if event is None:
-            self._on_message(message)
-            return
+            return self._on_message(message)
         if event in ("alert", "error"):
             text = str(message.get("message", ""))[:200]
             if "Already subscribed" in text:
-                return
+                return None
             raise LinkError(f"{event} from the exchange: {text}")
         if event in ("subscribed_failed", "unsubscribed_failed"):
             raise LinkError(f"{event}: {str(message)[:200]}")
         if event not in ("info", "subscribed", "unsubscribed", "pong", "challenge"):
             log.info("stream_unknown_event", link=self.kind, name=self.name, event=str(event)[:64])
+        return None
 
     async def _open(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         raise NotImplementedError
@@ -367,14 +371,14 @@ class TickerLink(Link):
         for request in requests:
             await ws.send_json(request)
 
-    def _dispatch(self, message: Mapping[str, Any]) -> None:
+    def _dispatch(self, message: Mapping[str, Any]) -> Awaitable[None] | None:
         event = message.get("event")
         if event == "subscribed":
             feed = str(message.get("feed"))
             for product in message.get("product_ids") or ():
                 if (feed, product) in self._unconfirmed:
                     self._unconfirmed.remove((feed, str(product)))
-            return
+            return None
         if event == "error" and self._unconfirmed:  # a subscription refused: not the link's end
             feed, product = self._unconfirmed.popleft()
             log.warning(
@@ -388,8 +392,8 @@ class TickerLink(Link):
                 self.subscribed.discard(product)
             else:
                 self.active[feed].discard(product)
-            return
-        super()._dispatch(message)
+            return None
+        return super()._dispatch(message)
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> Mapping[str, Any]:
         message = await super()._receive(ws)

@@ -49,7 +49,7 @@ class MaintenancePolicy:
         if self._moved is not None:
             await self._maybe_restore(now)
             return
-        notice = stream.view().next_maintenance(now)
+        notice = stream.state.next_maintenance(now)
         if notice is None or notice.effective_time is None:
             return
         ends = notice.ends_at() or notice.effective_time

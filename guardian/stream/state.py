@@ -20,24 +20,30 @@ reconciliation.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import structlog
 
 from guardian.kraken.times import parse_iso
+from guardian.slicing import run_now, sliced
 
 log = structlog.get_logger("guardian.stream")
 
 ZERO: Final = Decimal(0)
 MAX_FILLS_KEPT: Final = 1000  # in memory, for the relay's snapshots; the journal keeps every fill
 MAX_FILL_IDS: Final = 20_000  # fills already counted, so a re-sent snapshot is not counted twice
+# A change of more orders than this at once (a snapshot, a reconciliation) is told to the observer in
+# slices, with the observer settling meanwhile (the guard waits for it).
+SETTLE_IN_SLICES: Final = 200
+SNAPSHOT_FEEDS: Final = ("open_orders_snapshot", "open_orders_verbose_snapshot")
 
 
 def number(value: Any) -> Decimal | None:
@@ -148,6 +154,18 @@ class Drift:
 Event = Fill | OrderClosed
 
 
+class StateObserver(Protocol):
+    """Told of every change as it is applied (the exposure guard's running figures,
+    `guardian.gateway.ledger.Ledger`): in order, synchronously, from the owner's loop."""
+
+    def order_changed(self, order_id: str, order: OpenOrder | None) -> None: ...
+    def position_changed(
+        self, symbol: str, feed: Decimal, fills: Decimal, feed_mark: Decimal | None = None
+    ) -> None: ...
+    def begin_settling(self) -> None: ...
+    def end_settling(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class StateView:
     """An immutable snapshot of the account state, for readers."""
@@ -188,11 +206,20 @@ def _day(at: float) -> str:
 
 
 class AccountState:
-    """The owner's side: `apply()` a message, `reconcile()` REST truth, `view()` for readers."""
+    """The owner's side: `apply()` a message, `reconcile()` REST truth, `view()` for readers.
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    Applying a message costs what the message changes, not what the account holds: the snapshot readers
+    get (`view()`) is made when one is asked for after a change, not at every change, and the `observer`
+    is told of each order and position that changed. A snapshot or a reconciliation that changes many
+    orders at once can be applied in slices (`apply_sliced`, `reconcile_sliced`)."""
+
+    def __init__(
+        self, *, clock: Callable[[], float] = time.time, observer: StateObserver | None = None
+    ) -> None:
         self._clock = clock
+        self.observer = observer
         self._orders: dict[str, OpenOrder] = {}
+        self._by_symbol: dict[str, int] = {}  # open orders per symbol, kept with _orders
         self._positions: dict[str, Position] = {}
         self._entries: dict[str, tuple[Decimal, Decimal]] = {}  # symbol -> (size, entry) from fills
         self._balances = Balances()
@@ -205,28 +232,145 @@ class AccountState:
         self._realized = ZERO
         self._fees = ZERO
         self._by_side: dict[tuple[str, str], int] = {}
-        self._view = StateView(day=self._day)
+        self._view: StateView | None = StateView(day=self._day)
+        self._unrealized: Decimal | None = None  # the positions' unrealised PnL summed, until they change
+        self._changed_at = 0.0
         self.unknown_feeds: set[str] = set()
 
     # ---- readers --------------------------------------------------------------------------------------
     def view(self) -> StateView:
+        """An immutable snapshot, made once per change that a reader asks after (O(n) then)."""
+        if self._view is None:
+            self._view = StateView(
+                orders=MappingProxyType(dict(self._orders)),
+                positions=MappingProxyType(dict(self._positions)),
+                balances=self._balances,
+                fills_today=self._fills_today,
+                realized_today=self._realized,
+                fees_today=self._fees,
+                fills_by_side=MappingProxyType(dict(self._by_side)),
+                notices=tuple(sorted(self._notices.values(), key=lambda n: (n.effective_time or 0, n.key))),
+                recent_fills=tuple(self._fills),
+                fill_positions=MappingProxyType({s: size for s, (size, _) in self._entries.items()}),
+                changed_at=self._changed_at,
+                day=self._day,
+            )
         return self._view
 
     def _changed(self) -> None:
-        self._view = StateView(
-            orders=MappingProxyType(dict(self._orders)),
-            positions=MappingProxyType(dict(self._positions)),
-            balances=self._balances,
-            fills_today=self._fills_today,
-            realized_today=self._realized,
-            fees_today=self._fees,
-            fills_by_side=MappingProxyType(dict(self._by_side)),
-            notices=tuple(sorted(self._notices.values(), key=lambda n: (n.effective_time or 0, n.key))),
-            recent_fills=tuple(self._fills),
-            fill_positions=MappingProxyType({s: size for s, (size, _) in self._entries.items()}),
-            changed_at=time.monotonic(),
-            day=self._day,
-        )
+        self._view = None
+        self._changed_at = time.monotonic()
+
+    # Cheap readers for the hot path and the frequent ones (no snapshot made): O(1) or O(positions).
+    def order_count(self) -> int:
+        return len(self._orders)
+
+    def orders_by_symbol(self) -> dict[str, int]:
+        return dict(self._by_symbol)
+
+    def position_symbols(self) -> set[str]:
+        return set(self._positions)
+
+    def position_readings(self, symbol: str) -> tuple[Decimal, Decimal]:
+        """The position's size as the positions feed and as the fills applied say (signed)."""
+        feed = self._positions[symbol].size if symbol in self._positions else ZERO
+        return feed, self._entries.get(symbol, (ZERO, ZERO))[0]
+
+    def next_maintenance(self, now: float) -> Notice | None:
+        """The next announced downtime that has not ended yet."""
+        return StateView(notices=tuple(self._notices.values())).next_maintenance(now)
+
+    def daily_pnl(self) -> Decimal:
+        """Realised PnL since 00:00 UTC, plus unrealised, net of fees."""
+        unrealised = self._balances.unrealized_pnl
+        if unrealised is None:
+            if self._unrealized is None:  # summed once per change of the positions
+                self._unrealized = sum((p.unrealized_pnl or ZERO for p in self._positions.values()), ZERO)
+            unrealised = self._unrealized
+        return self._realized - self._fees + unrealised
+
+    # ---- the observer ---------------------------------------------------------------------------------
+    def _set_order(self, order_id: str, order: OpenOrder | None) -> None:
+        """One open order changed (None: it is not open any more)."""
+        known = self._orders.pop(order_id, None) if order is None else self._orders.get(order_id)
+        if order is not None:
+            self._orders[order_id] = order
+        self._counted(known, order)
+        if self.observer is not None and known is not order:
+            self.observer.order_changed(order_id, order)
+
+    def _counted(self, before: OpenOrder | None, after: OpenOrder | None) -> None:
+        if before is not None and (after is None or after.symbol != before.symbol):
+            left = self._by_symbol[before.symbol] - 1
+            if left:
+                self._by_symbol[before.symbol] = left
+            else:
+                del self._by_symbol[before.symbol]
+        if after is not None and (before is None or after.symbol != before.symbol):
+            self._by_symbol[after.symbol] = self._by_symbol.get(after.symbol, 0) + 1
+
+    def _position_changed(self, symbol: str) -> None:
+        self._unrealized = None
+        if self.observer is not None:
+            feed, fills = self.position_readings(symbol)
+            position = self._positions.get(symbol)
+            self.observer.position_changed(
+                symbol, feed, fills, None if position is None else position.mark_price
+            )
+
+    def _parse_orders(
+        self, rows: Iterable[Any], parse: Callable[[Any], OpenOrder | None]
+    ) -> Generator[None, None, dict[str, OpenOrder]]:
+        """The open orders `rows` list, one step per row; an order equal to the one held is the one held
+        (so a snapshot that changes nothing changes nothing)."""
+        found: dict[str, OpenOrder] = {}
+        for raw in rows:
+            order = parse(raw)
+            if order is not None:
+                known = self._orders.get(order.order_id)
+                found[order.order_id] = known if known == order else order
+            yield
+        return found
+
+    def _swap_orders(self, orders: dict[str, OpenOrder]) -> list[str]:
+        """`orders` are the open orders now (one synchronous step); the ids whose order changed."""
+        before, self._orders = self._orders, orders
+        changed = [i for i, order in orders.items() if before.get(i) is not order]
+        changed.extend(before.keys() - orders.keys())
+        for order_id in changed:
+            self._counted(before.get(order_id), orders.get(order_id))
+        return changed
+
+    def _notify(self, order_ids: Sequence[str]) -> Generator[None, None, None]:
+        observer = self.observer
+        if observer is None:
+            return
+        for order_id in order_ids:
+            observer.order_changed(order_id, self._orders.get(order_id))
+            yield
+
+    async def _notify_sliced(self, order_ids: Sequence[str]) -> None:
+        """Tell the observer of many changed orders in slices; it is settling until the last."""
+        observer = self.observer
+        if observer is None or len(order_ids) <= SETTLE_IN_SLICES:
+            run_now(self._notify(order_ids))
+            return
+        steps = self._notify(order_ids)
+        try:
+            await sliced(steps)
+        except asyncio.CancelledError:
+            run_now(steps)  # the figures are never left between two pictures
+            raise
+        finally:
+            observer.end_settling()
+
+    def _swap_settling(self, orders: dict[str, OpenOrder]) -> list[str]:
+        """`_swap_orders`, and, for a change to be told in slices, the observer settling from this same
+        step: nothing judges against figures between two pictures."""
+        changed = self._swap_orders(orders)
+        if self.observer is not None and len(changed) > SETTLE_IN_SLICES:
+            self.observer.begin_settling()
+        return changed
 
     # ---- the day's totals -----------------------------------------------------------------------------
     def restore_day(self, fills: Iterable[Mapping[str, Any]]) -> None:
@@ -266,12 +410,9 @@ class AccountState:
         """Apply one feed message; return what happened that the journal keeps (fills, closed orders)."""
         feed = message.get("feed")
         events: list[Event] = []
-        if feed in ("open_orders_snapshot", "open_orders_verbose_snapshot"):
-            self._orders = {}
-            for raw in message.get("orders") or ():
-                order = _order(raw)
-                if order is not None:
-                    self._orders[order.order_id] = order
+        if feed in SNAPSHOT_FEEDS:
+            changed = self._swap_orders(run_now(self._parse_orders(message.get("orders") or (), _order)))
+            run_now(self._notify(changed))
         elif feed in ("open_orders", "open_orders_verbose"):
             events.extend(self._order_delta(message))
         elif feed == "open_positions":
@@ -295,6 +436,27 @@ class AccountState:
         self._changed()
         return events
 
+    @staticmethod
+    def large(message: Mapping[str, Any]) -> bool:
+        """A snapshot of more open orders than one step should apply: `apply_sliced` it."""
+        orders = message.get("orders")
+        return (
+            message.get("feed") in SNAPSHOT_FEEDS
+            and isinstance(orders, list)
+            and len(orders) > SETTLE_IN_SLICES
+        )
+
+    async def apply_sliced(self, message: Mapping[str, Any]) -> list[Event]:
+        """`apply` an open orders snapshot in slices: parsed a slice at a time, swapped in at once, told to
+        the observer a slice at a time (settling meanwhile). Other messages are applied at once."""
+        if message.get("feed") not in SNAPSHOT_FEEDS:
+            return self.apply(message)
+        orders = await sliced(self._parse_orders(message.get("orders") or (), _order))
+        changed = self._swap_settling(orders)
+        self._changed()
+        await self._notify_sliced(changed)
+        return []
+
     def _order_delta(self, message: Mapping[str, Any]) -> list[Event]:
         raw = message.get("order")
         order = _order(raw) if isinstance(raw, Mapping) else None
@@ -303,7 +465,8 @@ class AccountState:
             log.warning("stream_order_without_id", reason=str(message.get("reason"))[:64])
             return []
         if message.get("is_cancel") is True:
-            known = self._orders.pop(order_id, None)
+            known = self._orders.get(order_id)
+            self._set_order(order_id, None)
             reason = str(message.get("reason") or "unknown")
             cli = _text(message.get("cli_ord_id")) or (known.cli_ord_id if known else None)
             return [
@@ -313,7 +476,7 @@ class AccountState:
             known = self._orders.get(order_id)
             if order.cli_ord_id is None and known is not None and known.cli_ord_id is not None:
                 order = replace(order, cli_ord_id=known.cli_ord_id)
-            self._orders[order_id] = order
+            self._set_order(order_id, known if known == order else order)
         return []
 
     def _position(self, raw: Any) -> None:
@@ -326,14 +489,15 @@ class AccountState:
         symbol = symbol.upper()
         if size == 0:
             self._positions.pop(symbol, None)
-            return
-        self._positions[symbol] = Position(
-            symbol,
-            size,
-            number(raw.get("entry_price")),
-            number(raw.get("mark_price")),
-            number(raw.get("pnl")),
-        )
+        else:
+            self._positions[symbol] = Position(
+                symbol,
+                size,
+                number(raw.get("entry_price")),
+                number(raw.get("mark_price")),
+                number(raw.get("pnl")),
+            )
+        self._position_changed(symbol)
 
     def _fills_message(self, message: Mapping[str, Any], *, snapshot: bool) -> list[Event]:
         self._roll_day()
@@ -381,6 +545,7 @@ class AccountState:
             )
         else:  # reduced: the entry stays
             self._entries[fill.symbol] = (new_size, entry)
+        self._position_changed(fill.symbol)
         return realized
 
     def _balances_message(self, message: Mapping[str, Any]) -> None:
@@ -421,11 +586,46 @@ class AccountState:
     ) -> list[Drift]:
         """Compare REST's answers with the picture, adopt REST's, return what differed. A part that is
         None was not read (its request failed) and is left as it is."""
+        rest = None if open_orders is None else run_now(self._parse_orders(open_orders, _rest_order))
+        drifts, changed = self._adopt(rest, positions, accounts, notifications)
+        run_now(self._notify(changed))
+        return drifts
+
+    async def reconcile_sliced(
+        self,
+        open_orders: Sequence[Mapping[str, Any]] | None,
+        positions: Sequence[Mapping[str, Any]] | None,
+        accounts: Mapping[str, Any] | None,
+        notifications: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        current: Callable[[], bool] = lambda: True,
+    ) -> list[Drift] | None:
+        """`reconcile` in slices: REST's orders parsed a slice at a time; then, if `current()` still says
+        the answers are the newest truth (no stream change came meanwhile), adopted at once; then told to
+        the observer a slice at a time. None: not adopted (`current()` said no)."""
+        rest = None if open_orders is None else await sliced(self._parse_orders(open_orders, _rest_order))
+        if not current():
+            return None
+        drifts, changed = self._adopt(rest, positions, accounts, notifications, settling=True)
+        await self._notify_sliced(changed)
+        return drifts
+
+    def _adopt(
+        self,
+        rest: dict[str, OpenOrder] | None,
+        positions: Sequence[Mapping[str, Any]] | None,
+        accounts: Mapping[str, Any] | None,
+        notifications: Sequence[Mapping[str, Any]] | None,
+        *,
+        settling: bool = False,
+    ) -> tuple[list[Drift], list[str]]:
+        """REST's picture adopted in one synchronous step: the drifts, and the orders the observer is yet
+        to be told of (positions are told here: there are few)."""
         drifts: list[Drift] = []
-        if open_orders is not None:
-            rest = {o.order_id: o for o in (_rest_order(r) for r in open_orders) if o is not None}
+        changed: list[str] = []
+        if rest is not None:
             drifts.extend(_order_drift(self._orders, rest))
-            self._orders = rest
+            changed = self._swap_settling(rest) if settling else self._swap_orders(rest)
         if positions is not None:
             rest_positions = {p.symbol: p for p in (_rest_position(r) for r in positions) if p is not None}
             for symbol, position in rest_positions.items():  # the feed's marks and PnL are newer detail
@@ -437,10 +637,13 @@ class AccountState:
                         unrealized_pnl=position.unrealized_pnl or mine.unrealized_pnl,
                     )
             drifts.extend(_position_drift(self._positions, rest_positions))
+            touched = {*self._positions, *self._entries, *rest_positions}
             self._positions = rest_positions
             self._entries = {
                 s: (p.size, p.entry_price) for s, p in rest_positions.items() if p.entry_price is not None
             }
+            for symbol in sorted(touched):
+                self._position_changed(symbol)
         if accounts is not None:
             flex = accounts.get("flex")
             if isinstance(flex, Mapping):
@@ -458,18 +661,18 @@ class AccountState:
                     self._add_notice(notice)
             self._prune_notices()
         self._changed()
-        return drifts
+        return drifts, changed
 
 
 def _order_drift(mine: Mapping[str, OpenOrder], rest: Mapping[str, OpenOrder]) -> list[Drift]:
     drifts: list[Drift] = []
-    missing = sorted(set(rest) - set(mine))
-    extra = sorted(set(mine) - set(rest))
+    missing = rest.keys() - mine.keys()
+    extra = mine.keys() - rest.keys()
     if missing:
         drifts.append(Drift("open_orders", f"{len(missing)} open at the exchange the stream had not shown"))
     if extra:
         drifts.append(Drift("open_orders", f"{len(extra)} shown open that the exchange no longer has"))
-    changed = [i for i in set(mine) & set(rest) if mine[i].remaining != rest[i].remaining]
+    changed = [i for i in mine.keys() & rest.keys() if mine[i].remaining != rest[i].remaining]
     if changed:
         drifts.append(Drift("open_orders", f"{len(changed)} with another remaining size at the exchange"))
     return drifts
