@@ -11,6 +11,7 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -701,3 +702,14 @@ async def test_private_reads_through_the_client(client: KrakenClient, sim: Simul
     cancelled = await client.cancel_order(cli_ord_id="mine")
     assert cancelled["cancelStatus"]["status"] == "cancelled"
     assert (await client.cancel_all_orders())["cancelStatus"]["status"] == "noOrdersToCancel"
+
+
+def test_the_charts_follow_the_market_the_exchange_trades_on() -> None:
+    """The market data (candles, history) read the exchange's own market and clock, not a second market
+    made beside it (the simulator once built two, so candles never moved when the marks did)."""
+    simulator = Simulator(sim_keys(), market=None, tick_s=None, clock=lambda: 1_700_000_000.0)
+    simulator.exchange.market.set_mark("PF_XBTUSD", Decimal(61_234))
+    simulator.market_data.record()
+    latest = simulator.market_data.points["PF_XBTUSD"][-1]
+    assert latest.mark == Decimal(61_234)
+    assert latest.at == 1_700_000_000.0

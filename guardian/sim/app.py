@@ -103,12 +103,11 @@ class Simulator:
         book_depth: Decimal | None = None,
         stream: StreamSettings | None = None,
     ) -> None:
-        self.exchange = Exchange(market or Market(), clock=clock)
-        self.market_data = MarketData(self.exchange)
-        self.preferences = Preferences(self.exchange, self.market_data)
         self.exchange = Exchange(
             market or Market(), clock=clock, maker_fee=maker_fee, taker_fee=taker_fee, book_depth=book_depth
         )
+        self.market_data = MarketData(self.exchange)  # the same exchange: its market, its clock
+        self.preferences = Preferences(self.exchange, self.market_data)
         self.keys: dict[str, SimKey] = {}
         for key in keys:
             self.add_key(key)
