@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from aiohttp import web
@@ -628,9 +628,11 @@ _ADMIN_ERROR: Final[Schema] = {
 }
 
 
-def _read(summary: str, responses: Mapping[str, Schema]) -> Schema:
+def _read(summary: str, responses: Mapping[str, Schema], parameters: Sequence[Schema] = ()) -> Schema:
     """A read-only operation: GET, and HEAD (aiohttp answers HEAD on every GET route) without bodies."""
-    get = {"tags": ["operations"], "summary": summary, "security": [], "responses": dict(responses)}
+    get: Schema = {"tags": ["operations"], "summary": summary, "security": [], "responses": dict(responses)}
+    if parameters:
+        get["parameters"] = list(parameters)
     bare = {status: {"description": answer["description"]} for status, answer in responses.items()}
     return {"get": get, "head": {**get, "summary": summary + " (status only)", "responses": bare}}
 
@@ -747,8 +749,20 @@ def _own_paths() -> dict[str, Schema]:
             },
         ),
         "/guardian/state": _read(
-            "Every account's mode, switch, budget and marks",
-            {"200": _json(_STATE, "The state, times in ISO 8601 UTC.")},
+            "Every account's mode, switch, budget and marks; open orders as counts (a list with ?orders=N)",
+            {
+                "200": _json(_STATE, "The state, times in ISO 8601 UTC."),
+                "400": _json(_ADMIN_ERROR, "invalidArgument: orders is not a whole number from 0 to 1000."),
+            },
+            [
+                {
+                    "name": "orders",
+                    "in": "query",
+                    "required": False,
+                    "description": "list this many open orders per account (the first guardian knows)",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 1000},
+                }
+            ],
         ),
         "/metrics": _read("Prometheus metrics", {"200": metrics}),
         "/guardian/mode": _admin(

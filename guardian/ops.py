@@ -29,8 +29,23 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"}, headers=_NO_STORE)
 
 
+MAX_ORDERS_LISTED = 1000
+
+
 async def state(request: web.Request) -> web.Response:
-    return web.json_response(request.app[SERVICE_KEY].state_json(), headers=_NO_STORE)
+    """Counts and totals, whatever the size of the book; `?orders=N` (at most 1,000) lists that many open
+    orders per account too."""
+    raw = request.query.get("orders", "0")
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_ORDERS_LISTED:
+        return web.json_response(
+            {
+                "error": "invalidArgument",
+                "message": f"orders must be a whole number from 0 to {MAX_ORDERS_LISTED}",
+            },
+            status=400,
+            headers=_NO_STORE,
+        )
+    return web.json_response(request.app[SERVICE_KEY].state_json(orders=int(raw)), headers=_NO_STORE)
 
 
 async def metrics(request: web.Request) -> web.Response:

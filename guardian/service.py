@@ -415,7 +415,9 @@ class Service:
                 problems.append(f"{account.name}: switch {state.value}{why}")
         return problems
 
-    def state_json(self) -> dict[str, object]:
+    def state_json(self, *, orders: int = 0) -> dict[str, object]:
+        """`/guardian/state`. Counts and totals whatever the book's size; `orders` > 0 lists that many open
+        orders per account too (the first guardian knows)."""
         return {
             "version": __version__,
             "started_at": None if self.started_at is None else to_iso(self.started_at),
@@ -429,12 +431,13 @@ class Service:
             "accounts": [
                 {
                     **account.as_json(),
-                    **(stream_json(account.stream) if account.stream else {}),
+                    **(stream_json(account.stream, orders=orders) if account.stream else {}),
                     **self.limits_json(account),
                 }
                 for account in self.accounts
             ],
             "relay": self.relay.state_json(),
+            "event_loop": {"longest_stall_s": round(self.loop_watch.longest_s, 4)},
         }
 
     def exposure_book(self, account: Account) -> exposure.Book:

@@ -31,7 +31,15 @@ from guardian.kraken.endpoints import endpoint
 from guardian.kraken.times import to_iso
 from guardian.ratelimit import CostBudget
 from guardian.stream.link import LinkState, PrivateLink
-from guardian.stream.state import AccountState, Drift, Fill, OrderClosed, StateObserver, StateView
+from guardian.stream.state import (
+    AccountState,
+    Drift,
+    Fill,
+    OpenOrder,
+    OrderClosed,
+    StateObserver,
+    StateView,
+)
 
 log = structlog.get_logger("guardian.stream")
 
@@ -368,8 +376,26 @@ def _float(value: Decimal | None) -> float | None:
     return None if value is None else float(value)
 
 
-def state_json(stream: AccountStream, now: float | None = None, wall: float | None = None) -> dict[str, Any]:
-    """The account-state fields of `/guardian/state` (contract names)."""
+def _order_json(stream: AccountStream, order: OpenOrder) -> dict[str, Any]:
+    return {
+        "order_id": order.order_id,
+        "cli_ord_id": order.cli_ord_id,
+        "bot": stream.owner(order.order_id, order.cli_ord_id),
+        "symbol": order.symbol,
+        "side": order.side,
+        "type": order.order_type,
+        "remaining": float(order.remaining),
+        "limit_price": _float(order.limit_price),
+        "stop_price": _float(order.stop_price),
+        "reduce_only": order.reduce_only,
+    }
+
+
+def state_json(
+    stream: AccountStream, now: float | None = None, wall: float | None = None, *, orders: int = 0
+) -> dict[str, Any]:
+    """The account-state fields of `/guardian/state` (contract names). Open orders as a count and per
+    symbol; with `orders` > 0, the first that many too (oldest first), each with the bot that placed it."""
     now = time.monotonic() if now is None else now
     wall = time.time() if wall is None else wall
     view = stream.view()
@@ -392,6 +418,11 @@ def state_json(stream: AccountStream, now: float | None = None, wall: float | No
         "open_orders": {
             "count": stream.state.order_count(),
             "by_symbol": dict(sorted(stream.state.orders_by_symbol().items())),
+            **(
+                {"orders": [_order_json(stream, o) for o in stream.state.first_orders(orders)]}
+                if orders
+                else {}
+            ),
         },
         "balances": {
             "portfolio_value": _float(balances.portfolio_value),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -267,6 +268,10 @@ class AccountState:
 
     def orders_by_symbol(self) -> dict[str, int]:
         return dict(self._by_symbol)
+
+    def first_orders(self, count: int) -> list[OpenOrder]:
+        """The first `count` open orders in guardian's order (oldest first): O(count), whatever the book."""
+        return list(itertools.islice(self._orders.values(), max(0, count)))
 
     def position_symbols(self) -> set[str]:
         return set(self._positions)
