@@ -23,6 +23,7 @@ import pytest
 
 from guardian.config import ClientConfig, GuardConfig, SwitchConfig, SymbolLimits
 from guardian.errors import AuthenticationFailed, ExchangeError, ExchangeRejected
+from guardian.gateway import app as gateway_app
 from guardian.journal import JournalError, read_journal
 from guardian.kraken.client import Credentials, KrakenClient
 from guardian.kraken.endpoints import Permission
@@ -249,7 +250,8 @@ async def test_a_bug_answers_500_in_krakens_shape_and_sends_nothing(
     async def broken(*_args: object) -> None:
         raise RuntimeError("a bug in the guard")
 
-    monkeypatch.setattr(guardian.gateway, "_guard", broken)
+    stages = tuple(gateway_app.Stage(s.name, broken) if s.name == "limits" else s for s in gateway_app.STAGES)
+    monkeypatch.setattr(gateway_app, "STAGES", stages)
     with pytest.raises(ExchangeError) as caught:
         await bot.send_order(**LMT)
     assert (caught.value.code, caught.value.http_status) == ("Server Error", 500)

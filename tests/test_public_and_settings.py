@@ -300,7 +300,7 @@ async def test_an_unknown_path_is_refused_naming_the_nearest_and_never_forwarded
 async def test_the_history_pool_is_modelled_and_refuses_before_the_exchange(
     guardian: Service, exchange: Simulator
 ) -> None:
-    pool = guardian.gateway._history["main"]
+    pool = guardian.gateway.history["main"]
     pool.spend(pool.capacity - 1)
     status, _ = await call(guardian, "history/v2/orders", {})
     assert status == 200
