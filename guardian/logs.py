@@ -77,8 +77,12 @@ def _scrub_rendered(logger: WrappedLogger, name: str, event_dict: EventDict) -> 
     return event_dict
 
 
+debugging = False  # the level is debug: worth the cost of measuring what only debug lines show
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog for the whole process. Safe to call again (tests do)."""
+    global debugging
     if level not in LEVELS:
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}")
     if fmt not in FORMATS:
@@ -108,6 +112,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             _scrub_rendered,
             structlog.processors.JSONRenderer(default=_json_default),
         ]
+    debugging = level == "debug"
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),

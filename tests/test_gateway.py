@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import itertools
 import json
 import sqlite3
@@ -21,6 +22,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
+from guardian import logs
 from guardian.config import ClientConfig, GuardConfig, SwitchConfig, SymbolLimits
 from guardian.errors import AuthenticationFailed, ExchangeError, ExchangeRejected
 from guardian.gateway import app as gateway_app
@@ -794,3 +796,20 @@ async def test_a_suspended_market_refuses_new_orders_locally_and_cancels_pass(
     exchange.exchange.market.set_suspended("PF_XBTUSD", False)
     await wait_for(lambda: not account.marks.suspended("PF_XBTUSD"), what="the market back")
     assert (await bot.send_order(**LMT))["sendStatus"]["status"] == "placed"
+
+
+async def test_at_the_debug_level_each_stage_of_an_orders_way_is_timed_in_its_log_line(
+    guardian: Service, bot: KrakenClient
+) -> None:
+    out = io.StringIO()
+    logs.configure("debug", "json", out)
+    try:
+        await bot.send_order(**LMT)
+        await wait_for(lambda: "request_forwarded" in out.getvalue(), 2.0, "the forwarded line")
+    finally:
+        logs.configure("info", "json", io.StringIO())
+    [line] = [json.loads(t) for t in out.getvalue().splitlines() if '"request_forwarded"' in t]
+    stages = dict(line["stages_ms"])
+    assert list(stages) == [*(s.name for s in gateway_app.STAGES), "settle"]
+    assert all(spent >= 0 for spent in stages.values())
+    assert stages["journal and forward"] >= line["upstream_ms"] > 0

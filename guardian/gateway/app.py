@@ -38,6 +38,7 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
+from guardian import logs
 from guardian.account import RATE_WINDOW_MARGIN_S, Account
 from guardian.config import ServerConfig
 from guardian.gateway import checks, forward, intake
@@ -154,10 +155,15 @@ class Gateway:
         return response
 
     async def conduct(self, p: Passage) -> web.StreamResponse:
-        """Every stage in order until one answers; then the hold settled, whatever happened."""
+        """Every stage in order until one answers; then the hold settled, whatever happened. At the debug
+        log level each stage's wall time goes in the `request_forwarded` line (`stages_ms`)."""
+        timed = logs.debugging
         try:
             for stage in STAGES:
+                started = time.perf_counter() if timed else 0.0
                 await stage.run(self, p)
+                if timed:
+                    p.trail.stages.append((stage.name, time.perf_counter() - started))
                 if p.answer is not None:
                     break
         except Refusal:
@@ -167,7 +173,10 @@ class Gateway:
             if p.on is not None:
                 checks.settle(p, answered=False)  # it may have left: every outcome unknown
             raise
+        started = time.perf_counter() if timed else 0.0
         checks.settle(p, answered=True)
+        if timed:
+            p.trail.stages.append(("settle", time.perf_counter() - started))
         assert p.answer is not None, "the last stage answers"
         return p.answer
 

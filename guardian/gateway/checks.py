@@ -229,14 +229,8 @@ def suspended(account: Account, decision: Decision) -> None:
 
 def halted(account: Account, decision: Decision) -> None:
     """A halted account or bot: every send and edit refused (before anything is looked up)."""
-    if account.mode_for(decision.bot) is not Mode.HALTED:
-        return
-    for index, intent in enumerate(decision.intents):
-        if isinstance(intent, OrderIntent):
-            try:
-                check_mode(account, decision.bot, intent)
-            except Refusal as refusal:
-                raise (refusal.for_item(index, intent.order_tag) if decision.items else refusal) from None
+    if account.mode_for(decision.bot) is Mode.HALTED:
+        _each_mode(account, decision)
 
 
 def still_allowed(account: Account, decision: Decision, endpoint: ep.Endpoint) -> None:
@@ -247,13 +241,18 @@ def still_allowed(account: Account, decision: Decision, endpoint: ep.Endpoint) -
     if mode is not decision.mode and endpoint.name not in ORDER_ENDPOINTS:
         settings.check_mode_and_gate(account, endpoint, mode)  # a setting or an RFQ offer
     elif mode is not decision.mode:
-        for index, intent in enumerate(decision.intents):
-            if isinstance(intent, OrderIntent):
-                try:
-                    check_mode(account, decision.bot, intent)
-                except Refusal as refusal:
-                    raise (refusal.for_item(index, intent.order_tag) if decision.items else refusal) from None
+        _each_mode(account, decision)
     switch_gate(account, decision)
+
+
+def _each_mode(account: Account, decision: Decision) -> None:
+    """The mode check for each send and edit of the request, naming the batch item at fault."""
+    for index, intent in enumerate(decision.intents):
+        if isinstance(intent, OrderIntent):
+            try:
+                check_mode(account, decision.bot, intent)
+            except Refusal as refusal:
+                raise (refusal.for_item(index, intent.order_tag) if decision.items else refusal) from None
 
 
 def check_mode(account: Account, bot: str | None, intent: GuardedIntent) -> None:

@@ -293,6 +293,8 @@ def _finish(gw: Gateway, request_id: int, trail: Trail, http_status: int, total_
         http_status=http_status,
         upstream_ms=None if trail.upstream_s is None else round(trail.upstream_s * 1000, 3),
         total_ms=round(total_s * 1000, 3),
+        # pairs, not a mapping: a stage named "authenticate" must not read as a secret's field name
+        stages_ms=[[name, round(spent * 1000, 3)] for name, spent in trail.stages] or None,
     )
     try:
         gw.journal.finish(

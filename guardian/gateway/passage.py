@@ -79,6 +79,7 @@ class Trail:
     answer: dict[str, Any] | None = None  # the exchange's answer, parsed, for the journal
     body: str = field(default="", repr=False)  # the request's body as the bot sent it
     raw: RawAnswer | None = None  # the exchange's answer until read_answer() has read it
+    stages: list[tuple[str, float]] = field(default_factory=list)  # each stage's wall time, when measured
 
     def read_answer(self) -> None:
         """The outcome and the journal's copy of the exchange's answer, from one parse of its body, once."""
