@@ -4,20 +4,27 @@ the import path.
 Besides ports and quantiles: starting `guardian sim` and `guardian run` as the separate processes they
 are in production, local bot keys for a configuration, what /proc says about a process (CPU time, RSS,
 open file descriptors), and the machine a figure was measured on, since a figure means little without it.
+For the benchmarks of big books and many accounts: a simulator process with many accounts and room for
+thousands of orders each (`start_bench_sim`; run as `python bench/_common.py serve-sim`), the prices of a
+market maker's orders, reading /metrics, and running guardian from another source tree.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import platform
+import signal
 import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +101,18 @@ def rss_kb(pid: int) -> int:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def threads_cpu_ns(pid: int) -> int:
+    """CPU time used so far by the process's threads (those alive now), in nanoseconds, from each thread's
+    /proc/PID/task/TID/schedstat: fine enough to attribute a single request's work, which cpu_seconds'
+    clock ticks (10 ms) are not. A thread's figure is brought up to date when it leaves the CPU, so read it
+    while the process waits for something; a thread that ended between two readings takes its time away."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError, IndexError, ValueError):  # the thread has just ended
+            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+    return total
 
 
 class CpuMeter:
@@ -214,6 +233,21 @@ max_orders_per_minute = 1000000000
 max_fills_per_minute = 1000000000
 max_daily_loss = 1000000000000
 {guard}""" + bots_toml(bots)
+
+
+def daemon_toml_accounts(
+    port: int, journal: Path, sim_url: str, accounts: Sequence[tuple[str, Key, str]], **options: Any
+) -> str:
+    """daemon_toml with several accounts in one `guardian run`, all in front of the simulator at `sim_url`:
+    for each item (the account's name, its exchange key, and what follows its `[accounts.guard]`: more guard
+    limits, its sub-tables, its `[[accounts.clients]]`) the account tables daemon_toml writes, with the same
+    limits; the server, journal and log tables once. `options` are daemon_toml's (symbols, log_level,
+    commit_on_loop)."""
+    text = ""
+    for index, (name, exchange, tail) in enumerate(accounts):
+        one = daemon_toml(port, journal, sim_url, exchange, [], account=name, guard=tail, **options)
+        text += one if index == 0 else one[one.index("[[accounts]]\n") :]
+    return text
 
 
 def secrets_env(keys: list[Key]) -> dict[str, str]:
@@ -340,3 +374,295 @@ def judge(name: str, status: int, doc: dict[str, Any] | None) -> str:
         ]
         return f"batchorder {bad[0]}" if bad else "ok"
     return "ok"
+
+
+# ---- another source tree -------------------------------------------------------------------------------
+
+
+def source_tree(value: str) -> Path:
+    """An argparse type for `--tree DIR`: a directory holding a guardian package (e.g. `git archive HEAD |
+    tar -x -C DIR`), to run `guardian run` from for a before/after."""
+    tree = Path(value).resolve()
+    if not (tree / "guardian" / "__main__.py").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{tree}: no guardian source tree there (expected guardian/__main__.py)"
+        )
+    return tree
+
+
+def tree_env(tree: Path | None, **extra: str) -> dict[str, str]:
+    """guardian_env for a daemon run from `tree` (its package first on the path), or from this one."""
+    return guardian_env(**extra, **({"PYTHONPATH": str(tree)} if tree is not None else {}))
+
+
+# ---- a simulator built here: many accounts, a larger book, more instruments ----------------------------
+
+SIM_KEYS_ENV = "BENCH_SIM_KEYS"  # the exchange keys, as JSON, for the simulator's process
+THIS_TREE = Path(__file__).resolve().parent.parent
+
+
+async def start_bench_sim(
+    exchanges: Sequence[Key],
+    *,
+    budget: float = 1e9,
+    max_open_orders: int = 500,
+    instruments: str = "default",
+    tick_s: float = 0.0,
+    tree: Path | None = None,
+) -> tuple[asyncio.subprocess.Process, str]:
+    """The simulator as its own process, as `guardian sim` is, but with what `guardian sim` cannot be told:
+    one account per key of `exchanges` (named after the key), `max_open_orders` per account (the
+    simulator's default is 500), and `instruments` "default" (three symbols) or "wide" (guardian.sim.market's
+    WIDE_INSTRUMENTS where that exists; otherwise the default three, and the process's line says so). It
+    runs the simulator of `tree` (a source tree, as `--tree`; default this one); the keys reach it in the
+    environment, never on the command line. The process and its base URL."""
+    keys = [{"api_key": k.api_key, "secret": k.secret, "account": k.name} for k in exchanges]
+    sim = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "serve-sim", "--budget", f"{budget:g}", "--max-open-orders",
+        str(max_open_orders), "--instruments", instruments, "--tick", f"{tick_s:g}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        env=guardian_env(**{SIM_KEYS_ENV: json.dumps(keys)}, PYTHONPATH=str(tree or THIS_TREE)),
+    )  # fmt: skip
+    assert sim.stdout is not None
+    while True:
+        line = (await sim.stdout.readline()).decode()
+        if not line:
+            raise SystemExit("the benchmark's simulator did not start")
+        if line.startswith("sim base_url="):
+            return sim, line.strip().split("=", 1)[1]
+
+
+async def _serve_sim(budget: float, max_open_orders: int, instruments: str, tick_s: float) -> None:
+    """The simulator's process (`python bench/_common.py serve-sim`), until SIGTERM."""
+    from guardian import logs
+    from guardian.secret import ApiSecret
+    from guardian.sim import market as sim_market
+    from guardian.sim.app import SimKey, Simulator
+
+    logs.configure("warning", "json")
+    chosen = sim_market.DEFAULT_INSTRUMENTS
+    if instruments == "wide":
+        chosen = getattr(sim_market, "WIDE_INSTRUMENTS", chosen)
+    keys = [
+        SimKey(k["api_key"], ApiSecret(k["secret"]), account=k["account"])
+        for k in json.loads(os.environ.pop(SIM_KEYS_ENV))
+    ]
+    sim = Simulator(
+        keys,
+        market=sim_market.Market(instruments=chosen, seed=1),
+        tick_s=tick_s or None,
+        budget_capacity=budget,
+    )
+    sim.exchange.max_open_orders = max_open_orders
+    stopping = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
+    url = await sim.start("127.0.0.1", 0)
+    try:
+        print(f"sim instruments={len(chosen)}", flush=True)
+        print(f"sim base_url={url}", flush=True)
+        await stopping.wait()
+    finally:
+        await sim.close()
+
+
+# ---- /metrics ------------------------------------------------------------------------------------------
+
+
+def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of metric `name` (exactly that name: a histogram's `_bucket`, `_sum` and `_count` are
+    names of their own) in a Prometheus text exposition, each with its labels."""
+    found = []
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, labels = head.partition("{")
+        if metric != name:
+            continue
+        pairs = {}
+        for part in labels.rstrip("}").split('",'):
+            if "=" in part:
+                key, _, raw = part.partition("=")
+                pairs[key.strip()] = raw.strip().strip('"')
+        found.append((pairs, float(value)))
+    return found
+
+
+async def scrape(base_url: str) -> str:
+    """The daemon's /metrics, as text."""
+    async with aiohttp.ClientSession() as http, http.get(base_url + "/metrics") as response:
+        return await response.text()
+
+
+async def wait_open_orders(base_url: str, count: int, timeout_s: float = 120.0) -> None:
+    """Until the daemon's own count of open orders (`guardian_open_orders`, all accounts and symbols
+    together) is `count`: what it was sent has reached its account state. SystemExit after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    seen = -1.0
+    while time.monotonic() < deadline:
+        seen = sum(value for _, value in metric_samples(await scrape(base_url), "guardian_open_orders"))
+        if seen == count:
+            return
+        await asyncio.sleep(0.2)
+    raise SystemExit(f"guardian counts {seen:g} open orders, not {count}, after {timeout_s:g} s")
+
+
+async def wait_account_open_orders(
+    base_url: str, counts: Mapping[str, int], timeout_s: float = 120.0
+) -> None:
+    """Until the daemon's own count of open orders (`guardian_open_orders`, its symbols together) is, for
+    each account of `counts`, that account's count. SystemExit after `timeout_s`, naming the accounts that
+    differ."""
+    deadline = time.monotonic() + timeout_s
+    seen: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        seen = dict.fromkeys(counts, 0.0)
+        for labels, value in metric_samples(await scrape(base_url), "guardian_open_orders"):
+            account = labels.get("account", "")
+            if account in seen:
+                seen[account] += value
+        if all(seen[account] == count for account, count in counts.items()):
+            return
+        await asyncio.sleep(0.2)
+    differ = ", ".join(
+        f"{account} {seen.get(account, 0):g} not {count}"
+        for account, count in counts.items()
+        if seen.get(account) != count
+    )
+    raise SystemExit(f"guardian's count of open orders after {timeout_s:g} s: {differ}")
+
+
+# ---- a market maker's orders ---------------------------------------------------------------------------
+
+# Where orders go, as fractions of the mark either side (buys below, sells above; with the simulator's prices
+# frozen nothing ever fills): a resting book 2-18 % away, and the orders a bot works (sends, edits and
+# cancels again) 0.5-1.9 % away, between the book and the mark. guardian's price band must then be
+# PRICE_BAND_PCT (the default symbols' ticks are too coarse for 5,000 distinct prices within 5 %); the
+# simulator's collar is 25 %.
+BOOK_FROM, BOOK_TO = Decimal("0.02"), Decimal("0.18")
+WORKING_FROM, WORKING_TO = Decimal("0.005"), Decimal("0.019")
+PRICE_BAND_PCT = 20
+WORKING_PRICES = 500  # distinct prices per side for working orders, at most
+LOTS = 8  # and sizes of 1 to LOTS lots where max_order_size allows, so an order comes back only after many
+MAX_ORDER_SIZE = Decimal(1)  # daemon_toml's max_order_size
+
+
+@dataclass(frozen=True, slots=True)
+class Symbol:
+    """An instrument of the simulator, with its mark (frozen), and the prices orders in it are given."""
+
+    name: str
+    tick: Decimal
+    lot: Decimal  # the smallest size
+    mark: Decimal
+
+    def book_order(self, index: int) -> tuple[str, Decimal]:
+        """The side and price of this symbol's `index`-th resting order: buys and sells in turn, each pair a
+        tick further from the mark."""
+        level = index // 2
+        if index % 2 == 0:
+            return "buy", self._below(BOOK_FROM) - level * self.tick
+        return "sell", self._above(BOOK_FROM) + level * self.tick
+
+    def book_room(self) -> int:
+        """How many resting orders fit at distinct prices between BOOK_FROM and BOOK_TO."""
+        return 2 * int((self.mark * (BOOK_TO - BOOK_FROM)) / self.tick)
+
+    def working_order(self, count: int, shift: int = 0) -> tuple[str, Decimal, Decimal]:
+        """The side, price and size of the `count`-th working order in this symbol: both sides in turn, one
+        tick further each time across the band, then the next size, so that the same order (which
+        guardian's duplicate window would refuse) comes back only after thousands. `shift` ticks further
+        (within the band) give an edit's new price."""
+        prices = max(1, min(WORKING_PRICES, int(self.mark * (WORKING_TO - WORKING_FROM) / self.tick)))
+        sizes = max(1, min(LOTS, int(MAX_ORDER_SIZE / self.lot)))
+        side = "buy" if count % 2 == 0 else "sell"
+        step = (count // 2 + shift) % prices
+        lots = 1 + (count // (2 * prices)) % sizes
+        if side == "buy":
+            return side, self._below(WORKING_FROM) - step * self.tick, lots * self.lot
+        return side, self._above(WORKING_FROM) + step * self.tick, lots * self.lot
+
+    def _below(self, fraction: Decimal) -> Decimal:
+        return (self.mark * (1 - fraction) / self.tick).to_integral_value(ROUND_FLOOR) * self.tick
+
+    def _above(self, fraction: Decimal) -> Decimal:
+        return (self.mark * (1 + fraction) / self.tick).to_integral_value(ROUND_CEILING) * self.tick
+
+
+def decimal_text(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
+def order_params(symbol: Symbol, side: str, price: Decimal, size: Decimal) -> dict[str, ParamValue]:
+    """A resting limit order's parameters, as a bot sends them."""
+    return {
+        "orderType": "lmt",
+        "symbol": symbol.name,
+        "side": side,
+        "size": decimal_text(size),
+        "limitPrice": decimal_text(price),
+    }
+
+
+async def symbols_of(sim_url: str, count: int, *, first: str = "PF_XBTUSD") -> list[Symbol]:
+    """The simulator's first `count` instruments (`first` first), with their ticks, lots and marks."""
+    async with KrakenClient(sim_url) as public:
+        instruments = await public.instruments()
+        marks = {t["symbol"]: Decimal(str(t["markPrice"])) for t in await public.tickers()}
+    symbols = [
+        Symbol(
+            i["symbol"],
+            Decimal(str(i["tickSize"])),
+            Decimal(1).scaleb(-int(i["contractValueTradePrecision"])),
+            marks[i["symbol"]],
+        )
+        for i in instruments
+        if i["symbol"] in marks
+    ]
+    symbols.sort(key=lambda s: s.name != first)
+    return symbols[:count]
+
+
+# Refusals that pass: guardian cannot judge yet (no mark, the account state not fresh: 503), or a switch
+# refresh failed a moment ago (409) and the next one will put it right.
+NOT_READY = {503: ("markPriceUnavailable", "accountStateUnavailable"), 409: ("switchNotArmed",)}
+
+
+async def place_batch(
+    client: KrakenClient, items: Sequence[Mapping[str, Any]], *, patience_s: float = 60.0
+) -> dict[str, Any]:
+    """A batchorder of `items` that must succeed whole (a book being placed). While guardian refuses it for a
+    passing reason (NOT_READY: no mark price or the account state not fresh yet, as just after its start;
+    a switch refresh that just failed), the batch is sent again every 0.5 s for up to `patience_s`.
+    SystemExit on any other answer but success."""
+    deadline = time.monotonic() + patience_s
+    body = {"json": json.dumps({"batchOrder": list(items)})}
+    while True:
+        status, doc = await call(client, "batchorder", body)
+        verdict = judge("batchorder", status, doc)
+        if verdict == "ok" and doc is not None:
+            return doc
+        passing = doc is not None and doc.get("error") in NOT_READY.get(status, ())
+        if not passing or time.monotonic() > deadline:
+            raise SystemExit(f"batchorder: {verdict} {str(doc)[:300]}")
+        await asyncio.sleep(0.5)
+
+
+def load_average() -> str:
+    """The machine's load averages (1, 5, 15 min) from /proc/loadavg: how busy other work kept it."""
+    try:
+        return " / ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+if __name__ == "__main__":  # the simulator's process of start_bench_sim
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command", choices=["serve-sim"])
+    parser.add_argument("--budget", type=float, default=1e9)
+    parser.add_argument("--max-open-orders", type=int, default=500)
+    parser.add_argument("--instruments", choices=["default", "wide"], default="default")
+    parser.add_argument("--tick", type=float, default=0.0)
+    args = parser.parse_args()
+    asyncio.run(_serve_sim(args.budget, args.max_open_orders, args.instruments, args.tick))

@@ -95,8 +95,7 @@ async def main(args: argparse.Namespace) -> int:
         symbols = await symbols_of(sim_url, 20)
         with tempfile.TemporaryDirectory() as tmp:
             guard = "dedupe_window_s = 0\n" + "".join(
-                f"[accounts.guard.symbol.{s.name}]\nprice_band_pct = {PRICE_BAND_PCT}\n"
-                for s in symbols
+                f"[accounts.guard.symbol.{s.name}]\nprice_band_pct = {PRICE_BAND_PCT}\n" for s in symbols
             )
             config = Path(tmp) / "bench.toml"
             config.write_text(
