@@ -431,6 +431,8 @@ class World:
         ledger = self.ledger
         assert len(ledger) == len(self.twin.holds), (ledger.holds(), self.twin.holds)
         assert {id(h) for h in ledger.holds()} == {id(h.held) for h in self.twin.holds}
+        # A hold that ended keeps no place in the reconciliations' sets (nothing ended stays in memory).
+        assert all(ledger.holding(h) for held in self.book._settling.values() for h in held)
         assert sorted(map(repr, ledger.working())) == sorted(map(repr, working))
         assert ledger.total == len(working)
         for symbol in SYMBOLS:

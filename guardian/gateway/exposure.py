@@ -570,8 +570,11 @@ class Book:
         self._recent: dict[str | None, Recent] = {}
         self._filled: OrderedDict[str, Decimal] = OrderedDict()
         self._closed: OrderedDict[str, None] = OrderedDict()
-        self._settling: dict[int, list[Held]] = {}  # reconciliation count -> holds released at it
+        # Reconciliation count -> the holds released at it, while they are held (a hold that ends sooner
+        # leaves its set at once: the sets never keep what has ended).
+        self._settling: dict[int, set[Held]] = {}
         self._reconciles = 0  # the count the holds were last pruned at
+        self.ledger.released = self._unsettle
 
     def __len__(self) -> int:
         return len(self.ledger)
@@ -669,7 +672,7 @@ class Book:
             keys = held.keys
             held.answered = True
             held.settle_at = reconciles + RECONCILES_TO_SETTLE
-            self._settling.setdefault(held.settle_at, []).append(held)
+            self._settling.setdefault(held.settle_at, set()).add(held)
             if placed is None or index >= len(placed) or placed[index] is None:
                 self.ledger.held_changed(held, keys)
                 continue
@@ -712,8 +715,17 @@ class Book:
             return
         self._reconciles = reconciles
         for at in [at for at in self._settling if at <= reconciles]:  # a few counts at most
-            for held in self._settling.pop(at):
-                self.ledger.release(held)
+            for held in list(self._settling.get(at, ())):
+                self.ledger.release(held)  # (which takes it out of its set)
+            self._settling.pop(at, None)
+
+    def _unsettle(self, held: Held) -> None:
+        """`held` has ended: it leaves its reconciliation's set."""
+        found = self._settling.get(held.settle_at) if held.settle_at is not None else None
+        if found is not None:
+            found.discard(held)
+            if not found:
+                del self._settling[held.settle_at]  # type: ignore[arg-type]
 
     def _apply_known(self, held: Held, order_id: str) -> None:
         """What the stream already showed of an order before its answer arrived."""

@@ -25,7 +25,7 @@ import asyncio
 import bisect
 import heapq
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final, Protocol, TypeVar
 
@@ -77,27 +77,42 @@ class Held:
 
 @dataclass(slots=True, eq=False)
 class Entry:
-    """One order as it counts: open at the exchange (`order`), held (`holds`), or both."""
+    """One order as it counts: open at the exchange (`order`), held (`holds`), or both. Three objects
+    per resting order (this, its OpenOrder and what it counts as): the garbage collector walks every one."""
 
     order: OpenOrder | None
-    holds: list[Held] = field(default_factory=list)
+    holds: list[Held] | None = None  # oldest first; None while there are none
     owner: str | None = None  # the bot that placed it, once known
     counted: Working | None = None  # what it adds to the figures now
-    keys: tuple[str, ...] = ()  # the order id and cliOrdId an edit may name it by
 
 
 class Levels:
     """One symbol's orders that count for notional (not reduce-only), each at the higher of its price and
-    the mark: the size at each price level, the levels sorted, the size of those without a price, and a
-    cursor at the last mark with the running sums of the levels below it. Adding an order is a dict update
-    (and a bisection for a new level); pricing at a new mark walks the levels between the two marks."""
+    the mark: the size and number of orders at each price level, the levels sorted, those without a price,
+    and a cursor at the last mark with the running sums of the levels below it. Adding an order is a dict
+    update (and a bisection for a new level); pricing at a new mark walks the levels between the two marks.
+    (Sizes and counts are kept in dicts of plain numbers: the garbage collector does not walk those.)"""
 
-    __slots__ = ("below", "below_size", "below_value", "mark", "n", "prices", "sizes", "unpriced", "value")
+    __slots__ = (
+        "below",
+        "below_size",
+        "below_value",
+        "counts",
+        "mark",
+        "n",
+        "prices",
+        "sizes",
+        "unpriced",
+        "unpriced_n",
+        "value",
+    )
 
     def __init__(self) -> None:
-        self.sizes: dict[Decimal, list[Decimal | int]] = {}  # price -> [size, orders]
+        self.sizes: dict[Decimal, Decimal] = {}  # price -> the size of the orders at it
+        self.counts: dict[Decimal, int] = {}  # price -> how many orders
         self.prices: list[Decimal] = []  # the keys of `sizes`, sorted
-        self.unpriced: list[Decimal | int] = [ZERO, 0]  # [size, orders] of those without a price
+        self.unpriced = ZERO  # the size of the orders without a price
+        self.unpriced_n = 0
         self.value = ZERO  # sum of price x size over the priced ones
         self.mark: Decimal | None = None
         self.below = 0  # prices[:below] are below `mark`
@@ -108,18 +123,19 @@ class Levels:
     def add(self, price: Decimal | None, size: Decimal) -> None:
         self.n += 1
         if price is None:
-            self.unpriced[0] += size
-            self.unpriced[1] += 1
+            self.unpriced += size
+            self.unpriced_n += 1
             return
-        level = self.sizes.get(price)
-        if level is None:
+        count = self.counts.get(price)
+        if count is None:
             bisect.insort(self.prices, price)
-            self.sizes[price] = [size, 1]
+            self.sizes[price] = size
+            self.counts[price] = 1
             if self.mark is not None and price < self.mark:
                 self.below += 1
         else:
-            level[0] += size
-            level[1] += 1
+            self.sizes[price] += size
+            self.counts[price] = count + 1
         self.value += price * size
         if self.mark is not None and price < self.mark:
             self.below_size += size
@@ -128,47 +144,48 @@ class Levels:
     def remove(self, price: Decimal | None, size: Decimal) -> None:
         self.n -= 1
         if price is None:
-            self.unpriced[0] -= size
-            self.unpriced[1] -= 1
+            self.unpriced -= size
+            self.unpriced_n -= 1
             return
-        level = self.sizes[price]
-        level[0] -= size
-        level[1] -= 1
+        self.sizes[price] -= size
+        count = self.counts[price] - 1
         self.value -= price * size
         lower = self.mark is not None and price < self.mark
         if lower:
             self.below_size -= size
             self.below_value -= price * size
-        if level[1] == 0:
-            del self.sizes[price]
+        if count == 0:
+            del self.sizes[price], self.counts[price]
             del self.prices[bisect.bisect_left(self.prices, price)]
             if lower:
                 self.below -= 1
+        else:
+            self.counts[price] = count
 
     @property
     def needs_mark(self) -> bool:
         """Some order here has no price: without a mark the notional cannot be worked out."""
-        return self.unpriced[1] > 0
+        return self.unpriced_n > 0
 
     def at(self, mark: Decimal) -> Decimal:
         """The notional with the mark at `mark`: sum of size x max(price, mark), the unpriced at the mark."""
         if mark != self.mark:
             self._move(mark)
-        return self.value - self.below_value + mark * (self.below_size + self.unpriced[0])
+        return self.value - self.below_value + mark * (self.below_size + self.unpriced)
 
     def _move(self, mark: Decimal) -> None:
         to = bisect.bisect_left(self.prices, mark)
         prices, sizes = self.prices, self.sizes
         while self.below < to:
             price = prices[self.below]
-            size = sizes[price][0]
+            size = sizes[price]
             self.below_size += size
             self.below_value += price * size
             self.below += 1
         while self.below > to:
             self.below -= 1
             price = prices[self.below]
-            size = sizes[price][0]
+            size = sizes[price]
             self.below_size -= size
             self.below_value -= price * size
         self.mark = mark
@@ -189,7 +206,6 @@ class Ledger:
         self._cli: dict[str, str] = {}  # cliOrdId -> order id, of the open orders
         self._entry_of: dict[Held, Entry] = {}  # every hold -> the entry it counts in
         self._holds_by_key: dict[str, set[Held]] = {}  # order id / cliOrdId -> the holds with it
-        self._by_key: dict[str, set[Entry]] = {}  # order id / cliOrdId -> the entries an edit may name
         # The figures.
         self.total = 0  # entries counted: open orders and holds not shown
         self._count: dict[str, int] = {}  # symbol -> entries
@@ -213,6 +229,7 @@ class Ledger:
         self._settled = asyncio.Event()
         self._settled.set()
         self._seq = 0
+        self.released: Callable[[Held], None] | None = None  # told of each hold that ends, however it ends
 
     # ---- readers: the figures ------------------------------------------------------------------------
     def count(self, symbol: str) -> int:
@@ -237,9 +254,18 @@ class Ledger:
         """Every symbol with an order counted or a position."""
         return {*self._count, *self._positions}
 
-    def named(self, key: str) -> Iterator[Entry]:
-        """The entries an edit naming `key` (an order id or a cliOrdId) replaces."""
-        return iter(self._by_key.get(key, ()))
+    def named(self, key: str) -> list[Entry]:
+        """The entries an edit naming `key` (an order id or a cliOrdId) replaces: the open order with that
+        id or cliOrdId, and the holds with it that the stream shows no order of yet."""
+        found: list[Entry] = []
+        order_id = key if key in self._shown else self._cli.get(key)
+        if order_id is not None:
+            found.append(self._shown[order_id])
+        for held in self._holds_by_key.get(key, ()):
+            entry = self._entry_of.get(held)
+            if entry is not None and entry.order is None:
+                found.append(entry)
+        return found
 
     def gross(self) -> tuple[Decimal, str | None]:
         """The gross notional: every position at the mark, every order counted that is not reduce-only at
@@ -298,11 +324,10 @@ class Ledger:
             if entry is None:
                 return
             self._uncount(entry)
-            self._unindex(entry)
             del self._shown[order_id]
             assert entry.order is not None
             self._forget_cli(entry.order.cli_ord_id, order_id)
-            holds, entry.holds = entry.holds, []
+            holds, entry.holds = entry.holds or [], None
             for held in holds:  # not shown any more: each counts alone again (or with another order)
                 del self._entry_of[held]
                 self._place(held)
@@ -311,7 +336,6 @@ class Ledger:
             entry = self._shown[order_id] = Entry(order, owner=self.owner(order_id, order.cli_ord_id))
         else:
             self._uncount(entry)
-            self._unindex(entry)
             assert entry.order is not None
             if entry.order.cli_ord_id != order.cli_ord_id:
                 self._forget_cli(entry.order.cli_ord_id, order_id)
@@ -319,12 +343,10 @@ class Ledger:
             entry.order = order
         if order.cli_ord_id:
             self._cli[order.cli_ord_id] = order_id
-        entry.keys = tuple(dict.fromkeys(k for k in (order_id, order.cli_ord_id) if k))
-        self._index(entry)
-        for held in list(entry.holds):  # its own holds, if its keys changed, and the holds that name it
+        for held in list(entry.holds or ()):  # its own holds, if its keys changed, and those that name it
             self._place(held)
-        for key in entry.keys:
-            for held in list(self._holds_by_key.get(key, ())):
+        for key in (order_id, order.cli_ord_id):
+            for held in list(self._holds_by_key.get(key, ()) if key else ()):
                 self._place(held)
         self._recount(entry)
 
@@ -345,7 +367,7 @@ class Ledger:
     def learned(self, keys: Iterable[str]) -> None:
         """The stream learned who placed these orders (order ids or cliOrdIds)."""
         for key in keys:
-            for entry in list(self._by_key.get(key, ())):
+            for entry in self.named(key):
                 if entry.order is None:
                     continue
                 found = self.owner(entry.order.order_id, entry.order.cli_ord_id)
@@ -376,12 +398,6 @@ class Ledger:
                 self._unkey_hold(key, held)
             for key in keys:
                 self._holds_by_key.setdefault(key, set()).add(held)
-            alone = self._entry_of[held]
-            if alone.order is None:  # counted alone: it is found by its own keys
-                self._uncount(alone)
-                self._unindex(alone)
-                alone.keys = keys
-                self._index(alone)
         self._place(held)
         entry = self._entry_of.get(held)
         if entry is not None:  # (placing it may have ended it: the stream shows it as large)
@@ -395,6 +411,8 @@ class Ledger:
         for key in held.keys:
             self._unkey_hold(key, held)
         self._detach(held, entry)
+        if self.released is not None:
+            self.released(held)
 
     def holding(self, held: Held) -> bool:
         return held in self._entry_of
@@ -429,24 +447,27 @@ class Ledger:
                 return
             self._detach(held, entry)
         if target is None:
-            alone = Entry(None, [held], keys=held.keys)
+            alone = Entry(None, [held])
             self._entry_of[held] = alone
-            self._index(alone)
             self._recount(alone)
         else:
             shown = self._shown[target]
+            if shown.holds is None:
+                shown.holds = []
             bisect.insort(shown.holds, held, key=_seq)  # oldest first: whose bot counts is not chance
             self._entry_of[held] = shown
             self._recount(shown)
 
     def _detach(self, held: Held, entry: Entry) -> None:
+        assert entry.holds is not None
         entry.holds.remove(held)
         del self._entry_of[held]
         if entry.order is None:
             self._uncount(entry)
-            self._unindex(entry)
-        else:
-            self._recount(entry)
+            return
+        if not entry.holds:
+            entry.holds = None
+        self._recount(entry)
 
     def _unkey_hold(self, key: str, held: Held) -> None:
         found = self._holds_by_key.get(key)
@@ -459,38 +480,32 @@ class Ledger:
         if cli and self._cli.get(cli) == order_id:
             del self._cli[cli]
 
-    def _index(self, entry: Entry) -> None:
-        for key in entry.keys:
-            self._by_key.setdefault(key, set()).add(entry)
-
-    def _unindex(self, entry: Entry) -> None:
-        for key in entry.keys:
-            found = self._by_key.get(key)
-            if found is not None:
-                found.discard(entry)
-                if not found:
-                    del self._by_key[key]
-
     def _recount(self, entry: Entry) -> None:
         """Take the entry's old contribution out and put its new one in."""
         self._uncount(entry)
         order = entry.order
         if order is None:
+            assert entry.holds
             entry.counted = entry.holds[0].order
         else:
             remaining, bot = order.remaining, entry.owner
-            for held in list(entry.holds):
+            for held in list(entry.holds or ()):
                 if held.answered and order.remaining >= held.order.remaining:
                     # The stream shows it at least as large: the open order counts it from now on.
                     entry.owner = entry.owner or held.order.bot
                     bot = bot or held.order.bot
                     for key in held.keys:
                         self._unkey_hold(key, held)
+                    assert entry.holds is not None
                     entry.holds.remove(held)
                     del self._entry_of[held]
+                    if self.released is not None:
+                        self.released(held)
                     continue
                 remaining = max(remaining, held.order.remaining)
                 bot = bot or held.order.bot
+            if not entry.holds:
+                entry.holds = None
             price = order.limit_price if order.limit_price is not None else order.stop_price
             entry.counted = Working(
                 order.symbol, order.side, remaining, order.reduce_only, price, bot, order.order_id
