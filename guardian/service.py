@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import time
 from collections.abc import Coroutine, Iterable, Mapping
 from datetime import UTC, datetime
@@ -262,11 +261,6 @@ class Service:
             asyncio.create_task(self.relay.run(), name="relay"),
         ]
         await self._start_streams()
-        # Everything made so far (modules, configuration, clients: most of the heap at start) lives as long
-        # as the daemon: moved out of the garbage collector's reach, so that a full collection walks only
-        # what came later and holds the event loop for less (tens of milliseconds at a few thousand orders).
-        gc.collect()
-        gc.freeze()
 
     async def _start_streams(self) -> None:
         """Today's fills from the journal (so a restart does not reset the day), then the links."""
