@@ -319,3 +319,13 @@ def test_notices_from_the_feed_and_rest_are_one_and_the_next_maintenance_is_foun
     upcoming = view.next_maintenance(DAY)
     assert upcoming is not None and upcoming.effective_time == at_ms / 1000
     assert view.next_maintenance(DAY + 3600 + 20 * 60 + 1) is None  # over
+
+
+def test_a_stop_without_a_limit_price_has_none_not_zero() -> None:
+    """The feed sends a stop-market order with `limit_price: 0`: read as a price, a buy stop would count at
+    the mark (the higher of 0 and the mark) instead of its stop price in the gross notional."""
+    s = state()
+    stop = {**ws_order("o1", 2), "type": "stop", "limit_price": 0.0, "stop_price": 61_000.0}
+    s.apply({"feed": "open_orders_snapshot", "account": "a", "orders": [stop]})
+    order = s.view().orders["o1"]
+    assert (order.limit_price, order.stop_price) == (None, Decimal(61_000))

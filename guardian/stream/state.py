@@ -711,6 +711,7 @@ def _order(raw: Any) -> OpenOrder | None:
         log.warning("stream_order_unreadable", order_id=order_id, fields=sorted(str(k) for k in raw)[:20])
         return None
     stop = number(raw.get("stop_price"))
+    limit = number(raw.get("limit_price"))  # a stop without a limit price comes as limit_price 0
     return OpenOrder(
         order_id=order_id,
         symbol=symbol.upper(),
@@ -718,7 +719,7 @@ def _order(raw: Any) -> OpenOrder | None:
         remaining=remaining,
         filled=number(raw.get("filled")) or ZERO,
         order_type=_text(raw.get("type")),
-        limit_price=number(raw.get("limit_price")),
+        limit_price=limit if limit else None,
         stop_price=stop if stop else None,
         reduce_only=raw.get("reduce_only") is True,
         cli_ord_id=_text(raw.get("cli_ord_id")),
