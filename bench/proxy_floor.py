@@ -27,8 +27,11 @@ bench/gateway_latency.py measures guardian.
 `--baseline DIR` adds one more path, `baseline`: `guardian run` from another source tree (e.g. `git archive
 main guardian | tar -x -C DIR`), configured the same, for a before/after measured side by side.
 
+`--resting N` first rests N limit orders through guardian (and the baseline), so that the exposure guard
+judges each order against a book (issue 20 asks for the ratio with 10 resting).
+
 Usage: .venv/bin/python bench/proxy_floor.py [--orders 2000] [--paths direct,bare,signed,bare+journal,guardian]
-    [--baseline DIR]
+    [--baseline DIR] [--resting N]
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from _common import (
     wait_http,
 )
 from aiohttp import web
+from gateway_latency import rest_orders
 from yarl import URL
 
 from guardian.journal import Intent, Journal
@@ -146,7 +150,7 @@ async def serve_proxy(port: int, upstream: str, journal_path: str | None, signed
             await journal.close()
 
 
-async def main(count: int, paths: list[str], baseline: Path | None = None) -> int:
+async def main(count: int, paths: list[str], baseline: Path | None = None, resting: int = 0) -> int:
     exchange, bot = Key.make("exchange", 64), Key.make("bot")
     sim, sim_url = await start_sim(exchange, budget=1e9)
     ports = {name: free_port() for name in (*PATHS[1:], "baseline")}
@@ -246,6 +250,9 @@ async def main(count: int, paths: list[str], baseline: Path | None = None) -> in
             try:
                 for name in set(clients) - set(paths):
                     await clients.pop(name).close()
+                for name in ("guardian", "baseline"):
+                    if name in clients:
+                        await rest_orders(clients[name], resting)
                 for client in clients.values():  # warm up the connections and the code paths
                     for _ in range(50):
                         await client.send_order(**IOC_ORDER)
@@ -266,7 +273,10 @@ async def main(count: int, paths: list[str], baseline: Path | None = None) -> in
                 await stop(proc)
     p50 = {name: statistics.median(values) for name, values in times.items()}
     p99 = {name: quantile(values, 0.99) for name, values in times.items()}
-    print(f"{count} sendorder per path, interleaved, concurrency 1, keep-alive; {machine()}\n")
+    print(
+        f"{count} sendorder per path, interleaved, concurrency 1, keep-alive; {resting} orders resting at "
+        f"guardian's account; {machine()}\n"
+    )
     rows = [
         [
             name,
@@ -305,6 +315,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--baseline", metavar="DIR", help="also run guardian from the source tree in DIR, as `baseline`"
     )
+    parser.add_argument("--resting", type=int, default=0, help="limit orders rested through guardian first")
     parser.add_argument("--serve-proxy", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     parser.add_argument("--journal", help=argparse.SUPPRESS)
@@ -318,6 +329,8 @@ if __name__ == "__main__":
     if unknown:
         parser.error(f"unknown paths: {', '.join(sorted(unknown))} (choose from {', '.join(PATHS)})")
     baseline = Path(args.baseline).resolve() if args.baseline else None
+    if args.resting and "guardian" not in chosen and baseline is None:
+        parser.error("--resting rests orders through guardian: add it to --paths")
     if baseline is not None and not (baseline / "guardian" / "__main__.py").is_file():
         parser.error(f"--baseline {baseline}: no guardian source tree there (expected guardian/__main__.py)")
-    sys.exit(asyncio.run(main(args.orders, chosen, baseline)))
+    sys.exit(asyncio.run(main(args.orders, chosen, baseline, args.resting)))
