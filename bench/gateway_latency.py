@@ -47,7 +47,7 @@ from guardian.kraken.client import Credentials, KrakenClient
 from guardian.secret import ApiSecret
 
 
-async def rest_orders(client: KrakenClient, count: int) -> None:
+async def rest_orders(client: KrakenClient, count: int, prefix: str = "rest") -> None:
     """`count` resting limit buys on PF_XBTUSD at distinct prices 1-4 % below the simulator's mark (60,000:
     inside guardian's 5 % price band, far from the ask), one at a time."""
     for i in range(count):
@@ -58,7 +58,7 @@ async def rest_orders(client: KrakenClient, count: int) -> None:
             side="buy",
             size=0.0001,
             limitPrice=price,
-            cliOrdId=f"rest-{i}",
+            cliOrdId=f"{prefix}-{i}",
         )
         assert answer["sendStatus"]["status"] == "placed", answer
 

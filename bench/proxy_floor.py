@@ -252,7 +252,7 @@ async def main(count: int, paths: list[str], baseline: Path | None = None, resti
                     await clients.pop(name).close()
                 for name in ("guardian", "baseline"):
                     if name in clients:
-                        await rest_orders(clients[name], resting)
+                        await rest_orders(clients[name], resting, name)
                 for client in clients.values():  # warm up the connections and the code paths
                     for _ in range(50):
                         await client.send_order(**IOC_ORDER)

@@ -14,7 +14,6 @@ and, once the exchange has answered, settling what was held.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
@@ -139,12 +138,10 @@ def judge(p: Passage, judged: Sequence[tuple[int, OrderIntent, bool]]) -> exposu
         daily_pnl=stream.state.daily_pnl() if stream is not None else Decimal(0),
         window_s=account.config.guard.duplicate_window_s,
     )
-    candidates = []
-    for index, intent, replaces in judged:
-        found = exposure.candidate(intent, caller.bot)
-        if not replaces:
-            found = dataclasses.replace(found, replaces=None)
-        candidates.append((index, found))
+    candidates = [
+        (index, exposure.candidate(intent, caller.bot, replaces_open=replaces))
+        for index, intent, replaces in judged
+    ]
     tags = [i.order_tag if isinstance(i, OrderIntent) else None for i in decision.intents]
     return account.exposure.judge(
         trial,

@@ -520,8 +520,9 @@ def daily_pnl(state: StateView) -> Decimal:
     return state.realized_today - state.fees_today + unrealised
 
 
-def candidate(intent: OrderIntent, bot: str | None) -> Candidate:
-    """A send or merged edit as the rules read it."""
+def candidate(intent: OrderIntent, bot: str | None, *, replaces_open: bool = True) -> Candidate:
+    """A send or merged edit as the rules read it. `replaces_open` false: an edit of an earlier item of
+    its own batch, which is counted as one more order (what it edits is not open yet)."""
     assert intent.symbol is not None and intent.size is not None and intent.side is not None
     price = intent.limit_price if intent.limit_price is not None else intent.stop_price
     content = (
@@ -540,7 +541,7 @@ def candidate(intent: OrderIntent, bot: str | None) -> Candidate:
         reduce_only=intent.reduce_only is True,
         price=price,
         bot=bot,
-        replaces=(intent.order_id or intent.cli_ord_id) if intent.kind == "edit" else None,
+        replaces=(intent.order_id or intent.cli_ord_id) if intent.kind == "edit" and replaces_open else None,
         content=content if intent.kind == "send" else (),
         cli_ord_id=intent.cli_ord_id,
         order_tag=intent.order_tag if intent.kind == "send" else None,

@@ -31,6 +31,7 @@ Choices where Kraken's behaviour is unverified:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal, localcontext
 from typing import TypeVar
@@ -167,6 +168,7 @@ def check_limits(
         _check_band(intent, limits, symbol, usable)
 
 
+@functools.lru_cache(maxsize=512)  # the configured limits: a handful of values
 def _limit(value: float) -> Decimal:
     return Decimal(str(value))
 
