@@ -425,8 +425,10 @@ RULES: Final[tuple[Rule, ...]] = (
 def judge(t: Trial, candidate: Candidate, limits: Limits, *, fresh: bool) -> None:
     """Refuse `candidate` if it breaks a rule (the first one, in `RULES` order)."""
     for rule in RULES:
+        if rule.exempt(candidate):
+            continue
         limit = rule.limit(limits, candidate)
-        if limit is None or rule.exempt(candidate):
+        if limit is None:
             continue
         if rule.needs_state and not fresh:
             raise Refusal(
@@ -632,12 +634,14 @@ class Book:
     ) -> Hold:
         """Judge each candidate with the earlier ones out; if all pass, hold them all and count them as the
         bot's orders. Synchronous: nothing else runs between the check and the hold."""
-        for index, c in candidates:
+        last = len(candidates) - 1
+        for n, (index, c) in enumerate(candidates):
             try:
                 judge(trial, c, limits, fresh=fresh)
             except Refusal as refusal:
                 raise item(index, refusal) from None
-            trial.add(c)
+            if n < last:  # a batch's next item is judged with this one out
+                trial.add(c)
         hold = Hold()
         now = self._clock()
         for _, c in candidates:

@@ -533,7 +533,7 @@ class Ledger:
         if levels is None:
             levels = self._levels[w.symbol] = Levels()
         levels.add(w.price, w.remaining)
-        self._dirty.add(w.symbol)
+        self._priced(w, 1)
 
     def _subtract(self, w: Working) -> None:
         self.total -= 1
@@ -550,7 +550,28 @@ class Ledger:
         levels.remove(w.price, w.remaining)
         if levels.n == 0:
             del self._levels[w.symbol]
-        self._dirty.add(w.symbol)
+        self._priced(w, -1)
+
+    def _priced(self, w: Working, sign: int) -> None:
+        """An order in or out of its symbol's part of the gross notional: at the mark the part was priced
+        with, added or taken away at once (O(1)); priced again from its levels where that cannot be (no
+        part yet, a missing mark, a part already to be priced again)."""
+        symbol = w.symbol
+        if symbol in self._dirty or symbol not in self._parts:
+            self._dirty.add(symbol)
+            return
+        mark = self._part_marks[symbol]
+        if mark is None:
+            if w.price is None:  # needs a mark there is none of
+                self._dirty.add(symbol)
+                return
+            value = w.remaining * w.price
+        else:
+            value = w.remaining * (mark if w.price is None or w.price < mark else w.price)
+        if sign < 0:
+            value = -value
+        self._parts[symbol] += value
+        self._gross += value
 
     def _expire(self) -> None:
         """Symbols whose part was priced at a mark that has gone stale since are priced again."""
