@@ -4,12 +4,13 @@ mode, and what a deliberate stop does to the exchange's timer."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import enum
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -24,11 +25,14 @@ from guardian.kraken.endpoints import endpoint
 from guardian.kraken.times import to_iso
 from guardian.ratelimit import CostBudget
 from guardian.switch import Switch
+from guardian.switchloop import SwitchLoop
 
 if TYPE_CHECKING:
     from guardian.stream.account import AccountStream
 
 log = structlog.get_logger("guardian.account")
+
+T = TypeVar("T")
 
 # The switch's client has a small pool of its own: no bot traffic ever waits in front of a refresh.
 SWITCH_POOL_SIZE = 2
@@ -81,6 +85,7 @@ class Account:
         *,
         on_refresh: Callable[[Switch, str, float], None] | None = None,
         on_beat: Callable[[Switch, float], None] | None = None,
+        switch_loop: SwitchLoop | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -89,11 +94,20 @@ class Account:
         self.trip: Trip | None = None  # a latched limit trip (fill burst, daily loss), until lifted
         self.bot_modes: dict[str, Mode] = {}  # each bot's own mode (POST /guardian/mode with "bot")
         self._on_refresh = on_refresh
+        self._on_beat = on_beat
+        # The switch runs on the switches' own loop and thread when there is one (the daemon's): its news
+        # comes back to this loop, which alone keeps the budget and the metrics.
+        self.switch_loop = switch_loop
         self.switch_client = self.client("switch", pool_size=SWITCH_POOL_SIZE)
         self.switch = Switch(
-            self.name, self.switch_client, config.switch, on_refresh=self._refreshed, on_beat=on_beat
+            self.name,
+            self.switch_client,
+            config.switch,
+            on_refresh=self._refreshed if switch_loop is None else self._refreshed_elsewhere,
+            on_beat=on_beat if switch_loop is None else self._beat_elsewhere,
+            held_back=None if switch_loop is None else switch_loop.main_stalled,
         )
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | concurrent.futures.Future[None] | None = None
         # The gateway's side: its own client, the marks, the local model of the exchange's budget, and
         # the cliOrdIds forwarded lately.
         guard = config.guard
@@ -145,6 +159,20 @@ class Account:
         """Budget units the switch may still need in the current window: no bot request may use them."""
         return max(0.0, self._switch_spent.available())
 
+    def _refreshed_elsewhere(self, switch: Switch, outcome: str, duration_s: float) -> None:
+        assert self.switch_loop is not None
+        self.switch_loop.to_main(self._refreshed, switch, outcome, duration_s)
+
+    def _beat_elsewhere(self, switch: Switch, late_s: float) -> None:
+        if self.switch_loop is not None and self._on_beat is not None:
+            self.switch_loop.to_main(self._on_beat, switch, late_s)
+
+    async def _on_switch_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """`coro` (a call with the switch's client) where the switch runs."""
+        if self.switch_loop is None or not self.switch_loop.running:
+            return await coro  # (never started there: a start that failed early, a test's account)
+        return await self.switch_loop.run(coro)
+
     def _refreshed(self, switch: Switch, outcome: str, duration_s: float) -> None:
         cost = endpoint("cancelallordersafter").cost
         self.budget.spend(cost)  # the switch goes out regardless
@@ -153,9 +181,12 @@ class Account:
             self._on_refresh(switch, outcome, duration_s)
 
     async def start(self) -> None:
-        await self.switch_client.start()
+        await self._on_switch_loop(self.switch_client.start())
         await self.gateway_client.start()
-        self.task = asyncio.create_task(self._beat(), name=f"switch-{self.name}")
+        if self.switch_loop is None or not self.switch_loop.running:
+            self.task = asyncio.create_task(self._beat(), name=f"switch-{self.name}")
+        else:
+            self.task = self.switch_loop.submit(self._beat())
         self.marks_task = asyncio.create_task(self._poll_marks(), name=f"marks-{self.name}")
 
     async def _poll_marks(self) -> None:
@@ -170,7 +201,7 @@ class Account:
 
     async def close(self) -> None:
         await self.stop_marks()
-        await self.switch_client.close()
+        await self._on_switch_loop(self.switch_client.close())
         await self.gateway_client.close()
 
     async def _beat(self) -> None:
@@ -192,11 +223,12 @@ class Account:
         return "returned" if exc is None else type(exc).__name__
 
     async def stop_switch(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-        if self.task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError, concurrent.futures.CancelledError, Exception):
+                await (asyncio.wrap_future(task) if isinstance(task, concurrent.futures.Future) else task)
 
     async def apply_shutdown(self, policy: OnShutdown, limit_s: float) -> bool:
         """Do what `on_shutdown` says, within `limit_s`. True if it was done.
@@ -214,19 +246,7 @@ class Account:
             )
             return True
         try:
-            async with asyncio.timeout(limit_s):
-                if policy is OnShutdown.CANCEL:
-                    answer = await self.switch_client.request("cancelallorders", timeout_s=limit_s)
-                    status = answer.get("cancelStatus", {})
-                    log.info(
-                        "shutdown_orders_cancelled",
-                        account=self.name,
-                        status=status.get("status") if isinstance(status, dict) else None,
-                        cancelled=len(status.get("cancelledOrders", []))
-                        if isinstance(status, dict)
-                        else None,
-                    )
-                await self.switch.disarm(deadline_s=limit_s)
+            await self._on_switch_loop(self._shutdown_calls(policy, limit_s))
         except (ExchangeError, TimeoutError) as exc:
             log.error(
                 "shutdown_policy_failed",
@@ -239,6 +259,19 @@ class Account:
             )
             return False
         return True
+
+    async def _shutdown_calls(self, policy: OnShutdown, limit_s: float) -> None:
+        async with asyncio.timeout(limit_s):
+            if policy is OnShutdown.CANCEL:
+                answer = await self.switch_client.request("cancelallorders", timeout_s=limit_s)
+                status = answer.get("cancelStatus", {})
+                log.info(
+                    "shutdown_orders_cancelled",
+                    account=self.name,
+                    status=status.get("status") if isinstance(status, dict) else None,
+                    cancelled=len(status.get("cancelledOrders", [])) if isinstance(status, dict) else None,
+                )
+            await self.switch.disarm(deadline_s=limit_s)
 
     def mode_for(self, bot: str | None) -> Mode:
         """The mode a bot's request is judged by: the stricter of the account's and the bot's own."""

@@ -44,10 +44,12 @@ class LoopWatch:
         self._on_lag = on_lag
         self.longest_s = 0.0
         self.wakes = 0
+        self.last_wake = time.monotonic()  # when the loop last gave this watch its turn
         self._warned_at: float | None = None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self.last_wake = time.monotonic()
         while True:
             due = loop.time() + self.interval_s
             await asyncio.sleep(self.interval_s)
@@ -55,6 +57,7 @@ class LoopWatch:
 
     def observe(self, late_s: float) -> None:
         self.wakes += 1
+        self.last_wake = time.monotonic()
         if late_s > self.longest_s:
             self.longest_s = late_s
         if self._on_lag is not None:

@@ -45,6 +45,7 @@ from guardian.stream.maintenance import MaintenancePolicy
 from guardian.stream.settle import settle_unknown
 from guardian.stream.state import Fill, OrderClosed
 from guardian.switch import Switch, SwitchState
+from guardian.switchloop import SwitchLoop
 
 log = structlog.get_logger("guardian.service")
 
@@ -65,8 +66,18 @@ class Service:
         self.notifier = notifier or Notifier()
         self.metrics = Metrics(self.switches, accounts=lambda: self.accounts)
         self._wake = asyncio.Event()
+        # Every account's switch beats on a loop of its own (a thread): no work of this loop delays it; it
+        # stops refreshing if this loop stops turning (the loop watch says when it last did).
+        self.loop_watch = LoopWatch(on_lag=self.metrics.on_loop_lag)
+        self.switch_loop = SwitchLoop()
+        self.switch_loop.main_turned = lambda: self.loop_watch.last_wake
         self.accounts = [
-            Account(account, on_refresh=self._on_refresh, on_beat=self.metrics.on_beat)
+            Account(
+                account,
+                on_refresh=self._on_refresh,
+                on_beat=self.metrics.on_beat,
+                switch_loop=self.switch_loop,
+            )
             for account in config.accounts
         ]
         for account in self.accounts:
@@ -102,7 +113,6 @@ class Service:
         self.stopping = False
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.loop_watch = LoopWatch(on_lag=self.metrics.on_loop_lag)
         self._last_states: dict[str, SwitchState] = {}
         self._probe_at = 0.0  # monotonic time of the next journal probe, while it cannot be written
         self._rearms_seen: dict[str, int] = {}  # rearms_after_expiry at the reporter's last look
@@ -252,10 +262,12 @@ class Service:
             version=__version__,
             accounts=[account.name for account in self.accounts],
         )
+        self._tasks = [asyncio.create_task(self.loop_watch.run(), name="loop-watch")]
+        self.loop_watch.last_wake = time.monotonic()
+        self.switch_loop.start()
         for account in self.accounts:
             await account.start()
-        self._tasks = [
-            asyncio.create_task(self.loop_watch.run(), name="loop-watch"),
+        self._tasks += [
             asyncio.create_task(self._report(), name="report"),
             asyncio.create_task(self.notifier.run_watchdog(self.healthy), name="watchdog"),
             asyncio.create_task(self.relay.run(), name="relay"),
@@ -377,6 +389,7 @@ class Service:
         )
         for account in self.accounts:
             await account.close()
+        await self.switch_loop.stop()
         try:
             await self.journal.close()
         except JournalError as exc:  # the policies are done; what the journal lost is said, loudly

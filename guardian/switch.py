@@ -110,8 +110,12 @@ class Switch:
         rng: random.Random | None = None,
         on_refresh: Callable[[Switch, str, float], None] | None = None,
         on_beat: Callable[[Switch, float], None] | None = None,
+        held_back: Callable[[], str | None] | None = None,
     ) -> None:
         self.account = account
+        # Why a refresh must not go out now (the daemon around it has stopped working), or None.
+        self._held_back = held_back
+        self._holding_back = False
         self._client = client
         self.settings = settings
         self._rng = rng or random.Random()
@@ -189,6 +193,15 @@ class Switch:
 
     async def refresh_once(self) -> bool:
         """One `cancelallordersafter(timeout_s)`; updates the state; True on success."""
+        reason = self._held_back() if self._held_back is not None else None
+        if reason is not None:  # fail closed: the exchange's timer runs out, and cancels every order
+            if not self._holding_back:
+                self._holding_back = True
+                log.error("switch_refresh_held_back", account=self.account, reason=reason)
+            return self._failed(ExchangeError(f"held back: {reason}", endpoint="cancelallordersafter"), 0.0)
+        if self._holding_back:
+            self._holding_back = False
+            log.warning("switch_refresh_resumed", account=self.account)
         was_expired = self.state is SwitchState.EXPIRED
         loop = asyncio.get_running_loop()
         started = loop.time()

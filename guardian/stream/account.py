@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -208,7 +209,9 @@ class AccountStream:
         while True:
             await self.reconcile()
             # While the link is down, REST alone keeps the state fresh: read it within state_max_age_s.
-            interval = self.settings.reconcile_s
+            # Up, every reconcile_s give or take a tenth: accounts started together (all their links come up
+            # at once) drift apart, rather than reading thousands of orders in the same instant each time.
+            interval = self.settings.reconcile_s * random.uniform(0.9, 1.1)
             if not self.link.up:
                 interval = min(interval, max(0.5, self.settings.state_max_age_s / 2))
             # Woken early when the link comes up (a reconnect) or goes down (the faster beat starts).
