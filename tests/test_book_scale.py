@@ -56,6 +56,12 @@ def place(exchange: Simulator, count: int, prefix: str) -> None:
         assert answer["status"] == "placed", answer
 
 
+async def rest_book(exchange: Simulator, service: Service, prefix: str) -> None:
+    """N orders resting at the simulator, and guardian's picture and figures come to equal them."""
+    place(exchange, N, prefix)
+    await wait_for(lambda: agrees(exchange, service), 20, "guardian following the simulator's book")
+
+
 def book(exchange: Simulator) -> dict[str, Any]:
     """The simulator's own book, counted plainly."""
     orders = exchange.exchange.accounts["main"].open_orders()
@@ -103,8 +109,7 @@ async def test_a_reconnect_snapshot_changing_thousands_of_orders_is_taken_in_sli
     world: tuple[Simulator, Service],
 ) -> None:
     exchange, service = world
-    place(exchange, N, "old")
-    await wait_for(lambda: agrees(exchange, service), 20, "guardian following the simulator's book")
+    await rest_book(exchange, service, "old")
     async with ws_bot(service) as reader:
         assert (await reader.subscribe("open_orders"))["event"] == "subscribed"
         first = await reader.expect(lambda m: m.get("feed") == "open_orders_snapshot", 10)
@@ -146,8 +151,7 @@ async def test_a_rest_reconciliation_changing_thousands_of_orders_is_taken_in_sl
     world: tuple[Simulator, Service],
 ) -> None:
     exchange, service = world
-    place(exchange, N, "old")
-    await wait_for(lambda: agrees(exchange, service), 20, "guardian following the simulator's book")
+    await rest_book(exchange, service, "old")
     stream = service.streams[0]
     exchange.stream.stall()  # the stream says nothing more: REST alone brings the change
     try:
@@ -173,8 +177,7 @@ async def test_a_read_of_thousands_of_orders_is_answered_whole_and_journaled_by_
     world: tuple[Simulator, Service],
 ) -> None:
     exchange, service = world
-    place(exchange, N, "mm")
-    await wait_for(lambda: agrees(exchange, service), 20, "guardian following the simulator's book")
+    await rest_book(exchange, service, "mm")
     async with rest(service) as bot:
         orders = await bot.open_orders()
     assert {o["order_id"] for o in orders} == book(exchange)["ids"]
@@ -192,8 +195,7 @@ async def test_the_state_at_thousands_of_orders_gives_counts_and_lists_only_when
     world: tuple[Simulator, Service],
 ) -> None:
     exchange, service = world
-    place(exchange, N, "mm")
-    await wait_for(lambda: agrees(exchange, service), 20, "guardian following the simulator's book")
+    await rest_book(exchange, service, "mm")
     async with aiohttp.ClientSession() as http:
         status, state = await get_json(http, service.url + "/guardian/state")
         assert status == 200
@@ -221,8 +223,7 @@ async def test_a_subscriber_gets_its_large_snapshot_first_and_the_deltas_that_ca
     """The snapshot of thousands of orders is rendered in slices; orders placed while it is rendered reach
     the subscriber after it, in order, and snapshot plus deltas give the simulator's book."""
     exchange, service = world
-    place(exchange, N, "mm")
-    await wait_for(lambda: agrees(exchange, service), 20, "guardian following the simulator's book")
+    await rest_book(exchange, service, "mm")
     async with ws_bot(service) as reader:
         await reader.authenticate()
         start = len(reader.messages)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -30,6 +30,7 @@ from guardian.gateway.refusal import Refusal
 from guardian.kraken import endpoints as ep
 from guardian.kraken.times import to_iso
 from guardian.kraken.wire import LIST_FIELDS, WireError, parse_batch, request_fields
+from guardian.stream.state import number
 from guardian.switch import SwitchState
 
 if TYPE_CHECKING:
@@ -248,11 +249,11 @@ def order_from_status(row: Mapping[str, Any]) -> OrderIntent | None:
     if not isinstance(order, Mapping):
         return None
     trigger = order.get("priceTriggerOptions")
-    stop = _decimal(trigger.get("triggerPrice")) if isinstance(trigger, Mapping) else None
-    size, symbol, side = _decimal(order.get("quantity")), order.get("symbol"), order.get("side")
+    stop = number(trigger.get("triggerPrice")) if isinstance(trigger, Mapping) else None
+    size, symbol, side = number(order.get("quantity")), order.get("symbol"), order.get("side")
     if size is None or not isinstance(symbol, str) or side not in ("buy", "sell"):
         return None
-    limit = _decimal(order.get("limitPrice"))
+    limit = number(order.get("limitPrice"))
     order_type = str(order.get("orderType") or ("stp" if stop is not None else "lmt"))
     if stop is not None and order_type not in orders.TRIGGER_TYPES:
         order_type = "stp"
@@ -267,15 +268,5 @@ def order_from_status(row: Mapping[str, Any]) -> OrderIntent | None:
         reduce_only=order.get("reduceOnly") is True,
         cli_ord_id=order.get("cliOrdId") if isinstance(order.get("cliOrdId"), str) else None,
         order_id=order.get("orderId") if isinstance(order.get("orderId"), str) else None,
-        filled=_decimal(order.get("filled")) or Decimal(0),
+        filled=number(order.get("filled")) or Decimal(0),
     )
-
-
-def _decimal(value: object) -> Decimal | None:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None
-    try:
-        number = Decimal(str(value))
-    except InvalidOperation:
-        return None
-    return number if number.is_finite() else None
