@@ -10,15 +10,18 @@ import enum
 import math
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 from guardian.config import AccountConfig, OnShutdown
+from guardian.contracts import Kind
 from guardian.errors import ExchangeError
 from guardian.gateway.dedupe import RecentOrders
 from guardian.gateway.exposure import Book
 from guardian.gateway.inflight import InFlight
+from guardian.gateway.instruments import Instruments
 from guardian.gateway.marks import Marks
 from guardian.kraken.client import Credentials, KrakenClient
 from guardian.kraken.endpoints import endpoint
@@ -124,8 +127,16 @@ class Account:
         self.in_flight = InFlight()  # new-risk requests forwarded and not yet settled, for a halt to watch
         # The exposure guard's running figures, the orders let out that the stream has not shown yet, and
         # the bots' rates. Its figures price notional at these marks, told of each one that moves.
-        self.exposure = Book(marks=self.marks)
+        # The contracts the exchange lists: how each symbol's sizes and prices make USD.
+        self.instruments = Instruments(
+            self.gateway_client,
+            refresh_s=guard.instruments_refresh_s,
+            expiry_margin_s=guard.expiry_margin_s,
+        )
+        self.instruments_task: asyncio.Task[None] | None = None
+        self.exposure = Book(marks=self.marks, contracts=self.instruments.contract)
         self.marks.listeners.append(self.exposure.ledger.mark_changed)
+        self.instruments.listeners.append(self.exposure.ledger.contract_changed)
         self.stream: AccountStream | None = None  # the account's picture of itself (set by the service)
         refresh = endpoint("cancelallordersafter").cost
         # What the switch may spend in any one window: every refresh that fits, plus one retry. Its spends
@@ -188,16 +199,39 @@ class Account:
         else:
             self.task = self.switch_loop.submit(self._beat())
         self.marks_task = asyncio.create_task(self._poll_marks(), name=f"marks-{self.name}")
+        self.instruments_task = asyncio.create_task(self._read_instruments(), name=f"instruments-{self.name}")
 
     async def _poll_marks(self) -> None:
         with structlog.contextvars.bound_contextvars(account=self.name):
             await self.marks.run()
 
+    async def _read_instruments(self) -> None:
+        with structlog.contextvars.bound_contextvars(account=self.name):
+            await self.instruments.run()
+
+    def rate(self, symbol: str) -> Decimal | None:
+        """The USD price of `symbol`'s margin currency: its contract's mark (fresh, else the positions
+        feed's), else, for an inverse contract, the mark of another listed on the same base currency (a
+        settled fixed maturity has no mark of its own any more)."""
+        found = self.exposure.ledger.mark(symbol)
+        if found is not None:
+            return found
+        contract = self.instruments.contract(symbol)
+        if contract is None or contract.kind is not Kind.INVERSE:
+            return None
+        for other in sorted(self.instruments.contracts.values(), key=lambda c: c.last_trading or 0.0):
+            if other.kind is Kind.INVERSE and other.base == contract.base and other.symbol != contract.symbol:
+                found = self.exposure.ledger.mark(other.symbol)
+                if found is not None:
+                    return found
+        return None
+
     async def stop_marks(self) -> None:
-        if self.marks_task is not None:
-            self.marks_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.marks_task
+        for task in (self.marks_task, self.instruments_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def close(self) -> None:
         await self.stop_marks()
@@ -303,4 +337,5 @@ class Account:
             "rate_budget_kept_for_switch": round(self.switch_reserve, 1),
             "marks": self.marks.snapshot(),
             "marks_last_error": self.marks.last_error,
+            "instruments": self.instruments.snapshot(),
         }

@@ -146,6 +146,8 @@ class GuardConfig:
     # How the guard works, rather than what it allows:
     mark_poll_s: float = 2.0  # how often the marks are read from the exchange's tickers
     mark_max_age_s: float = 10.0  # an older mark is no mark: rules needing one refuse (fail closed)
+    instruments_refresh_s: float = 300.0  # how often the listed contracts are read again
+    expiry_margin_s: float = 0.0  # a fixed maturity gets no new risk from this long before lastTradingTime
     rate_budget: float = 500.0  # the local model of the exchange's cost budget: units per rate_window_s
     rate_window_s: float = 10.0
     dedupe_window_s: float = (
@@ -475,6 +477,8 @@ _EXPOSURE_KEYS = (
 _GUARD_SETTINGS = (
     "mark_poll_s",
     "mark_max_age_s",
+    "instruments_refresh_s",
+    "expiry_margin_s",
     "rate_budget",
     "rate_window_s",
     "dedupe_window_s",
@@ -653,6 +657,10 @@ def _guard(table: _Table) -> GuardConfig:
         MappingProxyType(per_symbol),
         mark_poll_s=mark_poll,
         mark_max_age_s=mark_max_age,
+        instruments_refresh_s=table.number(
+            "instruments_refresh_s", defaults.instruments_refresh_s, at_least=10
+        ),
+        expiry_margin_s=table.number("expiry_margin_s", defaults.expiry_margin_s, at_least=0),
         rate_budget=table.number("rate_budget", defaults.rate_budget, above=0),
         rate_window_s=table.number("rate_window_s", defaults.rate_window_s, above=0),
         dedupe_window_s=table.number("dedupe_window_s", defaults.dedupe_window_s, at_least=0),

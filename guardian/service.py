@@ -43,7 +43,7 @@ from guardian.stream.account import state_json as stream_json
 from guardian.stream.link import TickerLink
 from guardian.stream.maintenance import MaintenancePolicy
 from guardian.stream.settle import settle_unknown
-from guardian.stream.state import Fill, OrderClosed
+from guardian.stream.state import Event, Fill, Settlement
 from guardian.switch import Switch, SwitchState
 from guardian.switchloop import SwitchLoop
 
@@ -54,6 +54,7 @@ SHUTDOWN_ACTION_S = 4.0  # each account's on_shutdown calls together (accounts r
 STREAMS_STOP_S = 2.0  # the links' close handshakes, all at once
 REPORT_INTERVAL_S = 0.25  # how often state changes are looked for (logs, STATUS=, READY=)
 JOURNAL_PROBE_S = 5.0  # while the journal cannot be written, how often a small write tries it again
+INSTRUMENTS_WAIT_S = 5.0  # at start, the streams wait this long at most for the contracts' first read
 
 SERVICE_KEY: web.AppKey[Service] = web.AppKey("service")
 
@@ -128,6 +129,8 @@ class Service:
             on_drift=lambda kind, _detail: self.metrics.on_drift(account.name, kind),
             on_fill=lambda fill: self.metrics.on_fill(account.name, fill),
             on_events=lambda events: self._stream_events(account, events),
+            contracts=account.instruments.contract,
+            rate=account.rate,
             observer=account.exposure.ledger,
             on_learned=account.exposure.ledger.learned,
         )
@@ -135,10 +138,10 @@ class Service:
         account.stream = stream
         return stream
 
-    def _stream_events(self, account: Account, events: list[Fill | OrderClosed]) -> None:
+    def _stream_events(self, account: Account, events: list[Event]) -> None:
         account.exposure.observe(events)
         self.trips.on_events(account, events)
-        if any(isinstance(e, Fill) for e in events):
+        if any(isinstance(e, Fill | Settlement) for e in events):
             self.trips.check_loss(account)
 
     def _ticker_links(self) -> list[TickerLink]:
@@ -275,12 +278,17 @@ class Service:
         await self._start_streams()
 
     async def _start_streams(self) -> None:
-        """Today's fills from the journal (so a restart does not reset the day), then the links."""
+        """Today's fills from the journal (so a restart does not reset the day), then the links (once the
+        contracts have been read, or `INSTRUMENTS_WAIT_S` has passed: fills are valued by them)."""
+        await asyncio.gather(*(a.instruments.wait_loaded(INSTRUMENTS_WAIT_S) for a in self.accounts))
         midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
         for stream in self.streams:
             if stream.enabled:
                 try:
                     stream.state.restore_day(await self.journal.events_since("fill", stream.name, midnight))
+                    stream.state.restore_settlements(
+                        await self.journal.events_since("settlement", stream.name, midnight)
+                    )
                     account = self.account(stream.name)
                     for lift in await self.journal.events_since("trip_lifted", stream.name, midnight):
                         if account is not None:
@@ -487,7 +495,8 @@ class Service:
         fresh = stream is not None and stream.fresh()
         return {
             "limits": [u.as_json() for u in self.limits(account)],
-            "daily_pnl": float(stream.state.daily_pnl()) if stream is not None and fresh else None,
+            "daily_pnl": _float(stream.state.daily_pnl()) if stream is not None and fresh else None,
+            "daily_pnl_gap": _gap(stream.state.pnl_gap()) if stream is not None and fresh else None,
             "bots": bots,
         }
 
@@ -607,3 +616,12 @@ class Service:
             remaining_s=None if remaining is None else round(remaining, 3),
             last_error=switch.last_error,
         )
+
+
+def _float(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _gap(found: tuple[str, str] | None) -> dict[str, str] | None:
+    """Why the day's PnL cannot be valued now, as `/guardian/state` shows it."""
+    return None if found is None else {"code": found[0], "reason": found[1]}

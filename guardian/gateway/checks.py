@@ -14,9 +14,12 @@ and, once the exchange has answered, settling what was held.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
+
+import structlog
 
 from guardian.account import Account, Mode
 from guardian.errors import ExchangeError, ExchangeRejected
@@ -30,6 +33,8 @@ from guardian.kraken.client import classify
 
 if TYPE_CHECKING:
     from guardian.gateway.app import Gateway
+
+log = structlog.get_logger("guardian.gateway")
 
 SETTLE_WAIT_S: Final = 2.0  # the longest an order waits for the exposure figures to settle, then refused
 
@@ -46,6 +51,7 @@ async def gate(gw: Gateway, p: Passage) -> None:
             decision.mode = account.mode_for(bot)  # a setting or an RFQ offer: judged with its limits
         return
     if any(isinstance(i, OrderIntent) for i in decision.intents):
+        await account.instruments.wait_loaded(SETTLE_WAIT_S)  # just started: the contracts' first read
         await settled(account)  # the last wait before the hold
     if p.endpoint.name == "batchorder":
         switch_gate(account, decision)
@@ -80,9 +86,19 @@ async def limits(gw: Gateway, p: Passage) -> None:
         marks = {s: account.marks.mark(s) for s in _symbols(decision.intents, originals)}
         mode = decision.mode if decision.mode is not None else account.mode_for(bot)
         try:
-            rules.check_batch(decision.intents, mode, account.config.guard, marks, originals)
+            rules.check_batch(
+                decision.intents,
+                mode,
+                account.config.guard,
+                marks,
+                originals,
+                account.instruments.contract,
+            )
         except Refusal as refusal:
             raise named(account, bot, refusal) from None
+        tags = [i.order_tag if isinstance(i, OrderIntent) else None for i in decision.intents]
+        for index, merged, _ in _merged_batch(decision.intents, originals):
+            contract_gate(account, merged, functools.partial(_item, index, tags[index]))
         return
     [intent] = decision.intents
     if isinstance(intent, OrderIntent):
@@ -91,11 +107,13 @@ async def limits(gw: Gateway, p: Passage) -> None:
                 "invalidArgument",
                 "the order to edit is not open at the exchange (orders/status does not know it)",
             )
+        contract_gate(account, intent, lambda refusal: refusal)
         rules.check_limits(
             intent,
             account.config.guard,
             account.marks.mark(intent.symbol or ""),
             reducible=_reducible(account, intent),
+            contract=account.instruments.contract(intent.symbol or ""),
         )
 
 
@@ -132,12 +150,15 @@ def judge(p: Passage, judged: Sequence[tuple[int, OrderIntent, bool]]) -> exposu
         return None
     account, decision, caller = p.account, p.decision, p.bot
     stream = account.stream
+    loss_on = account.config.guard.max_daily_loss is not None
     trial = account.exposure.trial(
         caller.bot,
         reconciles=stream.reconciles if stream is not None else 0,
-        daily_pnl=stream.state.daily_pnl() if stream is not None else Decimal(0),
+        daily_pnl=stream.state.daily_pnl() if stream is not None and loss_on else Decimal(0),
         window_s=account.config.guard.duplicate_window_s,
     )
+    if stream is not None and loss_on and trial.daily_pnl is None:
+        trial.pnl_gap = stream.state.pnl_gap()
     candidates = [
         (index, exposure.candidate(intent, caller.bot, replaces_open=replaces))
         for index, intent, replaces in judged
@@ -195,6 +216,21 @@ async def settled(account: Account) -> None:
                 "guardian is still taking in a large change of the account's picture (a snapshot or a "
                 f"reconciliation) after {SETTLE_WAIT_S:g} s: no new order until it has; cancels pass",
             ) from None
+
+
+def _item(index: int, tag: str | None, refusal: Refusal) -> Refusal:
+    return refusal.for_item(index, tag)
+
+
+def contract_gate(account: Account, intent: OrderIntent, name: Callable[[Refusal], Refusal]) -> None:
+    """No new risk in a contract guardian cannot judge (unknown, or of a type it does not know) or past
+    its last trading time; a reduce-only order passes (`guardian.gateway.instruments`)."""
+    if intent.reduce_only is True or not intent.symbol:
+        return
+    refusal = account.instruments.judge(intent.symbol)
+    if refusal is not None:
+        log.warning("order_contract_refused", symbol=intent.symbol.upper(), code=refusal.code)
+        raise name(refusal)
 
 
 def switch_gate(account: Account, decision: Decision) -> None:

@@ -37,10 +37,11 @@ from decimal import Decimal
 from typing import Final, TypeVar
 
 from guardian.config import ClientConfig, GuardConfig
+from guardian.contracts import Contract
 from guardian.gateway.ledger import Held, Ledger, MarkSource, Working
 from guardian.gateway.orders import OrderIntent
 from guardian.gateway.refusal import Refusal
-from guardian.stream.state import Event, Fill, OrderClosed, StateView
+from guardian.stream.state import Event, Fill, OrderClosed, Settlement, StateView
 
 __all__ = ["Book", "Candidate", "Held", "Hold", "Limits", "Trial", "Usage", "Working", "judge"]
 
@@ -141,6 +142,7 @@ class Trial:
     ) -> None:
         self.ledger = ledger
         self.daily_pnl = daily_pnl  # realised since 00:00 UTC plus unrealised, net of fees; None: unknown
+        self.pnl_gap: tuple[str, str] | None = None  # why daily_pnl cannot be valued (code, what)
         self.bot_orders = bot_orders  # the judged bot's new orders and edits in the last minute
         self.recent = recent
         self.now = now  # monotonic
@@ -204,22 +206,33 @@ class Trial:
         """The gross notional beside `c`, without `c`. Refusal when a mark it needs is missing."""
         total, missing = self.ledger.gross()
         if missing is not None:
-            raise _no_mark(missing)
+            raise self._unpriced(missing)
         out, inn = self.scope(c)
         for w in out:
             if not w.reduce_only:
-                total -= w.remaining * self.price_of(w.symbol, w.price)
+                total -= self.value_of(w.symbol, w.remaining, w.price)
         for w in inn:
             if not w.reduce_only:
-                total += w.remaining * self.price_of(w.symbol, w.price)
+                total += self.value_of(w.symbol, w.remaining, w.price)
         return total
 
-    def price_of(self, symbol: str, price: Decimal | None) -> Decimal:
-        """The higher of an order's own price and the mark (the worse for notional)."""
-        found = self.ledger.price(symbol, price)
+    def value_of(self, symbol: str, size: Decimal, price: Decimal | None) -> Decimal:
+        """USD notional of an order as its contract counts it, at the higher of its own price and the mark
+        (the worse for notional)."""
+        found = self.ledger.value(symbol, size, price)
         if found is None:
-            raise _no_mark(symbol)
+            raise self._unpriced(symbol)
         return found
+
+    def _unpriced(self, symbol: str) -> Refusal:
+        if self.ledger.contract(symbol) is None:
+            return Refusal(
+                "instrumentUnknown",
+                f"max_gross_notional counts {symbol}, whose contract guardian does not know (the exchange's "
+                "instruments do not list it as one guardian judges): no new risk until it does; cancels and "
+                "reduce-only orders pass",
+            )
+        return _no_mark(symbol)
 
     def duplicates(self, c: Candidate) -> int:
         found = 0 if self.recent is None else self.recent.matching(c.content, c.cli_ord_id)
@@ -302,11 +315,11 @@ def _count_why(scope: str, key: str) -> Callable[[Trial, Candidate, Decimal, Dec
 
 
 def _gross_figure(t: Trial, c: Candidate) -> Decimal:
-    return t.gross(c) + c.size * t.price_of(c.symbol, c.price)
+    return t.gross(c) + t.value_of(c.symbol, c.size, c.price)
 
 
 def _gross_why(t: Trial, c: Candidate, figure: Decimal, limit: Decimal) -> str:
-    this = c.size * t.price_of(c.symbol, c.price)
+    this = t.value_of(c.symbol, c.size, c.price)
     room = max(ZERO, limit - (figure - this))
     return (
         f"the account's gross notional would be {_fmt(figure)} (positions at the mark, open and unsettled "
@@ -323,6 +336,11 @@ def _rate_why(t: Trial, c: Candidate, figure: Decimal, limit: Decimal) -> str:
 
 
 def _loss_figure(t: Trial, c: Candidate) -> Decimal:
+    if t.daily_pnl is None and t.pnl_gap is not None:  # fail closed: a loss limit that cannot be read
+        code, what = t.pnl_gap
+        raise Refusal(
+            code, f"max_daily_loss cannot be judged: {what}; only reduce-only orders and cancels pass"
+        )
     return ZERO if t.daily_pnl is None else -t.daily_pnl
 
 
@@ -565,10 +583,14 @@ class Book:
     windows. Single-threaded: the event loop's."""
 
     def __init__(
-        self, *, clock: Callable[[], float] = time.monotonic, marks: MarkSource | None = None
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        marks: MarkSource | None = None,
+        contracts: Callable[[str], Contract | None] | None = None,
     ) -> None:
         self._clock = clock
-        self.ledger = Ledger(marks)
+        self.ledger = Ledger(marks, contracts=contracts)
         self._orders_at: dict[str | None, deque[float]] = {}
         self._recent: dict[str | None, Recent] = {}
         self._filled: OrderedDict[str, Decimal] = OrderedDict()
@@ -697,6 +719,8 @@ class Book:
     def observe(self, events: Iterable[Event]) -> None:
         """The stream's fills and closed orders: holds shrink and end with them."""
         for event in events:
+            if isinstance(event, Settlement):
+                continue
             keys = tuple(k for k in (event.order_id, event.cli_ord_id) if k)
             for key in keys:
                 if isinstance(event, Fill):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final, Protocol, TypeVar
 
+from guardian.contracts import PLAIN, Contract
 from guardian.stream.state import OpenOrder
 
 ZERO: Final = Decimal(0)
@@ -102,6 +103,7 @@ class Levels:
         "n",
         "prices",
         "sizes",
+        "total",
         "unpriced",
         "unpriced_n",
         "value",
@@ -119,9 +121,11 @@ class Levels:
         self.below_size = ZERO
         self.below_value = ZERO
         self.n = 0  # orders
+        self.total = ZERO  # the size of them all (an inverse contract's notional is its size)
 
     def add(self, price: Decimal | None, size: Decimal) -> None:
         self.n += 1
+        self.total += size
         if price is None:
             self.unpriced += size
             self.unpriced_n += 1
@@ -143,6 +147,7 @@ class Levels:
 
     def remove(self, price: Decimal | None, size: Decimal) -> None:
         self.n -= 1
+        self.total -= size
         if price is None:
             self.unpriced -= size
             self.unpriced_n -= 1
@@ -198,8 +203,13 @@ class Ledger:
         self,
         marks: MarkSource | None = None,
         owner: Callable[[str | None, str | None], str | None] | None = None,
+        contracts: Callable[[str], Contract | None] | None = None,
     ) -> None:
         self.marks = marks
+        # Each symbol's contract (`guardian.contracts`): how a size and a price make USD. None: unknown,
+        # and the gross notional cannot be worked out while the symbol counts. Without a list (the rules'
+        # unit tests), every contract is linear of size 1.
+        self.contract: Callable[[str], Contract | None] = contracts or _plain
         self.owner: Callable[[str | None, str | None], str | None] = owner or _nobody
         # The entries, and how they are found.
         self._shown: dict[str, Entry] = {}  # order id -> the entry of an open order
@@ -268,9 +278,10 @@ class Ledger:
         return found
 
     def gross(self) -> tuple[Decimal, str | None]:
-        """The gross notional: every position at the mark, every order counted that is not reduce-only at
-        the higher of its price and the mark. With it, a symbol that needs a mark and has none (then the
-        figure cannot be used), else None."""
+        """The gross notional in USD: every position at the mark, every order counted that is not
+        reduce-only at the higher of its price and the mark, each as its contract counts it. With it, a
+        symbol that needs a mark and has none, or whose contract is unknown (then the figure cannot be
+        used), else None."""
         self._expire()
         if self._dirty:
             for symbol in self._dirty:
@@ -289,6 +300,15 @@ class Ledger:
         if price is None:
             return mark
         return price if mark is None or price > mark else mark
+
+    def value(self, symbol: str, size: Decimal, price: Decimal | None) -> Decimal | None:
+        """USD notional of `size` contracts of an order at `price` (at the higher of it and the mark; an
+        inverse contract's needs neither). None: the contract is unknown, or a price it needs is missing."""
+        contract = self.contract(symbol)
+        if contract is None:
+            return None
+        unit = contract.unit_value(None if contract.price_free else self.price(symbol, price))
+        return None if unit is None else size * unit
 
     def working(self) -> list[Working]:
         """Every entry as it counts (a reader's copy: the tests, a snapshot; O(n))."""
@@ -379,6 +399,8 @@ class Ledger:
         """A mark moved, appeared or went: the symbol's part is priced again when next read."""
         if symbol in self._levels or symbol in self._positions:
             self._dirty.add(symbol)
+
+    contract_changed = mark_changed  # a contract listed, changed or gone: likewise
 
     # ---- holds ----------------------------------------------------------------------------------------
     def hold(self, held: Held) -> None:
@@ -560,14 +582,22 @@ class Ledger:
         if symbol in self._dirty or symbol not in self._parts:
             self._dirty.add(symbol)
             return
-        mark = self._part_marks[symbol]
-        if mark is None:
-            if w.price is None:  # needs a mark there is none of
-                self._dirty.add(symbol)
-                return
-            value = w.remaining * w.price
+        contract = self.contract(symbol)
+        if contract is None:  # (gone since the part was priced: the list's change reprices it)
+            self._dirty.add(symbol)
+            return
+        if contract.price_free:
+            value = w.remaining * contract.contract_size
         else:
-            value = w.remaining * (mark if w.price is None or w.price < mark else w.price)
+            mark = self._part_marks[symbol]
+            if mark is None:
+                if w.price is None:  # needs a mark there is none of
+                    self._dirty.add(symbol)
+                    return
+                value = w.remaining * w.price * contract.contract_size
+            else:
+                value = w.remaining * (mark if w.price is None or w.price < mark else w.price)
+                value *= contract.contract_size
         if sign < 0:
             value = -value
         self._parts[symbol] += value
@@ -595,6 +625,16 @@ class Ledger:
             self._versions.pop(symbol, None)
             self._watched.pop(symbol, None)
             return
+        contract = self.contract(symbol)
+        if contract is None:
+            self._blind.add(symbol)
+            return
+        if contract.price_free:  # face value: no mark needed
+            part = ((levels.total if levels is not None else ZERO) + size) * contract.contract_size
+            self._parts[symbol] = part
+            self._part_marks[symbol] = None
+            self._gross += part
+            return
         found = self.marks.quote(symbol) if self.marks is not None else None
         if found is not None:
             mark: Decimal | None = found[0]
@@ -611,6 +651,8 @@ class Ledger:
             part = levels.value if levels is not None else ZERO
         else:
             part = (levels.at(mark) if levels is not None else ZERO) + size * mark
+        if contract.contract_size != 1:
+            part *= contract.contract_size
         self._parts[symbol] = part
         self._part_marks[symbol] = mark
         self._gross += part
@@ -626,6 +668,10 @@ def _decrement(table: dict[K, int], key: K) -> None:
 
 def _seq(held: Held) -> int:
     return held.seq
+
+
+def _plain(symbol: str) -> Contract:
+    return PLAIN
 
 
 def _nobody(order_id: str | None, cli_ord_id: str | None) -> str | None:

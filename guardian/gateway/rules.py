@@ -3,8 +3,10 @@
 - Mode: `active` lets anything through; `reduce_only` only reduce-only orders (and edits of reduce-only
   orders) and cancels; `halted` only cancels. Cancels always pass: they can only take risk away.
 - Limits (`GuardConfig`, per symbol via `limits_for`): the symbols allow-list, `max_order_size` (the
-  order's size in contracts), `max_notional` (size times the limit price; for an order that has none,
-  times the mark or its stop price, whichever is higher) and `price_band_pct` (every limit and stop
+  order's size in contracts), `max_notional` (in USD, as the symbol's contract counts it
+  (`guardian.contracts`): for a linear contract size x contractSize times the limit price, or, for an
+  order that has none, the mark or its stop price, whichever is higher; for an inverse contract its face
+  value, size x contractSize USD, whatever the price) and `price_band_pct` (every limit and stop
   price within that percentage of the mark, either side). A limit that is off (None) is never checked and never needs the mark; one that needs the
   mark when there is none refuses (`markPriceUnavailable`): guardian does not guess a price.
 
@@ -38,6 +40,7 @@ from typing import TypeVar
 
 from guardian.account import Mode
 from guardian.config import GuardConfig, SymbolLimits
+from guardian.contracts import PLAIN, ZERO, Contract, ContractOf
 from guardian.gateway.orders import (
     MAX_BATCH_ITEMS,
     CancelAllIntent,
@@ -137,13 +140,22 @@ def limits_for(guard: GuardConfig, symbol: str) -> SymbolLimits:
 
 
 def check_limits(
-    intent: OrderIntent, guard: GuardConfig, mark: Decimal | None, *, reducible: Decimal | None = None
+    intent: OrderIntent,
+    guard: GuardConfig,
+    mark: Decimal | None,
+    *,
+    reducible: Decimal | None = None,
+    contract: Contract | None = PLAIN,
 ) -> None:
     """Refuse a send or merged edit that breaks one of the account's limits for its symbol.
 
     `reducible`: for a reduce-only order, the size of the position it can close (from a fresh account
     state): such an order may exceed max_order_size up to that size (closing a large position in one
     order is never blocked by the order-size limit).
+
+    `contract`: how the symbol's size and price make USD notional (`guardian.contracts`); None: unknown,
+    and then only a reduce-only order gets here (`instrumentUnknown` refuses the rest before), whose
+    notional is not checked: it cannot add to the risk the notional limit bounds.
 
     Raises Refusal: symbolNotAllowed, orderSizeTooLarge, notionalTooLarge, priceOutsideBand, or
     markPriceUnavailable when a limit that is on needs the mark and `mark` is None (or not a price).
@@ -164,7 +176,10 @@ def check_limits(
         ctx.prec = _PRECISION
         if reducible is None or intent.reduce_only is not True or intent.size > reducible:
             _check_size(intent.size, limits, symbol)
-        _check_notional(intent, limits, symbol, usable)
+        if contract is not None:
+            _check_notional(intent, limits, symbol, usable, contract)
+        elif intent.reduce_only is not True:
+            raise Refusal("instrumentUnknown", f"{symbol}: its contract is not known, so its notional is not")
         _check_band(intent, limits, symbol, usable)
 
 
@@ -209,10 +224,22 @@ def _offset_prices(intent: OrderIntent) -> Iterator[Decimal]:
     yield intent.stop_price + offset
 
 
-def _check_notional(intent: OrderIntent, limits: SymbolLimits, symbol: str, mark: Decimal | None) -> None:
+def _check_notional(
+    intent: OrderIntent, limits: SymbolLimits, symbol: str, mark: Decimal | None, contract: Contract
+) -> None:
     if limits.max_notional is None:
         return
     assert intent.size is not None
+    cap = _limit(limits.max_notional)
+    if contract.price_free:  # an inverse contract: its face value, whatever the price
+        notional = contract.notional(intent.size, ZERO)
+        if notional > cap:
+            raise Refusal(
+                "notionalTooLarge",
+                f"notional {_fmt(notional)} USD (size {_fmt(intent.size)} contracts of "
+                f"{_fmt(contract.contract_size)} USD) is above max_notional {_fmt(cap)} for {symbol}: lower the size",
+            )
+        return
     prices = [(p, "limitPrice") for p in (intent.limit_price,) if p is not None]
     prices += [(p, "the limit price after limitPriceOffsetValue") for p in _offset_prices(intent)]
     if intent.order_type in ("mkt", "trailing_stop") or intent.limit_price is None:
@@ -224,12 +251,12 @@ def _check_notional(intent: OrderIntent, limits: SymbolLimits, symbol: str, mark
             # than the mark says (the band, if on, bounds that distance; without it nothing else does).
             prices.append((intent.stop_price, "stopPrice"))
     price, basis = max(prices, key=lambda pair: pair[0])
-    notional = intent.size * price
-    cap = _limit(limits.max_notional)
+    notional = contract.notional(intent.size, price)
     if notional > cap:
+        unit = "" if contract.contract_size == 1 else f" x contractSize {_fmt(contract.contract_size)}"
         raise Refusal(
             "notionalTooLarge",
-            f"notional {_fmt(notional)} (size {_fmt(intent.size)} x {basis} {_fmt(price)}) is above "
+            f"notional {_fmt(notional)} (size {_fmt(intent.size)} x {basis} {_fmt(price)}{unit}) is above "
             f"max_notional {_fmt(cap)} for {symbol}: lower the size",
         )
 
@@ -259,11 +286,18 @@ def _check_band(intent: OrderIntent, limits: SymbolLimits, symbol: str, mark: De
 # ---- one request, a batch ------------------------------------------------------------------------------
 
 
-def check_intent(intent: Intent, mode: Mode | str, guard: GuardConfig, mark: Decimal | None) -> None:
+def check_intent(
+    intent: Intent,
+    mode: Mode | str,
+    guard: GuardConfig,
+    mark: Decimal | None,
+    contracts: ContractOf | None = None,
+) -> None:
     """The mode, then (for a send or merged edit) the limits: everything a single request must pass."""
     check_mode(mode, intent)
     if isinstance(intent, OrderIntent):
-        check_limits(intent, guard, mark)
+        contract = PLAIN if contracts is None or intent.symbol is None else contracts(intent.symbol)
+        check_limits(intent, guard, mark, contract=contract)
 
 
 def check_batch(
@@ -272,6 +306,7 @@ def check_batch(
     guard: GuardConfig,
     marks: Mapping[str, Decimal | None],
     originals: Mapping[str, OrderIntent],
+    contracts: ContractOf | None = None,
 ) -> None:
     """Judge a parsed batch item by item; the first item that fails refuses the whole batch, its Refusal
     carrying the item's index and order_tag.
@@ -300,7 +335,7 @@ def check_batch(
     for index, intent in enumerate(intents):
         tag = intent.order_tag if isinstance(intent, OrderIntent) else None
         try:
-            _check_item(intent, mode, guard, by_symbol, orders)
+            _check_item(intent, mode, guard, by_symbol, orders, contracts)
         except Refusal as exc:
             raise exc.for_item(index, tag) from None
 
@@ -331,9 +366,10 @@ def _check_item(
     guard: GuardConfig,
     marks: Mapping[str, Decimal | None],
     orders: dict[tuple[str, str], OrderIntent],
+    contracts: ContractOf | None = None,
 ) -> None:
     if isinstance(intent, CancelIntent | CancelAllIntent) or intent.kind == "send":
-        check_intent(intent, mode, guard, _mark(marks, intent))
+        check_intent(intent, mode, guard, _mark(marks, intent), contracts)
         if isinstance(intent, OrderIntent):
             for key in _keys_of(intent):
                 orders[key] = intent
@@ -359,7 +395,7 @@ def _check_item(
         )
     for key, original in found:
         merged = merge_edit(original, intent)
-        check_intent(merged, mode, guard, _mark(marks, merged))
+        check_intent(merged, mode, guard, _mark(marks, merged), contracts)
         orders[key] = merged
         for other in _keys_of(merged):
             orders[other] = merged

@@ -108,6 +108,8 @@ class Trips:
         if guard.max_daily_loss is None or stream is None or not stream.fresh():
             return
         pnl = stream.state.daily_pnl()
+        if pnl is None:  # some part cannot be valued now: the guard refuses new risk meanwhile
+            return
         at_limit = pnl <= -guard.max_daily_loss
         rearm_day = self._loss_rearm.get(account.name)
         if rearm_day is not None and (not at_limit or rearm_day != _day(self._clock())):

@@ -25,6 +25,7 @@ import aiohttp
 import structlog
 
 from guardian.config import AccountConfig
+from guardian.contracts import Contract
 from guardian.errors import ExchangeError
 from guardian.journal import Journal, JournalError
 from guardian.kraken.client import KrakenClient
@@ -35,9 +36,10 @@ from guardian.stream.link import LinkState, PrivateLink
 from guardian.stream.state import (
     AccountState,
     Drift,
+    Event,
     Fill,
     OpenOrder,
-    OrderClosed,
+    Settlement,
     StateObserver,
     StateView,
 )
@@ -94,14 +96,16 @@ class AccountStream:
         on_drift: Callable[[str, str], None] | None = None,
         on_fill: Callable[[Fill], None] | None = None,
         on_link: Callable[[LinkState, LinkState], None] | None = None,
-        on_events: Callable[[list[Fill | OrderClosed]], None] | None = None,
+        on_events: Callable[[list[Event]], None] | None = None,
         observer: StateObserver | None = None,
         on_learned: Callable[[Iterable[str]], None] | None = None,
+        contracts: Callable[[str], Contract | None] | None = None,
+        rate: Callable[[str], Decimal | None] | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
         self.settings = config.stream
-        self.state = AccountState(observer=observer)
+        self.state = AccountState(observer=observer, contracts=contracts, rate=rate)
         self._client = client
         self._journal = journal
         self._budget = budget
@@ -262,6 +266,9 @@ class AccountStream:
             # writes must never see REST's picture adopted with only part of its drift counted.
             for drift in drifts:
                 self._count_drift(drift)
+            settled = self.state.take_settlements()
+            if settled:
+                self._events(settled)
             for drift in drifts:
                 await self._event("account_state_drift", {"kind": drift.kind, "detail": drift.detail})
             return True
@@ -310,23 +317,40 @@ class AccountStream:
         self._changes += 1  # from the start: a reconciliation whose reads overlap it is read again
         self._applied(message, await self.state.apply_sliced(message))
 
-    def _applied(self, message: Mapping[str, Any], events: list[Fill | OrderClosed]) -> None:
+    def _applied(self, message: Mapping[str, Any], events: list[Event]) -> None:
         self._changes += 1
-        for event in events:
-            if isinstance(event, Fill) and self._on_fill is not None:
-                self._on_fill(event)
-        if events and self._on_events is not None:
-            self._on_events(events)
         if events:
-            task = asyncio.create_task(self._journal_events(events), name=f"stream-journal-{self.name}")
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self._events(events)
         for listener in self.listeners:
             listener.on_stream_message(message)
 
-    async def _journal_events(self, events: list[Fill | OrderClosed]) -> None:
+    def _events(self, events: list[Event]) -> None:
+        """Told on, then journaled in the background (each journal write owned and collected)."""
         for event in events:
-            if isinstance(event, Fill):
+            if isinstance(event, Fill) and self._on_fill is not None:
+                self._on_fill(event)
+        if self._on_events is not None:
+            self._on_events(events)
+        task = asyncio.create_task(self._journal_events(events), name=f"stream-journal-{self.name}")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _journal_events(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Settlement):
+                await self._event(
+                    "settlement",
+                    {
+                        "symbol": event.symbol,
+                        "size": _dec(event.size),
+                        "entry_price": None if event.entry_price is None else _dec(event.entry_price),
+                        "price": None if event.price is None else _dec(event.price),
+                        "realized_pnl": _dec(event.realized_pnl),
+                        "currency": event.currency,
+                        "time": event.time,
+                    },
+                )
+            elif isinstance(event, Fill):
                 await self._event(
                     "fill",
                     {
@@ -341,6 +365,7 @@ class AccountStream:
                         "fee": _dec(event.fee),
                         "fill_type": event.fill_type,
                         "realized_pnl": _dec(event.realized_pnl),
+                        "fee_currency": event.fee_currency,
                         "fill_time": event.time,
                     },
                 )
@@ -379,6 +404,13 @@ def _float(value: Decimal | None) -> float | None:
     return None if value is None else float(value)
 
 
+def _contract_json(contract: Contract | None) -> dict[str, Any]:
+    """How a symbol's amounts are counted: its contract kind and margin (PnL) currency; null: unknown."""
+    if contract is None:
+        return {"contract": None, "pnl_currency": None}
+    return {"contract": contract.kind.value, "pnl_currency": contract.margin_currency}
+
+
 def _order_json(stream: AccountStream, order: OpenOrder) -> dict[str, Any]:
     return {
         "order_id": order.order_id,
@@ -415,6 +447,7 @@ def state_json(
                 "entry_price": _float(p.entry_price),
                 "mark_price": _float(p.mark_price),
                 "unrealized_pnl": _float(p.unrealized_pnl),
+                **_contract_json(stream.state.contract(p.symbol)),
             }
             for p in sorted(view.positions.values(), key=lambda p: p.symbol)
         ],
@@ -438,7 +471,28 @@ def state_json(
             "count": view.fills_today,
             "realized_pnl": float(view.realized_today),
             "fees": float(view.fees_today),
+            # Per symbol in its margin currency (the two figures above are their USD worth).
+            "by_symbol": {
+                symbol: {
+                    "realized_pnl": float(view.realized_by.get(symbol, 0)),
+                    "fees": float(view.fees_by.get(symbol, 0)),
+                    **_contract_json(stream.state.contract(symbol)),
+                }
+                for symbol in sorted({*view.realized_by, *view.fees_by})
+            },
         },
+        "settlements": [
+            {
+                "symbol": s.symbol,
+                "size": float(s.size),
+                "entry_price": _float(s.entry_price),
+                "price": _float(s.price),
+                "realized_pnl": float(s.realized_pnl),
+                "currency": s.currency,
+                "at": to_iso(s.time),
+            }
+            for s in view.settlements
+        ],
         "notices": [
             {
                 "type": n.type,

@@ -12,10 +12,15 @@ unconfirmed the reading is tolerant, and chosen to fail safe:
 - an order delta's `qty` is the remaining size (live traffic, ccxt); `is_cancel` removes the order.
 - unknown feeds, fields, reasons and enum values are kept or logged, never a crash.
 
-Realised PnL is worked out here from the fills (average entry price, as Kraken keeps it for linear
-`PF_` contracts), since no feed of the five carries it: each fill that reduces a position realises
-(price - entry) x closed size, signed by the position's side. REST's positions reseed the entries at every
-reconciliation.
+Realised PnL is worked out here from the fills, since no feed of the five carries it: each fill that
+reduces a position realises what its contract's arithmetic says (`guardian.contracts`: (price - entry) x
+closed size x contractSize in USD for a linear contract; closed size x contractSize x (1/entry - 1/price)
+in the base currency for an inverse one), from the position's average entry (arithmetic for linear,
+harmonic for inverse, as Kraken keeps them). REST's positions reseed the entries at every reconciliation.
+Amounts are kept per symbol in its margin currency and valued in USD when read (`daily_pnl`), at the
+contract's mark: an inverse contract's realised bitcoin is worth what bitcoin is worth now. A fixed
+maturity's position that goes after its last trading time was settled: it realises at the last mark
+known, and is a `Settlement` event (journaled).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any, Final, Protocol
 
 import structlog
 
+from guardian.contracts import PLAIN, Contract, Kind
 from guardian.kraken.times import parse_iso
 from guardian.slicing import run_now, sliced
 
@@ -111,7 +117,22 @@ class Fill:
     fee: Decimal
     fill_type: str | None
     time: float  # epoch seconds
-    realized_pnl: Decimal = ZERO
+    realized_pnl: Decimal = ZERO  # in the contract's margin currency
+    fee_currency: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """A fixed maturity's position closed at expiry by the exchange (seen as the position going after the
+    contract's last trading time), realised at the last mark guardian knew."""
+
+    symbol: str
+    size: Decimal  # signed, as it was
+    entry_price: Decimal | None
+    price: Decimal | None  # the settlement price guardian assumed (the last mark known); None: none known
+    realized_pnl: Decimal  # in the contract's margin currency (0 when it could not be worked out)
+    currency: str
+    time: float  # epoch seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +173,7 @@ class Drift:
     detail: str
 
 
-Event = Fill | OrderClosed
+Event = Fill | OrderClosed | Settlement
 
 
 class StateObserver(Protocol):
@@ -175,8 +196,8 @@ class StateView:
     positions: Mapping[str, Position] = field(default_factory=lambda: MappingProxyType({}))
     balances: Balances = Balances()
     fills_today: int = 0
-    realized_today: Decimal = ZERO
-    fees_today: Decimal = ZERO
+    realized_today: Decimal = ZERO  # in USD, at the marks when the view was made
+    fees_today: Decimal = ZERO  # likewise
     fills_by_side: Mapping[tuple[str, str], int] = field(default_factory=lambda: MappingProxyType({}))
     notices: tuple[Notice, ...] = ()
     recent_fills: tuple[Fill, ...] = ()
@@ -185,6 +206,10 @@ class StateView:
     fill_positions: Mapping[str, Decimal] = field(default_factory=lambda: MappingProxyType({}))
     changed_at: float = 0.0  # monotonic: the last change applied
     day: str = ""
+    # Per symbol, in its margin currency (USD for linear contracts, the base currency for inverse ones).
+    realized_by: Mapping[str, Decimal] = field(default_factory=lambda: MappingProxyType({}))
+    fees_by: Mapping[str, Decimal] = field(default_factory=lambda: MappingProxyType({}))
+    settlements: tuple[Settlement, ...] = ()
 
     def orders_by_symbol(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -215,10 +240,19 @@ class AccountState:
     orders at once can be applied in slices (`apply_sliced`, `reconcile_sliced`)."""
 
     def __init__(
-        self, *, clock: Callable[[], float] = time.time, observer: StateObserver | None = None
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        observer: StateObserver | None = None,
+        contracts: Callable[[str], Contract | None] | None = None,
+        rate: Callable[[str], Decimal | None] | None = None,
     ) -> None:
         self._clock = clock
         self.observer = observer
+        # Each symbol's contract (None: unknown, and its PnL cannot be valued), and the USD price of its
+        # margin currency (an inverse contract's mark). Without them (unit tests): linear, size 1.
+        self._contracts = contracts
+        self._rate = rate or (lambda symbol: None)
         self._orders: dict[str, OpenOrder] = {}
         self._by_symbol: dict[str, int] = {}  # open orders per symbol, kept with _orders
         self._positions: dict[str, Position] = {}
@@ -230,8 +264,11 @@ class AccountState:
         self._fill_order: deque[str] = deque()
         self._day = _day(clock())
         self._fills_today = 0
-        self._realized = ZERO
-        self._fees = ZERO
+        self._realized: dict[str, Decimal] = {}  # symbol -> realised today, in its margin currency
+        self._fees: dict[str, Decimal] = {}  # symbol -> fees today, likewise
+        self._unvalued: dict[str, str] = {}  # symbol -> why today's realised PnL in it is not known
+        self._settlements: list[Settlement] = []  # today's
+        self._pending: list[Event] = []  # settlements seen by a reconciliation, for the journal
         self._by_side: dict[tuple[str, str], int] = {}
         self._view: StateView | None = StateView(day=self._day)
         self._unrealized: Decimal | None = None  # the positions' unrealised PnL summed, until they change
@@ -242,21 +279,34 @@ class AccountState:
     def view(self) -> StateView:
         """An immutable snapshot, made once per change that a reader asks after (O(n) then)."""
         if self._view is None:
+            realized, fees = self._valued(self._realized), self._valued(self._fees)
             self._view = StateView(
                 orders=MappingProxyType(dict(self._orders)),
                 positions=MappingProxyType(dict(self._positions)),
                 balances=self._balances,
                 fills_today=self._fills_today,
-                realized_today=self._realized,
-                fees_today=self._fees,
+                realized_today=realized,
+                fees_today=fees,
                 fills_by_side=MappingProxyType(dict(self._by_side)),
                 notices=tuple(sorted(self._notices.values(), key=lambda n: (n.effective_time or 0, n.key))),
                 recent_fills=tuple(self._fills),
                 fill_positions=MappingProxyType({s: size for s, (size, _) in self._entries.items()}),
                 changed_at=self._changed_at,
                 day=self._day,
+                realized_by=MappingProxyType(dict(self._realized)),
+                fees_by=MappingProxyType(dict(self._fees)),
+                settlements=tuple(self._settlements),
             )
         return self._view
+
+    def _valued(self, amounts: Mapping[str, Decimal]) -> Decimal:
+        """Per-symbol amounts in USD (those that cannot be valued now left out: `pnl_gap` says which)."""
+        total = ZERO
+        for symbol, amount in amounts.items():
+            usd = self._usd(symbol, amount)
+            if usd is not None:
+                total += usd
+        return total
 
     def _changed(self) -> None:
         self._view = None
@@ -285,14 +335,73 @@ class AccountState:
         """The next announced downtime that has not ended yet."""
         return StateView(notices=tuple(self._notices.values())).next_maintenance(now)
 
-    def daily_pnl(self) -> Decimal:
-        """Realised PnL since 00:00 UTC, plus unrealised, net of fees."""
+    def daily_pnl(self) -> Decimal | None:
+        """Realised PnL since 00:00 UTC, plus unrealised, net of fees, in USD; None when some part of it
+        cannot be valued now (`pnl_gap` says why)."""
+        return self._pnl()[0]
+
+    def pnl_gap(self) -> tuple[str, str] | None:
+        """Why `daily_pnl` is None: a refusal code (`instrumentUnknown`, `markPriceUnavailable`) and what."""
+        return self._pnl()[1]
+
+    def _contract(self, symbol: str) -> Contract | None:
+        return PLAIN if self._contracts is None else self._contracts(symbol)
+
+    contract = _contract
+
+    def _usd(self, symbol: str, amount: Decimal) -> Decimal | None:
+        contract = self._contract(symbol)
+        if contract is None:
+            return None
+        if contract.kind is Kind.LINEAR or not amount:
+            return amount
+        return contract.to_usd(amount, self._rate(symbol))
+
+    def _pnl(self) -> tuple[Decimal | None, tuple[str, str] | None]:
+        total = ZERO
+        for symbol, why in self._unvalued.items():
+            return None, ("instrumentUnknown", f"today's realised PnL in {symbol} is not known: {why}")
+        for table in (self._realized, self._fees):
+            sign = 1 if table is self._realized else -1
+            for symbol, amount in table.items():
+                usd = self._usd(symbol, amount)
+                if usd is None:
+                    return None, self._gap(symbol, "today's realised PnL and fees")
+                total += sign * usd
+        if self._unrealized is None:  # the linear positions' PnL (USD) summed once per change of them
+            self._unrealized = sum(
+                (p.unrealized_pnl or ZERO for p in self._positions.values() if self._linear(p.symbol)), ZERO
+            )
+        # The multi-collateral account's figure covers its linear positions; inverse ones margin apart.
         unrealised = self._balances.unrealized_pnl
-        if unrealised is None:
-            if self._unrealized is None:  # summed once per change of the positions
-                self._unrealized = sum((p.unrealized_pnl or ZERO for p in self._positions.values()), ZERO)
-            unrealised = self._unrealized
-        return self._realized - self._fees + unrealised
+        total += self._unrealized if unrealised is None else unrealised
+        for position in self._positions.values():
+            contract = self._contract(position.symbol)
+            if contract is None:
+                return None, self._gap(position.symbol, "the position's PnL")
+            if contract.kind is Kind.LINEAR:
+                continue
+            rate = position.mark_price or self._rate(position.symbol)
+            pnl = position.unrealized_pnl
+            if pnl is None and rate is not None and position.entry_price:
+                pnl = contract.pnl(position.size, position.entry_price, rate)
+            if pnl is None or rate is None:
+                return None, self._gap(position.symbol, "the position's PnL")
+            total += pnl * rate
+        return total, None
+
+    def _linear(self, symbol: str) -> bool:
+        contract = self._contract(symbol)
+        return contract is not None and contract.kind is Kind.LINEAR
+
+    def _gap(self, symbol: str, what: str) -> tuple[str, str]:
+        if self._contract(symbol) is None:
+            return "instrumentUnknown", f"{what} in {symbol} cannot be valued: its contract is not known"
+        return (
+            "markPriceUnavailable",
+            f"{what} in {symbol} is in {self._contract(symbol).margin_currency} "  # type: ignore[union-attr]
+            "and no mark values it in USD now",
+        )
 
     # ---- the observer ---------------------------------------------------------------------------------
     def _set_order(self, order_id: str, order: OpenOrder | None) -> None:
@@ -386,10 +495,32 @@ class AccountState:
                 continue
             self._remember(fill_id)
             self._fills_today += 1
-            self._realized += number(row.get("realized_pnl")) or ZERO
-            self._fees += number(row.get("fee")) or ZERO
-            key = (str(row.get("symbol")), str(row.get("side")))
+            symbol = str(row.get("symbol")).upper()
+            _add(self._realized, symbol, number(row.get("realized_pnl")) or ZERO)
+            _add(self._fees, symbol, number(row.get("fee")) or ZERO)
+            key = (symbol, str(row.get("side")))
             self._by_side[key] = self._by_side.get(key, 0) + 1
+        self._changed()
+
+    def restore_settlements(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Today's settlements from the journal (after a restart)."""
+        for row in rows:
+            symbol = _text(row.get("symbol"))
+            size, at = number(row.get("size")), number(row.get("time"))
+            if symbol is None or size is None or at is None:
+                continue
+            realized = number(row.get("realized_pnl")) or ZERO
+            settled = Settlement(
+                symbol.upper(),
+                size,
+                number(row.get("entry_price")),
+                number(row.get("price")),
+                realized,
+                str(row.get("currency") or ""),
+                float(at),
+            )
+            self._settlements.append(settled)
+            _add(self._realized, settled.symbol, realized)
         self._changed()
 
     def roll_day(self) -> None:
@@ -401,7 +532,8 @@ class AccountState:
         today = _day(self._clock())
         if today == self._day:
             return False
-        self._day, self._fills_today, self._realized, self._fees = today, 0, ZERO, ZERO
+        self._day, self._fills_today, self._realized, self._fees = today, 0, {}, {}
+        self._unvalued, self._settlements = {}, []
         return True
 
     def _remember(self, fill_id: str) -> None:
@@ -423,6 +555,7 @@ class AccountState:
         elif feed == "open_positions":
             for raw in message.get("positions") or ():
                 self._position(raw)
+            events.extend(self.take_settlements())
         elif feed in ("fills_snapshot", "fills"):
             events.extend(self._fills_message(message, snapshot=feed == "fills_snapshot"))
         elif feed in ("balances_snapshot", "balances"):
@@ -493,7 +626,9 @@ class AccountState:
             return
         symbol = symbol.upper()
         if size == 0:
-            self._positions.pop(symbol, None)
+            gone = self._positions.pop(symbol, None)
+            if gone is not None:
+                self._settled(gone)
         else:
             self._positions[symbol] = Position(
                 symbol,
@@ -503,6 +638,39 @@ class AccountState:
                 number(raw.get("pnl")),
             )
         self._position_changed(symbol)
+
+    def _settled(self, gone: Position) -> None:
+        """`gone` left: if its contract is a fixed maturity past its last trading time, the exchange
+        settled it. It realises at the last mark known (the exchange's settlement price is not on any
+        feed: the next reconciliation's balances show the exact amount)."""
+        contract = self._contract(gone.symbol)
+        now = self._clock()
+        if contract is None or contract.last_trading is None or now < contract.last_trading:
+            return
+        entry = self._entries.get(gone.symbol, (ZERO, gone.entry_price))[1] or gone.entry_price
+        price = gone.mark_price or self._rate(gone.symbol)
+        realized = ZERO
+        if entry and price:
+            realized = contract.pnl(gone.size, entry, price)
+        settled = Settlement(gone.symbol, gone.size, entry, price, realized, contract.margin_currency, now)
+        self._roll_day()
+        self._entries.pop(gone.symbol, None)
+        self._settlements.append(settled)
+        _add(self._realized, gone.symbol, realized)
+        self._pending.append(settled)
+        log.info(
+            "position_settled",
+            symbol=gone.symbol,
+            size=str(gone.size),
+            price=None if price is None else str(price),
+            realized_pnl=str(realized),
+            currency=contract.margin_currency,
+        )
+
+    def take_settlements(self) -> list[Event]:
+        """The settlements seen since the last call (for the journal)."""
+        found, self._pending = self._pending, []
+        return found
 
     def _fills_message(self, message: Mapping[str, Any], *, snapshot: bool) -> list[Event]:
         self._roll_day()
@@ -524,30 +692,35 @@ class AccountState:
             self._remember(fill.fill_id)
             self._fills.append(fill)
             self._fills_today += 1
-            self._realized += fill.realized_pnl
-            self._fees += fill.fee
+            _add(self._realized, fill.symbol, fill.realized_pnl)
+            _add(self._fees, fill.symbol, fill.fee)
             key = (fill.symbol, fill.side)
             self._by_side[key] = self._by_side.get(key, 0) + 1
             events.append(fill)
         return events
 
     def _realize(self, fill: Fill) -> Decimal:
+        """The fill's realised PnL (its contract's margin currency), the position's entry moved with it."""
+        contract = self._contract(fill.symbol)
+        if contract is None:  # worked out as linear, and not trusted: the day's PnL is not known
+            contract = PLAIN
+            if fill.symbol not in self._unvalued:
+                log.warning("fill_contract_unknown", symbol=fill.symbol, fill_id=fill.fill_id)
+            self._unvalued[fill.symbol] = "its contract was not known when it filled"
         size, entry = self._entries.get(fill.symbol, (ZERO, ZERO))
         signed = fill.size if fill.side == "buy" else -fill.size
         realized = ZERO
-        if size and (size > 0) != (signed > 0):  # reduces (or flips) the position
+        if size and (size > 0) != (signed > 0) and entry:  # reduces (or flips) the position
             closed = min(abs(size), abs(signed))
-            realized = (fill.price - entry) * closed * (1 if size > 0 else -1)
+            realized = contract.pnl(closed if size > 0 else -closed, entry, fill.price)
         new_size = size + signed
         if new_size == 0:
             self._entries.pop(fill.symbol, None)
         elif size == 0 or (size > 0) != (new_size > 0):  # opened, or flipped: the rest at the fill price
             self._entries[fill.symbol] = (new_size, fill.price)
         elif (size > 0) == (signed > 0):  # grew: the average entry moves
-            self._entries[fill.symbol] = (
-                new_size,
-                (entry * abs(size) + fill.price * abs(signed)) / abs(new_size),
-            )
+            moved = contract.entry_after(size, entry, signed, fill.price) if entry else fill.price
+            self._entries[fill.symbol] = (new_size, moved)
         else:  # reduced: the entry stays
             self._entries[fill.symbol] = (new_size, entry)
         self._position_changed(fill.symbol)
@@ -642,6 +815,8 @@ class AccountState:
                         unrealized_pnl=position.unrealized_pnl or mine.unrealized_pnl,
                     )
             drifts.extend(_position_drift(self._positions, rest_positions))
+            for symbol in self._positions.keys() - rest_positions.keys():
+                self._settled(self._positions[symbol])
             touched = {*self._positions, *self._entries, *rest_positions}
             self._positions = rest_positions
             self._entries = {
@@ -667,6 +842,11 @@ class AccountState:
             self._prune_notices()
         self._changed()
         return drifts, changed
+
+
+def _add(table: dict[str, Decimal], symbol: str, amount: Decimal) -> None:
+    if amount or symbol in table:
+        table[symbol] = table.get(symbol, ZERO) + amount
 
 
 def _order_drift(mine: Mapping[str, OpenOrder], rest: Mapping[str, OpenOrder]) -> list[Drift]:
@@ -783,6 +963,7 @@ def _fill(raw: Mapping[str, Any]) -> Fill | None:
         fee=number(raw.get("fee_paid")) or ZERO,
         fill_type=_text(raw.get("fill_type")),
         time=at,
+        fee_currency=_text(raw.get("fee_currency")),
     )
 
 
