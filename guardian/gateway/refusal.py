@@ -54,6 +54,9 @@ CODES: Final[Mapping[str, int]] = MappingProxyType(
         "orderRateExceeded": 429,
         "accountStateUnavailable": 503,
         "duplicateOrder": 409,
+        # The contracts (guardian.gateway.instruments): one guardian cannot judge, or past its last trading.
+        "instrumentUnknown": 403,
+        "instrumentExpired": 403,
     }
 )
 
@@ -72,6 +75,7 @@ class Refusal(GuardianError):
         self.http_status = CODES[code]
         self.item = item
         self.order_tag = order_tag
+        self.detail = message  # the message without the batch item's name (`for_item` adds it)
 
     def __repr__(self) -> str:
         where = "" if self.item is None else f", item={self.item}"
@@ -80,7 +84,9 @@ class Refusal(GuardianError):
     def for_item(self, item: int, order_tag: str | None) -> Refusal:
         """The same refusal, located at batch item `item` and named in the message."""
         tag = "" if order_tag is None else f" (order_tag {order_tag!r})"
-        return Refusal(self.code, f"batchOrder[{item}]{tag}: {self.message}", item=item, order_tag=order_tag)
+        found = Refusal(self.code, f"batchOrder[{item}]{tag}: {self.detail}", item=item, order_tag=order_tag)
+        found.detail = self.detail
+        return found
 
     def envelope(self, server_time: str) -> dict[str, Any]:
         """Kraken's error envelope, with guardian's message (and the batch item, if one is at fault)."""
