@@ -73,6 +73,7 @@ def fill_row(fill: Fill, seq: int) -> dict[str, Any]:
         "fill_id": fill.fill_id,
         "fill_type": fill.fill_type or "taker",
         "fee_paid": float(fill.fee),
+        **({"fee_currency": fill.fee_currency} if fill.fee_currency else {}),
     }
 
 
