@@ -8,6 +8,7 @@ import concurrent.futures
 import contextlib
 import enum
 import math
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
@@ -322,6 +323,14 @@ class Account:
 
     def budget_available(self) -> float:
         return self.budget.available()
+
+    def instrument_counts(self) -> dict[str, int] | None:
+        """For the metrics: the contracts judged, not judged and expired; None until the first read."""
+        found = self.instruments
+        if found.loaded_at is None:
+            return None
+        expired = sum(1 for c in found.contracts.values() if c.expired(time.time(), found.expiry_margin_s))
+        return {"judged": len(found.contracts) - expired, "unjudged": len(found.unjudged), "expired": expired}
 
     def as_json(self) -> dict[str, object]:
         return {

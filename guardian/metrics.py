@@ -58,6 +58,7 @@ class AccountView(Protocol):
     @property
     def budget_capacity(self) -> float: ...
     def budget_available(self) -> float: ...
+    def instrument_counts(self) -> Mapping[str, int] | None: ...
 
 
 # The classic text format, which generate_latest writes and every Prometheus reads.
@@ -188,17 +189,21 @@ class AccountCollector(Collector):
         return iter(self._families())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        mode, budget, capacity = self._families()
+        mode, budget, capacity, instruments = self._families()
         for account in self._accounts():
             current = account.mode_value
             for each in MODES:
                 mode.add_metric([account.name, each], 1.0 if each == current else 0.0)
             budget.add_metric([account.name], account.budget_available())
             capacity.add_metric([account.name], account.budget_capacity)
-        yield from (mode, budget, capacity)
+            counts = account.instrument_counts()
+            if counts is not None:  # (absent until the contracts have been read once)
+                for state, count in counts.items():
+                    instruments.add_metric([account.name, state], float(count))
+        yield from (mode, budget, capacity, instruments)
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         mode = GaugeMetricFamily(
             "guardian_mode", "1 for the account's trading mode, 0 for the others", labels=["account", "mode"]
         )
@@ -212,7 +217,13 @@ class AccountCollector(Collector):
             "The local rate budget's capacity: cost units per rate_window_s (accounts.guard.rate_budget)",
             labels=["account"],
         )
-        return mode, budget, capacity
+        instruments = GaugeMetricFamily(
+            "guardian_instruments",
+            "Contracts the exchange lists, by state: judged (guardian knows their arithmetic), unjudged (new "
+            "risk in them is refused instrumentUnknown), expired (past lastTradingTime)",
+            labels=["account", "state"],
+        )
+        return mode, budget, capacity, instruments
 
 
 LimitRecord = tuple[str, Sequence[Any], float | None, Mapping[str, str]]  # account, usages, pnl, bot modes
