@@ -135,6 +135,7 @@ class Service:
             on_learned=account.exposure.ledger.learned,
         )
         account.exposure.ledger.owner = stream.owner
+        account.instruments.listeners.append(stream.state.contracts_changed)
         account.stream = stream
         return stream
 

@@ -196,6 +196,7 @@ def test_an_inverse_round_trip_realises_bitcoin_and_the_day_values_it_at_the_mar
     s.apply(
         {"feed": "fills", "fills": [fill("a", "PI_XBTUSD", buy=True, qty=10_000, price=50_000, fee="0.0001")]}
     )
+    assert s.daily_pnl() == D("-0.0001") * 55_000  # the fee alone (read: the next fill must count)
     [closed] = s.apply(
         {"feed": "fills", "fills": [fill("b", "PI_XBTUSD", buy=False, qty=10_000, price=55_000)]}
     )

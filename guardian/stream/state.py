@@ -231,6 +231,16 @@ def _day(at: float) -> str:
     return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d")
 
 
+# The day's amounts sorted for valuing (AccountState._sort): the sum in USD, the realised amounts in a base
+# currency, the inverse positions, and why the day cannot be valued (or None).
+_Sorted = tuple[
+    Decimal,
+    tuple[tuple[str, Contract, Decimal], ...],
+    tuple[tuple["Position", Contract], ...],
+    tuple[str, str] | None,
+]
+
+
 class AccountState:
     """The owner's side: `apply()` a message, `reconcile()` REST truth, `view()` for readers.
 
@@ -271,7 +281,7 @@ class AccountState:
         self._pending: list[Event] = []  # settlements seen by a reconciliation, for the journal
         self._by_side: dict[tuple[str, str], int] = {}
         self._view: StateView | None = StateView(day=self._day)
-        self._unrealized: Decimal | None = None  # the positions' unrealised PnL summed, until they change
+        self._sorted: _Sorted | None = None  # the day's amounts sorted for valuing, until they change
         self._changed_at = 0.0
         self.unknown_feeds: set[str] = set()
 
@@ -358,29 +368,24 @@ class AccountState:
         return contract.to_usd(amount, self._rate(symbol))
 
     def _pnl(self) -> tuple[Decimal | None, tuple[str, str] | None]:
-        total = ZERO
-        for symbol, why in self._unvalued.items():
-            return None, ("instrumentUnknown", f"today's realised PnL in {symbol} is not known: {why}")
-        for table in (self._realized, self._fees):
-            sign = 1 if table is self._realized else -1
-            for symbol, amount in table.items():
-                usd = self._usd(symbol, amount)
-                if usd is None:
-                    return None, self._gap(symbol, "today's realised PnL and fees")
-                total += sign * usd
-        if self._unrealized is None:  # the linear positions' PnL (USD) summed once per change of them
-            self._unrealized = sum(
-                (p.unrealized_pnl or ZERO for p in self._positions.values() if self._linear(p.symbol)), ZERO
-            )
+        """What is in USD is summed once per change of it (a fill, a position, the balances, the
+        contracts); only the amounts in a base currency are valued at each call, at the marks of now."""
+        if self._sorted is None:
+            self._sorted = self._sort()
+        usd, realised, positions, gap = self._sorted
+        if gap is not None:
+            return None, gap
+        total = usd
         # The multi-collateral account's figure covers its linear positions; inverse ones margin apart.
-        unrealised = self._balances.unrealized_pnl
-        total += self._unrealized if unrealised is None else unrealised
-        for position in self._positions.values():
-            contract = self._contract(position.symbol)
-            if contract is None:
-                return None, self._gap(position.symbol, "the position's PnL")
-            if contract.kind is Kind.LINEAR:
-                continue
+        flex = self._balances.unrealized_pnl
+        if flex is not None:
+            total += flex
+        for symbol, contract, amount in realised:
+            found = contract.to_usd(amount, self._rate(symbol))
+            if found is None:
+                return None, self._gap(symbol, "today's realised PnL and fees")
+            total += found
+        for position, contract in positions:
             rate = position.mark_price or self._rate(position.symbol)
             pnl = position.unrealized_pnl
             if pnl is None and rate is not None and position.entry_price:
@@ -390,9 +395,42 @@ class AccountState:
             total += pnl * rate
         return total, None
 
-    def _linear(self, symbol: str) -> bool:
-        contract = self._contract(symbol)
-        return contract is not None and contract.kind is Kind.LINEAR
+    def _sort(self) -> _Sorted:
+        """The day's amounts sorted by how they are valued: the sum of those in USD (the linear positions'
+        PnL only if the multi-collateral account has no figure of its own), those in a base currency, and
+        the first that cannot be valued at all."""
+        for symbol, why in self._unvalued.items():
+            return (
+                ZERO,
+                (),
+                (),
+                ("instrumentUnknown", f"today's realised PnL in {symbol} is not known: {why}"),
+            )
+        usd = ZERO
+        realised: list[tuple[str, Contract, Decimal]] = []
+        for symbol in {*self._realized, *self._fees}:
+            contract = self._contract(symbol)
+            if contract is None:
+                return ZERO, (), (), self._gap(symbol, "today's realised PnL and fees")
+            amount = self._realized.get(symbol, ZERO) - self._fees.get(symbol, ZERO)
+            if contract.kind is Kind.LINEAR:
+                usd += amount
+            elif amount:
+                realised.append((symbol, contract, amount))
+        positions: list[tuple[Position, Contract]] = []
+        for position in self._positions.values():
+            contract = self._contract(position.symbol)
+            if contract is None:
+                return ZERO, (), (), self._gap(position.symbol, "the position's PnL")
+            if contract.kind is not Kind.LINEAR:
+                positions.append((position, contract))
+            elif self._balances.unrealized_pnl is None:
+                usd += position.unrealized_pnl or ZERO
+        return usd, tuple(realised), tuple(positions), None
+
+    def contracts_changed(self, symbol: str | None = None) -> None:
+        """The contracts list changed: the day's amounts are sorted again when next read."""
+        self._sorted = None
 
     def _gap(self, symbol: str, what: str) -> tuple[str, str]:
         if self._contract(symbol) is None:
@@ -424,7 +462,7 @@ class AccountState:
             self._by_symbol[after.symbol] = self._by_symbol.get(after.symbol, 0) + 1
 
     def _position_changed(self, symbol: str) -> None:
-        self._unrealized = None
+        self._sorted = None
         if self.observer is not None:
             feed, fills = self.position_readings(symbol)
             position = self._positions.get(symbol)
@@ -498,6 +536,7 @@ class AccountState:
             symbol = str(row.get("symbol")).upper()
             _add(self._realized, symbol, number(row.get("realized_pnl")) or ZERO)
             _add(self._fees, symbol, number(row.get("fee")) or ZERO)
+            self._sorted = None
             key = (symbol, str(row.get("side")))
             self._by_side[key] = self._by_side.get(key, 0) + 1
         self._changed()
@@ -521,6 +560,7 @@ class AccountState:
             )
             self._settlements.append(settled)
             _add(self._realized, settled.symbol, realized)
+            self._sorted = None
         self._changed()
 
     def roll_day(self) -> None:
@@ -533,6 +573,7 @@ class AccountState:
         if today == self._day:
             return False
         self._day, self._fills_today, self._realized, self._fees = today, 0, {}, {}
+        self._sorted = None
         self._unvalued, self._settlements = {}, []
         return True
 
@@ -657,6 +698,7 @@ class AccountState:
         self._entries.pop(gone.symbol, None)
         self._settlements.append(settled)
         _add(self._realized, gone.symbol, realized)
+        self._sorted = None
         self._pending.append(settled)
         log.info(
             "position_settled",
@@ -694,6 +736,7 @@ class AccountState:
             self._fills_today += 1
             _add(self._realized, fill.symbol, fill.realized_pnl)
             _add(self._fees, fill.symbol, fill.fee)
+            self._sorted = None
             key = (fill.symbol, fill.side)
             self._by_side[key] = self._by_side.get(key, 0) + 1
             events.append(fill)
@@ -736,6 +779,7 @@ class AccountState:
                 maintenance_margin=number(flex.get("maintenance_margin")),
                 unrealized_pnl=number(flex.get("total_unrealized", flex.get("pnl"))),
             )
+            self._sorted = None
 
     def _add_notice(self, notice: Notice) -> None:
         if notice.key not in self._notices and notice.is_maintenance:
@@ -835,6 +879,7 @@ class AccountState:
                     unrealized_pnl=number(flex.get("totalUnrealized", flex.get("pnl"))),
                 )
                 self._balances = rest_balances
+                self._sorted = None
         if notifications is not None:
             for notice in (_rest_notice(r) for r in notifications):
                 if notice is not None and notice.key not in self._notices:
