@@ -43,6 +43,10 @@ CLIENT_PERMISSIONS: Final = (Permission.READ, Permission.TRADE, Permission.SETTI
 # throttles public data by IP and does not publish the figure: these stay well under any seen in use.
 DEFAULT_PUBLIC_RATE_LIMIT: Final = 20.0
 DEFAULT_BOT_PUBLIC_RATE_LIMIT: Final = 10.0
+# And how many may go at once, from a full bucket (a client's start-up reads: ccxt's load_markets, an SDK's
+# test suite, about 30 different reads within a fraction of a second); a rate above it is its own burst.
+DEFAULT_PUBLIC_BURST: Final = 60.0
+DEFAULT_BOT_PUBLIC_BURST: Final = 40.0
 # Bots' connections to guardian's ws/v1 relay: in total, and per bot key (Kraken allows 100 per account).
 DEFAULT_WS_MAX_CONNECTIONS: Final = 500
 DEFAULT_BOT_WS_MAX_CONNECTIONS: Final = 20
@@ -68,6 +72,12 @@ class ServerConfig:
     admin_token: Secret | None = None  # None: no admin endpoints
     public_rate_limit: float = DEFAULT_PUBLIC_RATE_LIMIT  # public requests per second sent to the exchange
     ws_max_connections: int = DEFAULT_WS_MAX_CONNECTIONS  # bots' ws/v1 connections to guardian, in total
+    public_burst: float | None = None  # public requests at once; None: the default (public_burst_size)
+
+    @property
+    def public_burst_size(self) -> float:
+        """The public budget's burst: as configured, else DEFAULT_PUBLIC_BURST or the rate if higher."""
+        return burst_or_default(self.public_burst, self.public_rate_limit, DEFAULT_PUBLIC_BURST)
 
     @property
     def listen(self) -> str:
@@ -228,6 +238,18 @@ class ClientConfig:
     feeds: str = "account"  # account: its ws/v1 private feeds show the whole account; own: its orders only
     max_orders_per_minute: int | None = None  # new orders and edits; None: the account's guard value
     max_open_orders: int | None = None  # the open orders this bot placed; None: no limit of its own
+    public_burst: float | None = None  # its public requests at once; None: the default (public_burst_size)
+
+    @property
+    def public_burst_size(self) -> float:
+        """This bot's public burst: as configured, else DEFAULT_BOT_PUBLIC_BURST or its rate if higher."""
+        return burst_or_default(self.public_burst, self.public_rate_limit, DEFAULT_BOT_PUBLIC_BURST)
+
+
+def burst_or_default(burst: float | None, rate: float, default: float) -> float:
+    """A public budget's burst: the configured one, else `default`, or one second's worth of `rate` when
+    that is more (a rate raised without a burst is never held to a smaller one)."""
+    return burst if burst is not None else max(default, rate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +303,7 @@ class Config:
         token = "set" if self.server.admin_token else "not set (no admin endpoints)"
         lines = [
             f"server: listen {self.server.listen}, admin token {token}, public requests at most "
-            f"{self.server.public_rate_limit:g}/s",
+            f"{self.server.public_rate_limit:g}/s (bursts of {self.server.public_burst_size:g})",
             f"journal: {self.journal.path}, "
             + (
                 "rows kept forever"
@@ -336,6 +358,7 @@ class Config:
                 f"permissions {'+'.join(sorted(p.value for p in client.permissions))}"
                 + ("" if client.rate_budget is None else f", rate budget {client.rate_budget:g}")
                 + f", public requests at most {client.public_rate_limit:g}/s"
+                + f" (bursts of {client.public_burst_size:g})"
                 for client in account.clients
             ] or ["  clients: none"]
         return "\n".join(lines)
@@ -417,7 +440,8 @@ def parse_config(
     root = _Table(data, "", ("server", "journal", "log", "accounts"))
 
     server = root.table(
-        "server", ("listen", *_secret_keys("admin_token"), "public_rate_limit", "ws_max_connections")
+        "server",
+        ("listen", *_secret_keys("admin_token"), "public_rate_limit", "public_burst", "ws_max_connections"),
     )
     host, port = parse_listen(server.get("listen", str, "127.0.0.1:8787"), server.key("listen"))
     admin_token = found.optional(server, "admin_token")
@@ -428,6 +452,7 @@ def parse_config(
         )
 
     public_rate_limit = server.number("public_rate_limit", DEFAULT_PUBLIC_RATE_LIMIT, above=0)
+    public_burst = server.optional_number("public_burst", at_least=1)
     ws_max_connections = _whole(server, "ws_max_connections", DEFAULT_WS_MAX_CONNECTIONS)
     journal = _journal(root.table("journal", _JOURNAL_KEYS))
 
@@ -446,7 +471,7 @@ def parse_config(
         _check_limited(f"accounts[{i}].guard", account)
     return Config(
         accounts=accounts,
-        server=ServerConfig(host, port, admin_token, public_rate_limit, ws_max_connections),
+        server=ServerConfig(host, port, admin_token, public_rate_limit, ws_max_connections, public_burst),
         journal=journal,
         log=LogConfig(level, fmt),
     )
@@ -493,6 +518,7 @@ _CLIENT_KEYS = (
     "permissions",
     "rate_budget",
     "public_rate_limit",
+    "public_burst",
     "max_orders_per_minute",
     "max_open_orders",
     "ws_max_connections",
@@ -705,6 +731,7 @@ def _client(table: _Table, found: _Secrets) -> ClientConfig:
         )
     rate_budget = table.optional_number("rate_budget", above=0)
     public = table.number("public_rate_limit", DEFAULT_BOT_PUBLIC_RATE_LIMIT, above=0)
+    public_burst = table.optional_number("public_burst", at_least=1)
     ws_max = _whole(table, "ws_max_connections", DEFAULT_BOT_WS_MAX_CONNECTIONS)
     feeds = table.choice("feeds", FEED_VIEWS, "account")
     return ClientConfig(
@@ -718,6 +745,7 @@ def _client(table: _Table, found: _Secrets) -> ClientConfig:
         feeds,
         max_orders_per_minute=_count(table, "max_orders_per_minute"),
         max_open_orders=_count(table, "max_open_orders"),
+        public_burst=public_burst,
     )
 
 

@@ -152,8 +152,9 @@ def _unit_variants(fields: set[str], required: set[str], **overrides: Schema) ->
 
 def _send_variants(allowed: frozenset[str], kind: Mapping[str, Schema] | None = None) -> list[Schema]:
     """sendorder's fields as `orders._send` checks them: a variant per order type (and per choice the type
-    leaves open), so that a document-valid order has exactly the fields its type takes. `kind` is a batch
-    item's `order`."""
+    leaves open). Every type takes every field (one that does not apply to the type is forwarded, not
+    judged); what a type requires, and the choices it leaves open, differ. `kind` is a batch item's
+    `order`."""
     variants: list[Schema] = []
     for order_type in orders.ORDER_TYPES:
         fields = set(allowed)
@@ -164,18 +165,15 @@ def _send_variants(allowed: frozenset[str], kind: Mapping[str, Schema] | None = 
             required.add("stopPrice")
         if order_type == "trailing_stop":
             required |= {_DEVIATION, _UNIT}
-        else:
-            fields -= {_DEVIATION, _UNIT}
-        if order_type not in orders.TRIGGER_TYPES:
-            fields -= {"stopPrice", *_OFFSETS}
-        if order_type == "mkt":
-            fields.discard("limitPrice")
-        shapes = [(fields - _OFFSETS, required)]
+        shapes = [(fields, required)]
         if order_type in orders.TRIGGER_TYPES:  # limitPrice or an offset from the stop price, not both
-            shapes.append((fields - {"limitPrice"}, required | _OFFSETS))
+            shapes = [(fields - _OFFSETS, required), (fields - {"limitPrice"}, required | _OFFSETS)]
         overrides = {"orderType": _enum([order_type]), **(kind or {})}
         for shape_fields, shape_required in shapes:
-            variants += _unit_variants(shape_fields, shape_required, **overrides)
+            if order_type == "trailing_stop":  # the PERCENT range is checked on trailing stops only
+                variants += _unit_variants(shape_fields, shape_required, **overrides)
+            else:
+                variants.append(_object(shape_fields, shape_required, **overrides))
     return variants
 
 
@@ -453,6 +451,8 @@ def _codes_for(row: ep.Endpoint) -> set[str]:
             "journalUnavailable",
             "upstreamUnavailable",  # an edited order's lookup, a retried cliOrdId's outcome
             "clientOrderIdAlreadyExist",  # a cliOrdId an earlier, different request used
+            "instrumentUnknown",  # a contract guardian cannot judge (guardian.gateway.instruments)
+            "instrumentExpired",  # a fixed maturity past its last trading time
             *EXPOSURE_CODES,
         }
     return codes
@@ -467,7 +467,13 @@ def _kraken_responses(row: ep.Endpoint) -> Schema:
         _ref("ExchangeAnswer"),
         "The exchange's answer, status and body unchanged: Kraken answers most errors with 200 and "
         "result=error, and an order's own outcome is in sendStatus/editStatus/cancelStatus/batchStatus."
-        + (" guardian answers this one itself, from its own switch." if row.risk is ep.Risk.SWITCH else ""),
+        + (" guardian answers this one itself, from its own switch." if row.risk is ep.Risk.SWITCH else "")
+        + (
+            " An edit of an order the exchange does not have is answered by guardian itself, in the "
+            "exchange's shape (status orderForEditNotFound), and not forwarded."
+            if row.name in ("editorder", "batchorder")
+            else ""
+        ),
     )
     if row.name.startswith(("charts", "history/")):  # Kraken answers these without its envelope
         ok = _json({}, "The exchange's answer, unchanged: JSON without Kraken's result/serverTime envelope.")

@@ -4,6 +4,9 @@ Kraken says a key may spend 500 cost units "every 10 seconds" without saying how
 A sliding window is the strict reading: at no moment have more than `capacity` units been spent in the
 last `window_s` seconds. Whatever the exchange really does, a client that stays inside this model stays
 inside the exchange's limit. The simulator enforces it; the guard spends from it before forwarding.
+
+`TokenBucket` is the other shape, for a budget guardian sets itself (the public one): a burst answered at
+once from a full bucket, the long run held to a rate.
 """
 
 from __future__ import annotations
@@ -78,3 +81,48 @@ class CostBudget:
             if freed >= need:
                 return max(0.0, stamp + self.window_s - now)
         return self.window_s  # unreachable in practice: everything expires within one window
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` held, on the monotonic clock; it starts full.
+
+    Over any span of `t` seconds at most `burst + rate * t` are spent: a burst is answered at once, a
+    sustained flood is held to `rate`. For guardian's own budgets (the public one); the exchange's are
+    modelled by `CostBudget`."""
+
+    __slots__ = ("_at", "_clock", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("rate and burst must be positive")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        if now > self._at:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = max(self._at, now)
+
+    def available(self) -> float:
+        """Tokens that can be spent right now."""
+        self._refill()
+        return self._tokens
+
+    def try_spend(self, cost: float = 1.0) -> bool:
+        """Spend `cost` tokens if there are that many; otherwise spend nothing and say False."""
+        self._refill()
+        if cost > self._tokens:
+            return False
+        self._tokens -= cost
+        return True
+
+    def seconds_until(self, cost: float = 1.0) -> float:
+        """How long until `cost` tokens are there (0 if now); infinite if the bucket never holds that many."""
+        if cost > self.burst:
+            return float("inf")
+        self._refill()
+        return max(0.0, (cost - self._tokens) / self.rate)

@@ -94,7 +94,7 @@ class Service:
             LocalKeys(config.accounts),
             self.journal,
             observe=self._observe,
-            public_rate_limit=config.server.public_rate_limit,
+            server=config.server,
         )
         self.halts = Halts(self.journal)  # the kill's follow-up watches, and the trips'
         self.trips = Trips(self.journal, self.halts, on_trip=self.metrics.on_trip)

@@ -965,3 +965,58 @@ def test_the_relay_keys_have_defaults_and_take_their_values() -> None:
 def test_bad_relay_keys_are_refused_naming_the_key(section: str, line: str, expected: str) -> None:
     message = config_error(doc(**{section: line}))
     assert re.search(expected, message), message
+
+
+# ---- the public budget's burst (issue 24) -------------------------------------------------------------
+
+
+def test_the_public_bursts_have_defaults_and_take_their_values() -> None:
+    config = parse(doc())
+    client = config.accounts[0].clients[0]
+    assert (config.server.public_burst, client.public_burst) == (None, None)  # not set: the defaults
+    assert (config.server.public_burst_size, client.public_burst_size) == (
+        cfg.DEFAULT_PUBLIC_BURST,
+        cfg.DEFAULT_BOT_PUBLIC_BURST,
+    )
+    assert (config.server.public_burst_size, client.public_burst_size) == (60, 40)
+    assert "bursts of 60" in config.summary() and "bursts of 40" in config.summary()
+    config = parse(doc(server="public_burst = 100", client="public_burst = 5\npublic_rate_limit = 2.5"))
+    client = config.accounts[0].clients[0]
+    assert (config.server.public_burst_size, client.public_burst_size, client.public_rate_limit) == (
+        100,
+        5,
+        2.5,
+    )
+    # A rate raised without a burst is never held to a smaller burst than one second's worth of it.
+    config = parse(doc(server="public_rate_limit = 500", client="public_rate_limit = 90"))
+    assert (config.server.public_burst_size, config.accounts[0].clients[0].public_burst_size) == (500, 90)
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "expected"),
+    [
+        ("server", "public_burst = 0", r"server\.public_burst must be at least 1, got 0"),
+        ("server", "public_burst = 0.5", r"server\.public_burst must be at least 1, got 0\.5"),
+        ("server", 'public_burst = "30"', r"server\.public_burst must be a number, not a string"),
+        ("server", "public_burst = inf", r"server\.public_burst must be a finite number"),
+        (
+            "client",
+            "public_burst = -3",
+            r"accounts\[0\]\.clients\[0\]\.public_burst must be at least 1, got -3",
+        ),
+        (
+            "client",
+            "public_burst = true",
+            r"accounts\[0\]\.clients\[0\]\.public_burst must be a number, not a boolean",
+        ),
+        (
+            "client",
+            "public_brust = 30",
+            r"unknown key accounts\[0\]\.clients\[0\]\.public_brust: did you mean public_burst\?",
+        ),
+        ("server", "public_bursts = 30", r"unknown key server\.public_bursts: did you mean public_burst\?"),
+    ],
+)
+def test_bad_public_bursts_are_refused_naming_the_key(section: str, line: str, expected: str) -> None:
+    message = config_error(doc(**{section: line}))
+    assert re.search(expected, message), message

@@ -20,6 +20,7 @@ from kraken.futures import Funding, Market, Trade, User
 from guardian.config import ClientConfig, GuardConfig, SwitchConfig
 from guardian.demo import point_ccxt_at
 from guardian.kraken.endpoints import Permission
+from guardian.ratelimit import TokenBucket
 from guardian.secret import ApiSecret
 from guardian.service import Service
 from guardian.sim.app import Simulator
@@ -48,7 +49,8 @@ async def guardian(sim: Simulator, tmp_path: Path) -> AsyncIterator[Service]:
     account = account_config(sim.url, switch=SWITCH, guard=GUARD, clients=(bot,))
     async with serving(account, journal=tmp_path / "journal.sqlite3") as service:
         # The test is about coverage, not the public budget (tests/test_public.py is).
-        service.gateway.public.total.capacity = service.gateway.public.unlabelled.capacity = 200
+        public = service.gateway.public
+        public.total, public.unlabelled = TokenBucket(200, 200), TokenBucket(200, 200)
         main = service.accounts[0]
         await wait_for(
             lambda: main.switch.state is SwitchState.ARMED and main.marks.mark("PF_XBTUSD") is not None,

@@ -348,10 +348,14 @@ def breaches(
     return found
 
 
+TRIGGERING = ("stp", "take_profit", "trailing_stop")
+
+
 def sent_order_breaches(order: dict[str, Any]) -> list[str]:
     """A sendorder's fields (or a batch send item) as the exchange received them."""
     order_type = str(order.get("orderType"))
-    stop = _decimal(order.get("stopPrice"))
+    # stopPrice and the offset on a type that does not trigger are forwarded, not judged: nothing triggers.
+    stop = _decimal(order.get("stopPrice")) if order_type in TRIGGERING else None
     offsets: tuple[Decimal, ...] = ()
     value = _decimal(order.get("limitPriceOffsetValue"))
     if value is not None and stop is not None:
@@ -384,7 +388,7 @@ class Held:
 
     def breaches(self) -> list[str]:
         limit = None if self.order_type == "mkt" else self.limit_price  # the exchange's 1% protection
-        stop = None if self.order_type == "trailing_stop" else self.stop_price  # the exchange computes it
+        stop = self.stop_price if self.order_type in ("stp", "take_profit") else None  # trailing: computed
         return breaches(self.symbol, self.order_type, self.size, limit, stop)
 
 

@@ -319,28 +319,68 @@ def test_an_unknown_field_is_refused_listing_the_allowed_ones() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "named"),
+    ("order_type", "extra"),
     [
-        ({**LMT, "stopPrice": "49000"}, "stopPrice"),
-        ({**VALID["mkt"], "stopPrice": "49000"}, "stopPrice"),
-        ({**VALID["stp"], "trailingStopMaxDeviation": "5"}, "trailingStopMaxDeviation"),
-        ({**LMT, "trailingStopDeviationUnit": "PERCENT"}, "trailingStopDeviationUnit"),
-        ({**VALID["mkt"], "limitPrice": "50000"}, "limitPrice"),
-        ({**LMT, "limitPriceOffsetValue": "1", "limitPriceOffsetUnit": "PERCENT"}, "limitPriceOffsetValue"),
-        (
-            {
-                **VALID["stp"],
-                "limitPrice": "47000",
-                "limitPriceOffsetValue": "-1",
-                "limitPriceOffsetUnit": "PERCENT",
-            },
-            "limitPriceOffsetValue",
-        ),
+        ("lmt", {"stopPrice": "49000"}),
+        ("post", {"stopPrice": "1"}),  # far from any mark: not judged, the exchange ignores it
+        ("ioc", {"stopPrice": "49000"}),
+        ("fok", {"stopPrice": "49000"}),
+        ("mkt", {"stopPrice": "49000"}),
+        ("stp", {"trailingStopMaxDeviation": "5"}),
+        ("take_profit", {"trailingStopMaxDeviation": "99", "trailingStopDeviationUnit": "PERCENT"}),
+        ("lmt", {"trailingStopDeviationUnit": "PERCENT"}),
+        ("lmt", {"limitPriceOffsetValue": "1", "limitPriceOffsetUnit": "PERCENT"}),
+        ("ioc", {"limitPriceOffsetValue": "-1"}),  # its unit missing: nothing reads it on an ioc
+        ("mkt", {"limitPriceOffsetUnit": "QUOTE_CURRENCY"}),
     ],
 )
-def test_fields_that_cannot_apply_to_the_order_type_are_refused(fields: dict[str, str], named: str) -> None:
+def test_a_field_that_does_not_apply_to_the_order_type_is_accepted_and_the_order_judged_as_its_type_says(
+    order_type: str, extra: dict[str, str]
+) -> None:
+    """Forwarded as sent (the gateway forwards the bot's bytes), but the intent the guard judges is the
+    order without it: the same as if it had not been sent."""
+    assert parse_send({**VALID[order_type], **extra}) == parse_send(VALID[order_type])
+    item = {"order": "send", "order_tag": "1", **as_json({**VALID[order_type], **extra})}
+    assert parse_batch([item]) == parse_batch(
+        [{"order": "send", "order_tag": "1", **as_json(VALID[order_type])}]
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({**LMT, "stopPrice": "abc"}, "stopPrice"),
+        ({**LMT, "stopPrice": "-49000"}, "stopPrice"),
+        ({**VALID["mkt"], "stopPrice": ""}, "stopPrice"),
+        ({**LMT, "trailingStopMaxDeviation": "NaN"}, "trailingStopMaxDeviation"),
+        ({**LMT, "trailingStopDeviationUnit": "percent"}, "trailingStopDeviationUnit"),
+        ({**LMT, "limitPriceOffsetValue": "1%"}, "limitPriceOffsetValue"),
+        ({**LMT, "limitPriceOffsetUnit": "BPS"}, "limitPriceOffsetUnit"),
+    ],
+)
+def test_a_field_that_does_not_apply_is_still_refused_when_its_value_cannot_be_read(
+    fields: dict[str, str], named: str
+) -> None:
     error = refused("invalidArgument", parse_send, fields)
     assert named in error.message
+
+
+def test_a_limit_price_on_mkt_is_judged_not_ignored() -> None:
+    """Whether the exchange takes it as the order's protection is not documented: the rules judge the order
+    at the higher of it and the mark, and band-check it."""
+    assert parse_send({**VALID["mkt"], "limitPrice": "50000"}).limit_price == Decimal(50000)
+
+
+def test_a_trigger_order_with_a_limit_price_and_an_offset_is_still_refused() -> None:
+    """Which limit price the triggered order gets is not something guardian will guess."""
+    fields = {
+        **VALID["stp"],
+        "limitPrice": "47000",
+        "limitPriceOffsetValue": "-1",
+        "limitPriceOffsetUnit": "PERCENT",
+    }
+    error = refused("invalidArgument", parse_send, fields)
+    assert "limitPriceOffsetValue" in error.message
 
 
 def test_a_limit_price_offset_needs_both_its_value_and_its_unit() -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -355,7 +357,12 @@ async def test_a_flood_of_public_requests_from_several_bots_is_bounded_and_the_s
     async with serving(account, journal=tmp_path / "journal.sqlite3") as service:
         main = service.accounts[0]
         await wait_for(lambda: main.switch.state is SwitchState.ARMED, what="armed")
-        assert service.gateway.public.total.capacity == ServerConfig().public_rate_limit == 20
+        total = service.gateway.public.total
+        assert (total.rate, total.burst) == (
+            ServerConfig().public_rate_limit,
+            ServerConfig().public_burst_size,
+        )
+        assert (total.rate, total.burst) == (20, 60)
         refreshes_before = len(exchange.requests_for("cancelallordersafter"))
         seq_before = exchange.requests[-1]["seq"]
         counts: dict[int, int] = {}
@@ -382,8 +389,177 @@ async def test_a_flood_of_public_requests_from_several_bots_is_bounded_and_the_s
         refreshes = len(exchange.requests_for("cancelallordersafter")) - refreshes_before
         assert main.switch.state is SwitchState.ARMED
     assert counts.get(429, 0) > 0, counts  # refused locally, never sent
-    # 3 bots x 8 per second, capped at 20 per second in total, over 3 s (+1 s of sliding-window edge).
-    assert len(public) <= 20 * 4, len(public)
+    # 3 bots x 8 per second (each after its burst of 40), capped in total at a burst of 60 and 20 per
+    # second, over 3 s (and the answers in flight at the end).
+    assert len(public) <= 60 + 20 * 3.5, len(public)
     assert counts[200] >= len(public)  # the rest were identical reads, answered from the cache
     assert len(public) >= 20, len(public)  # and the budget was used, not just refused
     assert refreshes >= 3, refreshes  # a beat of 0.5-0.7 s kept through 3 s of flood
+
+
+# ---- the public budget's burst (issue 24) ----------------------------------------------------------------
+
+# A client's start-up reads: 30 different public requests, none of which the cache can answer for another.
+START_UP = [
+    "/derivatives/api/v3/instruments",
+    "/derivatives/api/v3/instruments/status",
+    "/derivatives/api/v3/tickers",
+    "/derivatives/api/v3/feeschedules",
+    "/derivatives/api/v3/rfqs",
+    "/api/charts/v1/",
+    "/api/charts/v1/trade",
+    *(
+        path.format(symbol=symbol)
+        for symbol in ("PF_XBTUSD", "PF_ETHUSD")
+        for path in (
+            "/derivatives/api/v3/tickers/{symbol}",
+            "/derivatives/api/v3/orderbook?symbol={symbol}",
+            "/derivatives/api/v3/instruments/{symbol}/status",
+            "/derivatives/api/v3/history?symbol={symbol}",
+            "/derivatives/api/v3/historicalfundingrates?symbol={symbol}",
+            "/derivatives/api/v4/historicalfundingrates?symbol={symbol}",
+            "/api/charts/v1/trade/{symbol}",
+            "/api/charts/v1/trade/{symbol}/1m",
+            "/api/charts/v1/mark/{symbol}/1h",
+            "/api/history/v2/market/{symbol}/executions",
+            "/api/history/v2/market/{symbol}/price",
+        )
+    ),
+    "/api/charts/v1/spot/PF_XBTUSD/1d",
+]
+
+
+async def public_get(
+    http: aiohttp.ClientSession, service: Service, path: str, api_key: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    headers = {"APIKey": api_key} if api_key else {}
+    async with http.get(service.url + path, headers=headers) as response:
+        body = await response.read()
+        doc = json.loads(body) if response.content_type == "application/json" else {}
+        return response.status, doc if isinstance(doc, dict) else {}
+
+
+@contextlib.asynccontextmanager
+async def public_guardian(
+    exchange: Simulator, tmp_path: Path, clients: tuple[ClientConfig, ...] = ()
+) -> AsyncIterator[Service]:
+    """guardian with `clients` (read-only bots, for their public budgets), its switch armed."""
+    account = account_config(
+        exchange.url, switch=SWITCH, guard=GuardConfig(rate_budget=20_000), clients=clients
+    )
+    async with serving(account, journal=tmp_path / "journal.sqlite3") as service:
+        main = service.accounts[0]
+        await wait_for(lambda: main.switch.state is SwitchState.ARMED, what="armed")
+        yield service
+
+
+def reader(name: str, key: str, **public: float) -> ClientConfig:
+    return ClientConfig(name, key, ApiSecret(SETTER_SECRET), frozenset({Permission.READ}), **public)  # type: ignore[arg-type]
+
+
+async def test_a_clients_start_up_burst_of_30_different_public_reads_is_answered(
+    exchange: Simulator, tmp_path: Path
+) -> None:
+    """Unlabelled (no APIKey header: a bot's first reads before it loads a key, or a public-only client),
+    30 different reads spread over 300 ms, each its own upstream call: every one answered."""
+    assert len(set(START_UP)) == 30
+    async with public_guardian(exchange, tmp_path) as service, aiohttp.ClientSession() as http:
+        calls_before = service.gateway.public.upstream_calls
+        started = time.monotonic()
+
+        async def later(n: int, path: str) -> tuple[int, dict[str, Any]]:
+            await asyncio.sleep(n * 0.01)
+            return await public_get(http, service, path)
+
+        answers = await asyncio.gather(*(later(n, path) for n, path in enumerate(START_UP)))
+        sent_within = time.monotonic() - started
+        assert [status for status, _ in answers] == [200] * 30, [
+            (path, doc) for path, (status, doc) in zip(START_UP, answers, strict=True) if status != 200
+        ]
+        assert service.gateway.public.upstream_calls - calls_before == 30  # none from the cache
+    assert sent_within < 1.0  # (a slow machine's margin: the reads themselves went out within 300 ms)
+
+
+async def test_a_sustained_unlabelled_flood_is_held_to_the_burst_plus_the_rate(
+    exchange: Simulator, tmp_path: Path
+) -> None:
+    async with public_guardian(exchange, tmp_path) as service, aiohttp.ClientSession() as http:
+        bucket = service.gateway.public.unlabelled
+        seq_before = exchange.requests[-1]["seq"] if exchange.requests else 0
+        counts: dict[int, int] = {}
+        started = time.monotonic()
+        stop_at = started + 2.5
+        n = 0
+
+        async def flood() -> None:
+            nonlocal n
+            while time.monotonic() < stop_at:
+                n += 1
+                status, doc = await public_get(
+                    http, service, f"/derivatives/api/v3/orderbook?symbol=PF_XBTUSD&n={n}"
+                )
+                counts[status] = counts.get(status, 0) + 1
+                if status == 429:
+                    assert doc["error"] == "apiLimitExceeded" and "public_burst" in doc["message"]
+
+        await asyncio.gather(*(flood() for _ in range(6)))
+        elapsed = time.monotonic() - started
+        upstream = [r for r in exchange.requests if r["seq"] > seq_before and r["endpoint"] == "orderbook"]
+    answered = counts.get(200, 0)
+    assert counts.get(429, 0) > answered, counts  # a flood: refused locally, never sent
+    assert answered == len(upstream)  # every distinct read answered went out once; the refused never did
+    assert answered <= bucket.burst + bucket.rate * elapsed + 1, (answered, elapsed)
+    assert answered >= bucket.burst + bucket.rate * (elapsed - 1), (answered, elapsed)  # and it was used
+
+
+async def test_the_public_burst_refills_at_the_rate(exchange: Simulator, tmp_path: Path) -> None:
+    bot = reader("refiller", "public-refill-bot-0001", public_rate_limit=20, public_burst=10)
+    async with public_guardian(exchange, tmp_path, (bot,)) as service, aiohttp.ClientSession() as http:
+
+        async def burst(count: int, start: int) -> list[int]:
+            found = await asyncio.gather(
+                *(
+                    public_get(
+                        http,
+                        service,
+                        f"/derivatives/api/v3/history?symbol=PF_XBTUSD&n={start + i}",
+                        bot.api_key,
+                    )
+                    for i in range(count)
+                )
+            )
+            return [status for status, _ in found]
+
+        first = await burst(14, 0)
+        assert sorted(first).count(200) == 10 and first.count(429) == 4  # the burst, then refused
+        await asyncio.sleep(0.6)  # 12 tokens' worth at 20 a second: the bucket holds 10
+        again = await burst(14, 100)
+        assert again.count(200) >= 10 and again.count(429) >= 2, again
+
+
+async def test_a_labelled_bots_public_burst_is_its_own(exchange: Simulator, tmp_path: Path) -> None:
+    """A bot that spent its burst is refused; another bot, and unlabelled requests, still get theirs."""
+    slow = reader("slow", "public-slow-bot-00001", public_rate_limit=1, public_burst=5)
+    busy = reader("busy", "public-busy-bot-00001")  # the defaults: 10 a second, bursts of 40
+    async with public_guardian(exchange, tmp_path, (slow, busy)) as service, aiohttp.ClientSession() as http:
+
+        async def burst(count: int, tag: str, api_key: str | None) -> list[tuple[int, dict[str, Any]]]:
+            return await asyncio.gather(
+                *(
+                    public_get(
+                        http, service, f"/derivatives/api/v3/orderbook?symbol=PF_ETHUSD&{tag}={i}", api_key
+                    )
+                    for i in range(count)
+                )
+            )
+
+        mine = await burst(8, "slow", slow.api_key)
+        assert sorted(status for status, _ in mine) == [200] * 5 + [429] * 3
+        refusal = next(doc for status, doc in mine if status == 429)
+        assert "bot 'slow'" in refusal["message"] and "burst of 5" in refusal["message"]
+        theirs = await burst(30, "busy", busy.api_key)
+        assert [status for status, _ in theirs] == [200] * 30
+        unlabelled = await burst(20, "none", None)
+        assert [status for status, _ in unlabelled] == [200] * 20  # 55 of the total's 60
+        again = await burst(1, "slow-again", slow.api_key)
+        assert again[0][0] == 429  # still its own bucket, empty

@@ -12,7 +12,7 @@ from guardian.errors import ConfigError
 from guardian.kraken import endpoints as ep
 from guardian.kraken.times import parse_iso, to_iso
 from guardian.kraken.wire import WireError, batch_items, parse_batch, request_fields
-from guardian.ratelimit import CostBudget
+from guardian.ratelimit import CostBudget, TokenBucket
 from guardian.secret import ApiSecret, Secret
 
 ITEM = {
@@ -154,6 +154,48 @@ def test_budget_tells_when_a_cost_will_fit() -> None:
 def test_budget_rejects_nonsense_parameters() -> None:
     with pytest.raises(ValueError, match="positive"):
         CostBudget(0, 10)
+
+
+# ---- the token bucket (the public budget) -----------------------------------------------------------------
+
+
+def test_a_token_bucket_answers_its_burst_at_once_then_holds_to_its_rate() -> None:
+    clock = Clock()
+    bucket = TokenBucket(10, 40, clock=clock)
+    assert sum(bucket.try_spend() for _ in range(100)) == 40  # a full bucket: the burst at once
+    assert bucket.seconds_until(1) == pytest.approx(0.1)
+    clock.now = 0.35
+    assert sum(bucket.try_spend() for _ in range(100)) == 3  # refilled at 10 a second
+    clock.now = 100.0
+    assert bucket.available() == 40  # never more than the burst, however long it rested
+    assert bucket.seconds_until(41) == float("inf")
+
+
+def test_a_token_bucket_never_lets_more_than_burst_plus_rate_times_time_through() -> None:
+    clock = Clock()
+    bucket = TokenBucket(20, 60, clock=clock)
+    spent = 0
+    for step in range(1, 1001):  # a flood over 10 s, 100 tries a second
+        clock.now = step / 100
+        spent += bucket.try_spend()
+    assert 60 + 20 * 10 - 1 <= spent <= 60 + 20 * 10
+
+
+def test_a_token_bucket_is_not_fooled_by_a_clock_that_goes_back() -> None:
+    clock = Clock()
+    bucket = TokenBucket(10, 5, clock=clock)
+    clock.now = 10.0
+    assert sum(bucket.try_spend() for _ in range(10)) == 5
+    clock.now = 9.0  # (monotonic clocks do not, but the bucket must not mint tokens if one did)
+    assert not bucket.try_spend()
+    clock.now = 10.15  # 0.15 s since the latest time it saw: one and a half tokens
+    assert bucket.try_spend() and not bucket.try_spend()
+
+
+def test_a_token_bucket_rejects_nonsense_parameters() -> None:
+    for rate, burst in ((0, 10), (10, 0), (-1, 5)):
+        with pytest.raises(ValueError, match="positive"):
+            TokenBucket(rate, burst)
 
 
 # ---- the endpoint table ----------------------------------------------------------------------------

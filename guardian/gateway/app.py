@@ -16,11 +16,13 @@ small function over the request's `Passage` in its own module:
 Whatever a stage refuses answers in Kraken's error envelope with a 4xx status and is never sent. What
 passes is journaled (intent committed first), re-signed with the account's exchange key over the same
 bytes, forwarded, and the exchange's answer goes back unchanged. A stage may answer itself (a public read,
-a bot's `cancelallordersafter` answered from guardian's own switch, a retry's replayed answer): the way
-ends there. From the gate to the hold nothing waits: orders judged at the same moment see each other.
+a bot's `cancelallordersafter` answered from guardian's own switch, a retry's replayed answer, an edit of
+an order the exchange does not have, in Kraken's own `orderForEditNotFound` shape: guardian.gateway.notfound):
+the way ends there. From the gate to the hold nothing waits: orders judged at the same moment see each other.
 
-- Public endpoints pass through without authentication, within the public budget and through a short
-  cache of identical reads (guardian.gateway.public).
+- Public endpoints pass through without authentication, within the public budget (a token bucket: a
+  client's start-up burst at once, the long run at the rate) and through a short cache of identical reads
+  (guardian.gateway.public).
 - Settings, the assignment program and RFQ offers are judged by guardian.gateway.settings.
 - Endpoints that move funds are never forwarded; a path the table does not list is refused `notFound`
   naming the nearest one it does, and never forwarded.
@@ -95,7 +97,7 @@ class Gateway:
         journal: Journal,
         *,
         observe: Any = None,
-        public_rate_limit: float | None = None,
+        server: ServerConfig | None = None,
     ) -> None:
         self.accounts = {account.name: account for account in accounts}
         self.public_account = accounts[0]  # public reads go out on the first account's connections
@@ -106,8 +108,8 @@ class Gateway:
             if client.rate_budget is not None
         }
         clients = [client for account in accounts for client in account.config.clients]
-        total = public_rate_limit if public_rate_limit is not None else ServerConfig().public_rate_limit
-        self.public = PublicGate(total, clients)
+        server = server or ServerConfig()  # the public budget in total: its rate and burst
+        self.public = PublicGate(server.public_rate_limit, server.public_burst_size, clients)
         # The history pool's local model, per account (the derivatives one is `account.budget`).
         self.history = {
             account.name: CostBudget(HISTORY_CAPACITY, forward.HISTORY_WINDOW_S + RATE_WINDOW_MARGIN_S)

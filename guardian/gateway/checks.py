@@ -85,9 +85,12 @@ async def limits(gw: Gateway, p: Passage) -> None:
         originals = decision.originals
         marks = {s: account.marks.mark(s) for s in _symbols(decision.intents, originals)}
         mode = decision.mode if decision.mode is not None else account.mode_for(bot)
+        # The items guardian answers itself (edits of orders that are not there) do not leave: the rest are
+        # judged, each named by its place in the batch as the bot sent it.
+        kept = [index for index in range(len(decision.intents)) if index not in decision.answered]
         try:
             rules.check_batch(
-                decision.intents,
+                [decision.intents[index] for index in kept],
                 mode,
                 account.config.guard,
                 marks,
@@ -95,6 +98,8 @@ async def limits(gw: Gateway, p: Passage) -> None:
                 account.instruments.contract,
             )
         except Refusal as refusal:
+            if refusal.item is not None and decision.answered:
+                refusal = refusal.for_item(kept[refusal.item], refusal.order_tag)
             raise named(account, bot, refusal) from None
         tags = [i.order_tag if isinstance(i, OrderIntent) else None for i in decision.intents]
         for index, merged, _ in _merged_batch(decision.intents, originals):
@@ -102,11 +107,8 @@ async def limits(gw: Gateway, p: Passage) -> None:
         return
     [intent] = decision.intents
     if isinstance(intent, OrderIntent):
-        if not intent.merged:
-            raise Refusal(
-                "invalidArgument",
-                "the order to edit is not open at the exchange (orders/status does not know it)",
-            )
+        if not intent.merged:  # an edit is merged at parse, or answered there (guardian.gateway.notfound)
+            raise Refusal("accountStateUnavailable", "the order to edit could not be read; retry in a moment")
         contract_gate(account, intent, lambda refusal: refusal)
         rules.check_limits(
             intent,
@@ -281,7 +283,7 @@ def still_allowed(account: Account, decision: Decision, endpoint: ep.Endpoint) -
 def _each_mode(account: Account, decision: Decision) -> None:
     """The mode check for each send and edit of the request, naming the batch item at fault."""
     for index, intent in enumerate(decision.intents):
-        if isinstance(intent, OrderIntent):
+        if isinstance(intent, OrderIntent) and index not in decision.answered:
             try:
                 check_mode(account, decision.bot, intent)
             except Refusal as refusal:

@@ -6,6 +6,9 @@ before it leaves), takes a last look at the mode and the switch (journaling was 
 in flight (a halt follows it to its end), is re-signed with the account's exchange key over the same bytes
 and forwarded; its outcome is journaled after the bot has its answer.
 
+A batch some of whose edit items guardian answers itself (`guardian.gateway.notfound`) leaves without them
+and costs what leaves; their statuses are put into the exchange's answer at their places.
+
 A request carrying cliOrdIds goes through the retried-order memory (`guardian.gateway.dedupe`): a retry
 gets its first attempt's answer and is never a second order; another use of those ids is refused.
 """
@@ -22,7 +25,7 @@ from aiohttp import web
 
 from guardian.account import Account
 from guardian.errors import ExchangeError, ExchangeTimeout
-from guardian.gateway import checks
+from guardian.gateway import checks, notfound
 from guardian.gateway.auth import Caller
 from guardian.gateway.dedupe import Outcome
 from guardian.gateway.intake import afford_lookup
@@ -56,7 +59,7 @@ async def forward(gw: Gateway, p: Passage) -> None:
     """Budget, journal, forward: what follows the guard's decision."""
     account, decision = p.account, p.decision
     out = p.outbound()
-    cost = p.endpoint.cost_for(p.fields, decision.items)
+    cost = p.endpoint.cost_for(p.fields, decision.items - len(decision.answered))  # what leaves
     if p.endpoint.pool is ep.Pool.HISTORY:
         spend_history(gw, account, cost)
         p.answer = response(await forward_journaled(gw, out, decision, p.trail))
@@ -227,7 +230,7 @@ async def forward_journaled(gw: Gateway, out: Outbound, decision: Decision, trai
                 account=out.account.name,
                 bot=trail.bot,
                 endpoint=endpoint.name,
-                params=trail.params,
+                params=notfound.forwarded_params(trail.params, decision.answered),
                 verdict="forwarded",
                 received_at=trail.received_at,
             )
@@ -260,6 +263,8 @@ async def forward_journaled(gw: Gateway, out: Outbound, decision: Decision, trai
         # After the answer is on its way: the outcome's JSON and redaction are not the bot's wait.
         total_s = time.time() - trail.received_at
         asyncio.get_running_loop().call_soon(_finish, gw, request_id, trail, answer.status, total_s)
+    if decision.answered:  # a batch some of whose items guardian answers itself: put them in
+        return await notfound.spliced(gw, answer, decision, trail)
     return answer
 
 

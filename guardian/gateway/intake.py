@@ -8,7 +8,8 @@ what it asks for.
 - `parse`: the parameters as Kraken reads them (form, query, or JSON for settings); a bot's
   `cancelallordersafter` is answered from guardian's own switch; an order request becomes its intents,
   an edit merged with the order it changes (read from the exchange's `orders/status`, after the checks
-  that need no lookup: a halted account or bot, the switch).
+  that need no lookup: a halted account or bot, the switch). An edit of an order the exchange does not
+  have is answered in Kraken's own shape and never forwarded (guardian.gateway.notfound).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from aiohttp import web
 
 from guardian.account import Account
 from guardian.errors import ExchangeError
-from guardian.gateway import checks, orders, rules, settings
+from guardian.gateway import checks, notfound, orders, rules, settings
 from guardian.gateway.http import read_capped
 from guardian.gateway.orders import OrderIntent
 from guardian.gateway.passage import MAX_BODY, ORDER_ENDPOINTS, GuardedIntent, Passage, response
@@ -147,14 +148,22 @@ async def _merge_edits(gw: Gateway, p: Passage) -> None:
         [edit] = decision.intents
         assert isinstance(edit, OrderIntent)
         found = await _lookup(account, [edit])
-        original = found.get(edit.order_id or edit.cli_ord_id or "")
-        decision.intents = [rules.merge_edit(original, edit) if original is not None else edit]
+        if notfound.unknown(account, found, edit):
+            p.answer = await notfound.answer_edit(gw, p, edit)
+            return
+        decision.intents = [rules.merge_edit(found.open[edit.order_id or edit.cli_ord_id or ""], edit)]
     elif p.endpoint.name == "batchorder":
-        decision.originals = await _batch_originals(account, decision.intents)
+        found, decision.originals = await _batch_originals(account, decision.intents)
+        notfound.answer_items(p, found)
+        if decision.answered and len(decision.answered) == decision.items:
+            p.answer = await notfound.answer_batch(gw, p)
 
 
-async def _batch_originals(account: Account, intents: Sequence[GuardedIntent]) -> dict[str, OrderIntent]:
-    """What a batch's edits change: open orders at the exchange, or the batch's own sends (by tag)."""
+async def _batch_originals(
+    account: Account, intents: Sequence[GuardedIntent]
+) -> tuple[notfound.Lookup, dict[str, OrderIntent]]:
+    """What a batch's edits change: open orders at the exchange, or the batch's own sends (by tag); with
+    what the exchange said of the orders it was asked about."""
     tags = {
         i.order_tag: i for i in intents if isinstance(i, OrderIntent) and i.kind == "send" and i.order_tag
     }
@@ -163,8 +172,8 @@ async def _batch_originals(account: Account, intents: Sequence[GuardedIntent]) -
         for i in intents
         if isinstance(i, OrderIntent) and i.kind == "edit" and (i.order_id or "") not in tags
     ]
-    found = await _lookup(account, edits) if edits else {}
-    return {**found, **{tag: intent for tag, intent in tags.items() if tag is not None}}
+    found = await _lookup(account, edits) if edits else notfound.Lookup()
+    return found, {**found.open, **{tag: intent for tag, intent in tags.items() if tag is not None}}
 
 
 def afford_lookup(account: Account, refused: str) -> None:
@@ -176,7 +185,8 @@ def afford_lookup(account: Account, refused: str) -> None:
         raise Refusal("apiLimitExceeded", refused)
 
 
-async def _lookup(account: Account, edits: Sequence[OrderIntent]) -> dict[str, OrderIntent]:
+async def _lookup(account: Account, edits: Sequence[OrderIntent]) -> notfound.Lookup:
+    """What the exchange's `orders/status` says of the orders `edits` name."""
     params: list[tuple[str, str]] = []
     for edit in edits:
         if edit.order_id:
@@ -184,7 +194,7 @@ async def _lookup(account: Account, edits: Sequence[OrderIntent]) -> dict[str, O
         elif edit.cli_ord_id:
             params.append(("cliOrdIds", edit.cli_ord_id))
     if not params:
-        return {}
+        return notfound.Lookup()
     afford_lookup(account, "no budget left to look up the order being edited; retry shortly")
     try:
         rows = await account.gateway_client.order_status(
@@ -194,15 +204,23 @@ async def _lookup(account: Account, edits: Sequence[OrderIntent]) -> dict[str, O
         raise Refusal(
             "upstreamUnavailable", f"the order being edited could not be looked up at the exchange: {exc}"
         ) from None
-    found: dict[str, OrderIntent] = {}
+    found = notfound.Lookup()
     for row in rows:
-        original = order_from_status(row)
-        if original is None:
+        order = row.get("order") if isinstance(row, Mapping) else None
+        if not isinstance(order, Mapping):
             continue
-        if original.order_id:
-            found[original.order_id] = original
-        if original.cli_ord_id:
-            found[original.cli_ord_id] = original
+        keys = [k for k in (order.get("orderId"), order.get("cliOrdId")) if isinstance(k, str) and k]
+        status = row.get("status")
+        original = order_from_status(row)
+        for key in keys:
+            if original is not None:
+                found.open[key] = original
+            elif status in notfound.CLOSED_STATUSES:
+                found.closed[key] = str(status)
+            elif status in notfound.OPEN_STATUSES:
+                found.unclear[key] = "orders/status reports it open without what the limits need"
+            else:
+                found.unclear[key] = f"orders/status reports it as {str(status)[:32]!r}"
     return found
 
 
@@ -243,7 +261,7 @@ def wire_code(exc: WireError) -> str:
 def order_from_status(row: Mapping[str, Any]) -> OrderIntent | None:
     """An open order as `orders/status` reports it, as the OrderIntent an edit is merged into; None for
     a closed order (it cannot be edited) or one whose report lacks what the limits need."""
-    if row.get("status") not in ("ENTERED_BOOK", "TRIGGER_PLACED"):
+    if row.get("status") not in notfound.OPEN_STATUSES:
         return None
     order = row.get("order")
     if not isinstance(order, Mapping):

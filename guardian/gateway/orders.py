@@ -29,11 +29,24 @@ Decisions where Kraken's behaviour is unverified:
   refused, although the simulator accepts them. Enums are matched exactly as Kraken spells them, where
   the simulator is case-insensitive for triggerSignal and trailingStopDeviationUnit.
 - An empty value (`limitPrice=`) is refused as malformed (invalidArgument); JSON null counts as absent.
-- Fields that cannot apply to the order type are refused rather than guessed at: stopPrice and the
-  limit-price offset on a type that does not trigger, trailing fields on a type other than
-  trailing_stop, limitPrice on mkt (an ioc with 1% protection), and limitPrice together with an offset.
-  triggerSignal on any type is accepted (without a trigger there is nothing for it to change).
-- A PERCENT trailing deviation must be 0.1 to 50, as the simulator has it.
+- guardian refuses only what changes the risk it judges, or what it cannot read unambiguously. A field
+  that does not apply to the order type is read like any other (a value that is not well-formed is
+  refused) and forwarded unchanged, and the order is judged as its type says: the exchange ignores such a
+  field or judges it itself (python-kraken-sdk's own tests send a `lmt` with a `stopPrice`). None of
+  these changes the size, side, price or reduce-only that guardian judges:
+  - stopPrice, limitPriceOffsetValue and limitPriceOffsetUnit on a type that does not trigger (lmt,
+    post, ioc, fok, mkt): Kraken's docs give them to stp, take_profit and trailing_stop. A limit-priced
+    order fills at its limit price or better, which is what guardian judges, whatever a trigger did; a
+    mkt order is an ioc within 1% of the mark.
+  - trailingStopMaxDeviation and trailingStopDeviationUnit on a type other than trailing_stop: they only
+    move a trailing stop's trigger. Their PERCENT range (0.1 to 50, as the simulator has it) is checked
+    on trailing_stop orders only.
+  - triggerSignal on any type: without a trigger there is nothing for it to change.
+  limitPrice on mkt is not ignored: whether the exchange takes it as the order's protection is not
+  documented, so the order is judged at the higher of it and the mark, and it must be inside the price
+  band (`guardian.gateway.rules`). Still refused, because which price the triggered order would get is
+  not something guardian will guess: limitPrice together with a limit-price offset on a trigger order,
+  and an offset's value without its unit (or the reverse) on one.
 - editorder and cancelorder take exactly one of their id fields and cliOrdId: if both were sent, which
   one Kraken acts on is not something to guess (the guard must judge the order that will change).
 - Symbols are read case-insensitively and carried upper-case (the simulator upper-cases them too), so
@@ -382,25 +395,12 @@ def _send(f: _Fields, *, process_before: bool, order_tag: str | None = None) -> 
             raise Refusal(
                 "requiredArgumentMissing", "trailingStopDeviationUnit is required for trailing_stop orders"
             )
-    elif deviation is not None or unit is not None:
-        field = "trailingStopMaxDeviation" if deviation is not None else "trailingStopDeviationUnit"
-        raise Refusal("invalidArgument", f"{field} applies only to trailing_stop orders, not {order_type}")
-    if stop_price is not None and order_type not in TRIGGER_TYPES:
-        raise Refusal(
-            "invalidArgument",
-            f"stopPrice applies only to {', '.join(TRIGGER_TYPES)} orders, not {order_type}: use stp for a stop",
-        )
-    if order_type == "mkt" and limit_price is not None:
-        raise Refusal(
-            "invalidArgument",
-            "a mkt order takes no limitPrice (it is an ioc with 1% protection): use ioc for a limited order",
-        )
-    if offset is not None or offset_unit is not None:
-        if order_type not in TRIGGER_TYPES:
-            raise Refusal(
-                "invalidArgument",
-                f"limitPriceOffsetValue applies only to {', '.join(TRIGGER_TYPES)} orders, not {order_type}",
-            )
+        _check_deviation(deviation, unit)
+    else:
+        deviation = unit = None  # forwarded as sent, not judged: they move a trailing stop's trigger only
+    if order_type not in TRIGGER_TYPES:
+        stop_price = offset = offset_unit = None  # forwarded as sent, not judged: nothing triggers
+    elif offset is not None or offset_unit is not None:
         if offset is None:
             raise Refusal(
                 "requiredArgumentMissing", "limitPriceOffsetValue is required with limitPriceOffsetUnit"
@@ -415,7 +415,6 @@ def _send(f: _Fields, *, process_before: bool, order_tag: str | None = None) -> 
                 "give limitPrice or limitPriceOffsetValue, not both: which one the exchange would use is "
                 "not something guardian will guess",
             )
-    _check_deviation(deviation, unit)
     return OrderIntent(
         kind="send",
         order_type=order_type,

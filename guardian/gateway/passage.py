@@ -62,6 +62,9 @@ class Decision:
     # or answered adds no risk (it gets that attempt's answer), and is judged only if it is sent after all.
     deferred: Sequence[tuple[int, OrderIntent, bool]] | None = None
     bot: str | None = None  # the bot that sent it (its own mode applies too)
+    # A batch's edit items of orders that are not there, which guardian answers itself (never forwarded):
+    # index -> the item's status as Kraken shapes it (guardian.gateway.notfound).
+    answered: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,6 +100,8 @@ class Passage:
     trail: Trail
     route: ep.Endpoint | None = None  # the endpoint (receive)
     path_params: Mapping[str, str] = field(default_factory=dict)
+    # The query and body as they will leave: the bot's own bytes, but for a batch some of whose items
+    # guardian answers itself (guardian.gateway.notfound), which leaves without them.
     query: str = ""
     body: str = ""
     caller: Caller | None = None  # the bot, by its local key (authenticate)

@@ -3,16 +3,20 @@
 Kraken and its CDN throttle public requests by IP, and the switch's refreshes leave from the same IP, so
 bots must not be able to send public requests as fast as they like. Two things keep them in check:
 
-- **A rate budget**: each bot's public requests to the exchange per second (`[[accounts.clients]]
-  public_rate_limit`), and all of them together (`[server] public_rate_limit`). Over either, guardian
-  answers 429 `apiLimitExceeded` and sends nothing.
+- **A rate budget**, a token bucket: each bot's public requests to the exchange (`[[accounts.clients]]
+  public_rate_limit` per second, `public_burst` at once), and all of them together (`[server]
+  public_rate_limit`, `public_burst`). A full bucket answers a client's start-up burst (30 different reads
+  within a fraction of a second: ccxt's load_markets, an SDK's test suite) at once; it refills at the rate,
+  so over any `t` seconds at most `burst + rate * t` go out, and a sustained flood is held to the rate.
+  Over either budget, guardian answers 429 `apiLimitExceeded` and sends nothing.
 - **A short cache**: identical reads (same path and query) within the endpoint's `cache_s` (the endpoint
   table's; 1 s for tickers, longer for slow-changing data) are answered from one upstream call; readers
   that arrive while that call is in flight wait for it. An answer from the cache costs no budget.
 
 A public request carries no credential. It is charged to the bot whose local key is in its `APIKey`
 header (a label, not a proof: labelling a request with another bot's key only spends that bot's share,
-and never more than the total), or else to the share of unlabelled requests.
+and never more than the total), or else to the share of unlabelled requests (10 per second, bursts of 40:
+a bot's defaults).
 """
 
 from __future__ import annotations
@@ -23,14 +27,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from guardian.config import DEFAULT_BOT_PUBLIC_RATE_LIMIT, ClientConfig
+from guardian.config import DEFAULT_BOT_PUBLIC_BURST, DEFAULT_BOT_PUBLIC_RATE_LIMIT, ClientConfig
 from guardian.gateway.refusal import Refusal
 from guardian.kraken.client import RawAnswer
 from guardian.kraken.endpoints import Endpoint
 from guardian.kraken.times import to_iso
-from guardian.ratelimit import CostBudget
+from guardian.ratelimit import TokenBucket
 
-PUBLIC_WINDOW_S = 1.0  # the rates are per second, counted over a sliding second
 MAX_CACHED = 4096  # distinct cached reads kept at once; the oldest go first
 UNLABELLED = "(unlabelled)"
 
@@ -49,17 +52,21 @@ class PublicGate:
     def __init__(
         self,
         total_per_s: float,
+        total_burst: float,
         clients: Iterable[ClientConfig],
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clock = clock
-        self.total = CostBudget(total_per_s, PUBLIC_WINDOW_S, clock)
-        self._bots: dict[str, tuple[str, CostBudget]] = {
-            client.api_key: (client.name, CostBudget(client.public_rate_limit, PUBLIC_WINDOW_S, clock))
+        self.total = TokenBucket(total_per_s, total_burst, clock)
+        self._bots: dict[str, tuple[str, TokenBucket]] = {
+            client.api_key: (
+                client.name,
+                TokenBucket(client.public_rate_limit, client.public_burst_size, clock),
+            )
             for client in clients
         }
-        self.unlabelled = CostBudget(DEFAULT_BOT_PUBLIC_RATE_LIMIT, PUBLIC_WINDOW_S, clock)
+        self.unlabelled = TokenBucket(DEFAULT_BOT_PUBLIC_RATE_LIMIT, DEFAULT_BOT_PUBLIC_BURST, clock)
         self._cache: dict[tuple[str, str], _Cached] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[RawAnswer]] = {}
         self.upstream_calls = 0  # public requests that went to the exchange
@@ -114,16 +121,17 @@ class PublicGate:
             raise Refusal(
                 "apiLimitExceeded",
                 f"public requests of {'bot ' + repr(name) if found else 'requests without a bot APIKey header'} "
-                f"are over {own.capacity:g} per second (accounts.clients.public_rate_limit); retry in "
-                f"{own.seconds_until(1):.2f} s",
+                f"are over {own.rate:g} per second after a burst of {own.burst:g} "
+                f"(accounts.clients.public_rate_limit, public_burst); retry in {own.seconds_until(1):.2f} s",
             )
         if not self.total.try_spend(1):
             raise Refusal(
                 "apiLimitExceeded",
-                f"all bots' public requests are over {self.total.capacity:g} per second (server.public_rate_limit);"
-                f" retry in {self.total.seconds_until(1):.2f} s",
+                f"all bots' public requests are over {self.total.rate:g} per second after a burst of "
+                f"{self.total.burst:g} (server.public_rate_limit, public_burst); retry in "
+                f"{self.total.seconds_until(1):.2f} s",
             )
-        own.spend(1)
+        own.try_spend(1)  # there was one: nothing ran since it was looked at
 
     def _remember(self, key: tuple[str, str], entry: _Cached) -> None:
         if len(self._cache) >= MAX_CACHED:

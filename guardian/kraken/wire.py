@@ -57,6 +57,19 @@ def loads_strict(text: str | bytes, *, exact_numbers: bool = False) -> Any:
         raise ValueError("the JSON is nested too deeply") from None
 
 
+def dumps_exact(doc: Any) -> str:
+    """JSON text of a document read with `exact_numbers`: each `JsonNumber` written with the digits it was
+    read from (json.dumps would write the nearest double's), everything else as json.dumps writes it.
+    For documents already bounded in depth (a parsed batch, an exchange answer)."""
+    if isinstance(doc, JsonNumber):
+        return doc.text
+    if isinstance(doc, dict):
+        return "{" + ",".join(f"{json.dumps(str(k))}:{dumps_exact(v)}" for k, v in doc.items()) + "}"
+    if isinstance(doc, list):
+        return "[" + ",".join(dumps_exact(v) for v in doc) + "]"
+    return json.dumps(doc, allow_nan=False)
+
+
 def _nested_deeper_than(doc: Any, limit: int) -> bool:
     """Whether `doc` has containers more than `limit` deep. A loop, not recursion: its point is to stop a
     document that would exhaust the recursion limit of whatever reads it next (repr, ==, json.dumps)."""
