@@ -31,7 +31,13 @@ from guardian.cli import build_parser
 from guardian.sim import feeds
 from guardian.sim.app import Simulator
 from guardian.sim.exchange import LIMIT_PRICED, Account, Exchange, Order
-from guardian.sim.market import DEFAULT_INSTRUMENTS, INSTRUMENT_SETS, WIDE_INSTRUMENTS, Market
+from guardian.sim.market import (
+    DEFAULT_INSTRUMENTS,
+    INSTRUMENT_SETS,
+    LINEAR_PERPETUALS,
+    WIDE_INSTRUMENTS,
+    Market,
+)
 from tests.conftest import TRADE_KEY, sim_keys
 
 SETTINGS = settings(derandomize=True, database=None, deadline=None, max_examples=300)
@@ -44,12 +50,19 @@ ZERO = Decimal(0)
 
 
 # ---- the plain computations: a walk over every order, as the simulator did before the figures -----------
-def plain_margin(ex: Exchange, acct: Account, symbol: str | None = None) -> Decimal:
+def plain_margin(
+    ex: Exchange, acct: Account, symbol: str | None = None, margin_account: str = "flex"
+) -> Decimal:
     return sum(
         (
             ex.margin_needed(acct, o)
             for o in acct.open_orders()
-            if not o.reduce_only and (symbol is None or o.symbol == symbol)
+            if not o.reduce_only
+            and (
+                o.symbol == symbol
+                if symbol is not None
+                else ex.instrument(o.symbol).margin_account == margin_account
+            )
         ),
         ZERO,
     )
@@ -111,8 +124,10 @@ class PlainExchange(Exchange):
     def _self_fill(self, acct: Account, order: Order) -> bool:
         return plain_self_fill(acct, order)
 
-    def orders_margin(self, acct: Account, symbol: str | None = None) -> Decimal:
-        return plain_margin(self, acct, symbol)
+    def orders_margin(
+        self, acct: Account, symbol: str | None = None, margin_account: str = "flex"
+    ) -> Decimal:
+        return plain_margin(self, acct, symbol, margin_account)
 
     def on_prices(self) -> None:
         for acct in self.accounts.values():
@@ -478,7 +493,8 @@ def test_a_leverage_without_a_finite_reciprocal_rounds_once_per_symbol() -> None
 # ---- the wide instrument set --------------------------------------------------------------------------
 def test_the_wide_set_is_24_linear_perpetuals_starting_with_the_default_three() -> None:
     assert len(WIDE_INSTRUMENTS) >= 24
-    assert WIDE_INSTRUMENTS[: len(DEFAULT_INSTRUMENTS)] == DEFAULT_INSTRUMENTS
+    assert WIDE_INSTRUMENTS[: len(LINEAR_PERPETUALS)] == LINEAR_PERPETUALS
+    assert DEFAULT_INSTRUMENTS[: len(LINEAR_PERPETUALS)] == LINEAR_PERPETUALS
     assert INSTRUMENT_SETS == {"default": DEFAULT_INSTRUMENTS, "wide": WIDE_INSTRUMENTS}
     symbols = [i.symbol for i in WIDE_INSTRUMENTS]
     assert len(set(symbols)) == len(symbols)

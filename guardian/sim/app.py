@@ -14,7 +14,7 @@ import secrets
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -29,10 +29,10 @@ from guardian.kraken.times import parse_iso, to_iso
 from guardian.kraken.wire import LIST_FIELDS, WireError, loads_strict, parse_batch, request_fields
 from guardian.ratelimit import CostBudget
 from guardian.secret import ApiSecret
-from guardian.sim import history
-from guardian.sim.exchange import Account, Exchange, SimError
+from guardian.sim import figures, history
+from guardian.sim.exchange import DEFAULT_MARGIN_BALANCES, Account, Exchange, SimError
 from guardian.sim.faults import Fault, FaultTable
-from guardian.sim.market import Market
+from guardian.sim.market import Market, default_instruments
 from guardian.sim.market_data import MarketData
 from guardian.sim.preferences import Preferences
 from guardian.sim.ws import StreamServer, StreamSettings
@@ -102,9 +102,16 @@ class Simulator:
         taker_fee: Decimal = Decimal(0),
         book_depth: Decimal | None = None,
         stream: StreamSettings | None = None,
+        margin_balances: Mapping[str, Decimal] = DEFAULT_MARGIN_BALANCES,
     ) -> None:
+        # Without a market: the default set, its fixed maturities dated from this simulator's clock.
         self.exchange = Exchange(
-            market or Market(), clock=clock, maker_fee=maker_fee, taker_fee=taker_fee, book_depth=book_depth
+            market or Market(instruments=default_instruments(clock())),
+            clock=clock,
+            maker_fee=maker_fee,
+            taker_fee=taker_fee,
+            book_depth=book_depth,
+            margin_balances=margin_balances,
         )
         self.market_data = MarketData(self.exchange)  # the same exchange: its market, its clock
         self.preferences = Preferences(self.exchange, self.market_data)
@@ -190,6 +197,7 @@ class Simulator:
     def step(self, steps: int = 1) -> None:
         """Move every mark `steps` random-walk steps and let resting and trigger orders react."""
         for _ in range(steps):
+            self.exchange.expire_due()  # at the marks of the moment, before they move
             self.exchange.market.step()
             self.exchange.on_prices()
             self.market_data.record()
@@ -363,6 +371,7 @@ class Simulator:
         if is_json:
             fields.update(_json_fields(body))
         entry["fields"] = fields
+        self.exchange.expire_due()  # a clock that passed a last trading time: settle before answering
         if endpoint.permission is ep.Permission.PUBLIC:
             return self._public(endpoint.name, {**fields, **path_params})
         key = self.keys.get(request.headers.get("APIKey", ""))
@@ -403,11 +412,12 @@ class Simulator:
     # ---- endpoint payloads ------------------------------------------------------------------------
     def _history(self, name: str, acct: Account, fields: dict[str, str]) -> dict[str, Any] | str:
         kind = name.rsplit("/", 1)[1]
+        market = self.exchange.market
         if kind == "accountlogcsv":
-            return history.account_log_csv(acct)
+            return history.account_log_csv(acct, market)
         if kind == "account-log":
-            return history.account_log_payload(acct, fields)
-        return history.events(acct, kind, fields)
+            return history.account_log_payload(acct, market, fields)
+        return history.events(acct, market, kind, fields)
 
     def _public(self, name: str, fields: dict[str, str]) -> dict[str, Any] | list[Any]:
         from guardian.sim import views
@@ -436,7 +446,7 @@ class Simulator:
             return data.market_events(accounts, fields["symbol"], name.rsplit("/", 1)[1], fields)
         market = self.exchange.market
         if name == "instruments":
-            return {"instruments": views.instruments(market)}
+            return {"instruments": views.instruments(market, self.exchange.now())}
         if name == "tickers":
             return {"tickers": views.tickers(market, self.exchange.now())}
         if name == "tickers/{symbol}":
@@ -535,6 +545,7 @@ class Simulator:
         return doc
 
     async def _ctl_state(self, request: web.Request) -> web.Response:
+        self.exchange.expire_due()
         accounts = {}
         for name, acct in self.exchange.accounts.items():
             remaining = self.switch_remaining(name)
@@ -551,6 +562,7 @@ class Simulator:
                 "balance": float(acct.balance),
                 "realized_pnl": float(acct.realized_pnl),
                 "fees": float(acct.fees),
+                **figures.account_figures(self.exchange, acct),
             }
         marks = {s: float(q.mark) for s, q in self.exchange.market.quotes.items()}
         return web.json_response(
@@ -560,6 +572,8 @@ class Simulator:
                 "faults": self.faults.snapshot(),
                 "marks": marks,
                 "accounts": accounts,
+                "instruments": figures.instrument_figures(self.exchange),
+                "settlements": figures.settlement_figures(self.exchange),
             }
         )
 
@@ -580,6 +594,7 @@ class Simulator:
         if abs(offset) > 10 * 365 * 86400:
             raise ValueError("offset_s is out of range")
         self.exchange.clock_offset_s = offset
+        self.exchange.expire_due()
         return web.json_response({"clock_offset_s": offset, "serverTime": self.exchange.server_time()})
 
     async def _ctl_mark(self, request: web.Request) -> web.Response:

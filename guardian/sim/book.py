@@ -8,8 +8,10 @@ synced, takes exactly that back and adds what the order holds now, so no figure 
 index from cliOrdId to the latest order is the account's own, `Account.by_cli`):
 
 - per account and symbol, what the margin of the open orders is computed from (`Exposure`): the sum of
-  unfilled size times limit price, and the unfilled size of orders without a limit price (margined at
-  the mark); reduce-only orders hold no margin. The sums are exact; the leverage is applied when read;
+  unfilled size times limit price (a linear contract's value), the sum of unfilled size over limit price
+  (an inverse contract's, for inverse contracts only), and the unfilled size of orders without a limit price (margined at the
+  mark); reduce-only orders hold no margin. The sums are exact (the quotients to 100 digits); the
+  contract size and the leverage are applied when read;
 - per account, symbol and side, the account's own resting limit prices in order: the self-fill check
   reads the best one;
 - per symbol and side, every account's resting limit orders in price order, so that a price move visits
@@ -105,6 +107,7 @@ class Exposure:
     notional: Decimal = ZERO  # sum of unfilled size x limit price
     unpriced: Decimal = ZERO  # sum of unfilled size of the orders without a limit price (at the mark)
     orders: int = 0
+    reciprocal: Decimal = ZERO  # sum of unfilled size / limit price (what an inverse contract's is from)
 
 
 @dataclass(slots=True)
@@ -114,7 +117,9 @@ class Resting:
     key: Key
     account: Account
     order: Order
-    margin: tuple[Decimal, Decimal] | None  # (notional, unpriced) added to its Exposure; None: reduce-only
+    margin: (
+        tuple[Decimal, Decimal, Decimal] | None
+    )  # (notional, unpriced, reciprocal) added; None: reduce-only
     limit: Decimal | None  # its price on the limit ladders (a resting limit order)
     trigger: tuple[str, str, Decimal] | None  # (price watched, direction, level): a stop or take-profit
     trailing: bool  # a trailing stop that has not fired
@@ -141,12 +146,16 @@ def _ladder(ladders: dict[tuple[str, str], Ladder], name: tuple[str, str]) -> La
 
 
 def _contribution(acct: Account, order: Order, key: Key) -> Resting:
-    margin: tuple[Decimal, Decimal] | None = None
+    margin: tuple[Decimal, Decimal, Decimal] | None = None
     if not order.reduce_only:  # priced as the margin is: at the limit price, or the mark without one
         if order.limit_price:
-            margin = (EXACT.multiply(order.unfilled, order.limit_price), ZERO)
+            margin = (
+                EXACT.multiply(order.unfilled, order.limit_price),
+                ZERO,
+                EXACT.divide(order.unfilled, order.limit_price) if order.inverse else ZERO,
+            )
         else:
-            margin = (ZERO, order.unfilled)
+            margin = (ZERO, order.unfilled, ZERO)
     limit = trigger = None
     trailing = False
     if not order.is_trigger:
@@ -198,6 +207,7 @@ class OrderBook:
                 exposure = mine.exposure[order.symbol] = Exposure()
             exposure.notional = EXACT.add(exposure.notional, item.margin[0])
             exposure.unpriced = EXACT.add(exposure.unpriced, item.margin[1])
+            exposure.reciprocal = EXACT.add(exposure.reciprocal, item.margin[2])
             exposure.orders += 1
         if item.limit is not None:
             row = (item.limit, *item.key)
@@ -222,6 +232,7 @@ class OrderBook:
             else:
                 exposure.notional = EXACT.subtract(exposure.notional, item.margin[0])
                 exposure.unpriced = EXACT.subtract(exposure.unpriced, item.margin[1])
+                exposure.reciprocal = EXACT.subtract(exposure.reciprocal, item.margin[2])
         if item.limit is not None:
             row = (item.limit, *item.key)
             book.limits[order.side].remove(row)

@@ -10,8 +10,13 @@ the touch, a resting limit fills whole when the touch reaches it, and a market o
 With `book_depth` set, each price level (the touch and `book_levels - 1` ticks beyond it) offers that
 many contracts until the market next moves: a crossing order walks the levels up to its limit and rests
 (lmt) or drops (ioc, mkt) the rest, a resting order fills at most that much per level per move, so
-partial fills happen. Fees are charged per fill (`maker_fee`, `taker_fee`: fractions of the notional) and
-realised PnL is booked to the USD balance when a position is reduced; funding is not modelled.
+partial fills happen. Fees are charged per fill (`maker_fee`, `taker_fee`: fractions of the contract's
+value) and realised PnL is booked when a position is reduced, each in the account the contract margins in:
+linear contracts (PF_, FF_) in USD in the multi-collateral `flex` account, inverse ones (PI_, FI_) in the
+base currency in its single-collateral margin account (`fi_xbtusd`, `fi_ethusd`), with the arithmetic of
+`guardian.sim.contracts`. A fixed maturity past its last trading time takes no new orders
+(`marketInactive`): its open orders are cancelled and its positions settled at the mark of that moment
+(`expire_due`). Funding is not modelled.
 
 What each order reads of the resting book (the margin the open orders hold, the account's best resting
 prices for the self-fill check, the orders a price move reaches) is kept as running figures by
@@ -36,6 +41,7 @@ from typing import Any
 from guardian.kraken.times import parse_iso, to_iso
 from guardian.sim import feeds
 from guardian.sim.book import OrderBook
+from guardian.sim.contracts import FLEX
 from guardian.sim.events import EventBus
 from guardian.sim.market import Instrument, Market
 
@@ -58,8 +64,12 @@ WS_REASONS = {
     "IOC_WOULD_NOT_EXECUTE": "ioc_order_failed_because_it_would_not_be_executed",
     "FULL_FILL": "full_fill",
     "PARTIAL_FILL": "partial_fill",
+    "MARKET_INACTIVE": "market_inactive",
 }
 ZERO = Decimal(0)
+# Each account's single-collateral margin accounts and what they hold when the account opens.
+DEFAULT_MARGIN_BALANCES: Mapping[str, Decimal] = {"fi_xbtusd": Decimal(1), "fi_ethusd": Decimal(10)}
+DAYS_KEPT = 7  # daily realised PnL and fees are kept this many days
 
 
 class SimError(Exception):
@@ -99,6 +109,7 @@ class Order:
     triggered: bool = False  # a trigger order that fired and now rests as a limit order
     updated_ms: int = 0
     update_reason: str = "NEW_USER_ORDER"
+    inverse: bool = False  # an inverse contract's (its margin is in the base currency)
 
     @property
     def unfilled(self) -> Decimal:
@@ -165,6 +176,41 @@ class Position:
     opened_ms: int = 0
 
 
+@dataclass(slots=True)
+class Wallet:
+    """A single-collateral margin account (Kraken's `fi_xbtusd`): inverse contracts in its currency margin
+    and settle there."""
+
+    currency: str  # XBT, ETH
+    balance: Decimal  # the deposit, plus realised PnL, minus fees
+    opening: Decimal  # what it held when the account opened
+    realized_pnl: Decimal = ZERO
+    fees: Decimal = ZERO
+
+
+def open_wallets(balances: Mapping[str, Decimal]) -> dict[str, Wallet]:
+    """Margin accounts by name (`fi_xbtusd`), each holding its opening balance in its currency (XBT)."""
+    return {name: Wallet(_wallet_currency(name), amount, amount) for name, amount in balances.items()}
+
+
+def _wallet_currency(name: str) -> str:
+    """`fi_xbtusd` -> XBT: the base currency of a single-collateral account named for a USD pair."""
+    if not (name.startswith("fi_") and name.endswith("usd") and len(name) > 6):
+        raise ValueError(f"a margin account is named fi_<base>usd, not {name!r}")
+    return name[3:-3].upper()
+
+
+@dataclass(slots=True)
+class Day:
+    """One UTC day's realised PnL and fees, per currency and in USD (each amount converted at the mark
+    of its contract when it was booked)."""
+
+    pnl: dict[str, Decimal] = field(default_factory=dict)
+    pnl_usd: Decimal = ZERO
+    fees: dict[str, Decimal] = field(default_factory=dict)
+    fees_usd: Decimal = ZERO
+
+
 @dataclass
 class Account:
     name: str
@@ -184,6 +230,12 @@ class Account:
     # Sequence numbers of the account's streamed messages (fills count fills, the others messages).
     seq: dict[str, int] = field(default_factory=lambda: {"fills": 0, "positions": 0, "balances": 0})
     streamed_positions: set[str] = field(default_factory=set)  # symbols the last positions message held
+    streamed_futures: dict[str, Any] = field(default_factory=dict)  # the last `futures` balances group
+    # Single-collateral margin accounts (inverse contracts), by name: fi_xbtusd -> its wallet.
+    wallets: dict[str, Wallet] = field(default_factory=lambda: open_wallets(DEFAULT_MARGIN_BALANCES))
+    days: dict[str, Day] = field(default_factory=dict)  # UTC date (YYYY-MM-DD) -> realised PnL, fees
+    # Positions settled at expiry, oldest first: symbol, time_ms, price, size, entry, realized.
+    settlements: list[dict[str, Any]] = field(default_factory=list)
 
     def next_seq(self, feed: str) -> int:
         self.seq[feed] += 1
@@ -270,6 +322,7 @@ class Exchange:
         taker_fee: Decimal = ZERO,
         book_depth: Decimal | None = None,
         book_levels: int = 10,
+        margin_balances: Mapping[str, Decimal] = DEFAULT_MARGIN_BALANCES,
     ) -> None:
         if not (-1 < maker_fee < 1 and 0 <= taker_fee < 1):
             raise ValueError("fees are fractions of the notional: maker_fee in (-1, 1), taker_fee in [0, 1)")
@@ -302,8 +355,26 @@ class Exchange:
         self.default_trigger_signal = default_trigger_signal
         # orders/status only reports orders that are open or closed within this many seconds.
         self.status_retention_s = status_retention_s
+        open_wallets(margin_balances)  # named and valued as they must be, or ValueError now
+        if any(amount < 0 for amount in margin_balances.values()):
+            raise ValueError("margin_balances must not be negative")
+        self.margin_balances = dict(margin_balances)
         self.accounts: dict[str, Account] = {}
         self.book = OrderBook()  # running figures over the resting orders: see guardian.sim.book
+        self.settled: list[dict[str, Any]] = []  # expiries done: symbol, time, price, positions settled
+        # Per symbol, the account it margins in; per margin account, its symbols (read on every order).
+        self._account_of: dict[str, str] = {}
+        self._symbols_of: dict[str, list[str]] = {}
+        self._inverse: dict[str, tuple[bool, Decimal]] = {}  # symbol -> (inverse?, contract size)
+        for listed in self.market.instruments:
+            if listed.symbol not in self._account_of:
+                self._account_of[listed.symbol] = listed.margin_account
+                self._symbols_of.setdefault(listed.margin_account, []).append(listed.symbol)
+                self._inverse[listed.symbol] = (listed.inverse, listed.contract_size)
+        self._next_expiry = min(
+            (i.last_trading_time for i in self.market.instruments if i.last_trading_time is not None),
+            default=None,
+        )
 
     # ---- time -------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -318,8 +389,23 @@ class Exchange:
 
     def account(self, name: str) -> Account:
         if name not in self.accounts:
-            self.accounts[name] = Account(name, index=len(self.accounts))
+            self.accounts[name] = Account(
+                name, index=len(self.accounts), wallets=open_wallets(self.margin_balances)
+            )
         return self.accounts[name]
+
+    def wallet(self, acct: Account, name: str) -> Wallet:
+        """`acct`'s margin account `name` (fi_xbtusd), opened empty if the account has none by that name."""
+        found = acct.wallets.get(name)
+        if found is None:
+            found = acct.wallets[name] = Wallet(_wallet_currency(name), ZERO, ZERO)
+        return found
+
+    def instrument(self, symbol: str) -> Instrument:
+        """A listed instrument (the caller knows it is listed)."""
+        instrument = self.market.instrument(symbol)
+        assert instrument is not None, symbol
+        return instrument
 
     # ---- validation -------------------------------------------------------------------------------
     def _instrument(self, symbol: str | None) -> Instrument:
@@ -381,6 +467,8 @@ class Exchange:
                 return "wouldProcessAfterSpecifiedTime"
 
         quote = self.market.quotes[instrument.symbol]
+        if instrument.expired(self.now()):
+            return "marketInactive"
         if quote.suspended:
             return "marketSuspended"
         if not instrument.size_on_lot(size):
@@ -412,6 +500,7 @@ class Exchange:
             trailing_deviation=deviation,
             trailing_unit=unit,
             trailing_anchor=anchor,
+            inverse=instrument.inverse,
         )
         if order_type == "trailing_stop":
             order.stop_price = self._trailing_trigger(order, instrument)
@@ -422,7 +511,9 @@ class Exchange:
             return "wouldNotReducePosition"
         if self._self_fill(acct, order):
             return "selfFill"
-        if not reduce_only and self._margin_needed(acct, order, quote.mark) > self.available_margin(acct):
+        if not reduce_only and self._margin_needed(acct, order, quote.mark) > self.available_margin(
+            acct, instrument.margin_account
+        ):
             return "insufficientAvailableFunds"
         return order
 
@@ -455,8 +546,11 @@ class Exchange:
         return highest is not None and order.limit_price <= highest
 
     def _margin_needed(self, acct: Account, order: Order, mark: Decimal) -> Decimal:
-        price = order.limit_price or mark
-        return order.unfilled * price / self.leverage(acct, order.symbol)
+        """The initial margin of `order`'s unfilled size at its limit price (or `mark`), in the currency of
+        the account the contract margins in: its value over the leverage."""
+        instrument = self.instrument(order.symbol)
+        value = instrument.math.value(order.unfilled, instrument.contract_size, order.limit_price or mark)
+        return abs(value) / self.leverage(acct, order.symbol)
 
     def leverage(self, acct: Account, symbol: str) -> Decimal:
         """The leverage margin is computed at: the account's preference for `symbol`, else the instrument's
@@ -469,47 +563,130 @@ class Exchange:
         """The initial margin an open order holds (at its limit price, or the mark)."""
         return self._margin_needed(acct, order, self.market.quotes[order.symbol].mark)
 
+    def balance(self, acct: Account, margin_account: str = FLEX) -> Decimal:
+        """What `margin_account` holds: USD in `flex`, the base currency in a single-collateral account."""
+        return acct.balance if margin_account == FLEX else self.wallet(acct, margin_account).balance
+
+    def held_in(self, acct: Account, margin_account: str) -> list[tuple[str, Position, Instrument]]:
+        """`acct`'s positions in contracts that margin in `margin_account`."""
+        of = self._account_of
+        return [
+            (symbol, position, self.instrument(symbol))
+            for symbol, position in acct.positions.items()
+            if of[symbol] == margin_account
+        ]
+
+    def position_pnl(self, symbol: str, position: Position) -> Decimal:
+        """A position's unrealised PnL at the mark, in its margin currency."""
+        instrument = self.instrument(symbol)
+        mark = self.market.quotes[symbol].mark
+        return instrument.math.pnl(position.size, instrument.contract_size, position.price, mark)
+
+    def position_margin(self, acct: Account, symbol: str, position: Position) -> Decimal:
+        """A position's initial margin at the mark over the leverage, in its margin currency."""
+        instrument = self.instrument(symbol)
+        value = instrument.math.value(
+            position.size, instrument.contract_size, self.market.quotes[symbol].mark
+        )
+        return abs(value) / self.leverage(acct, symbol)
+
     def liquidation_price(self, acct: Account, symbol: str) -> Decimal:
-        """The mark of `symbol` at which the account's equity would fall to its maintenance margin, the
-        other marks staying where they are (0 when no such price exists)."""
+        """The mark of `symbol` at which the equity of the account it margins in would fall to its
+        maintenance margin (0 when no such price exists). Linear: the other marks and the margin staying
+        where they are. Inverse: every mark in the margin account moving in proportion (they are all on
+        one base currency), see `inverse_threshold`."""
         position = acct.positions.get(symbol)
         if position is None or position.size == 0:
             return ZERO
+        instrument = self.instrument(symbol)
         mark = self.market.quotes[symbol].mark
-        cushion = acct.balance + self.unrealized(acct) - self.initial_margin(acct) / 2
-        price = mark - cushion / position.size
-        instrument = self.market.instrument(symbol)
-        assert instrument is not None
+        if instrument.inverse:
+            factor = self.inverse_threshold(acct, instrument.margin_account, Decimal(1) / 2)
+            price = mark * factor if factor is not None else ZERO
+        else:
+            cushion = acct.balance + self.unrealized(acct) - self.initial_margin(acct) / 2
+            price = mark - cushion / position.size
         return max(ZERO, instrument.round_price(price))
 
-    def unrealized(self, acct: Account) -> Decimal:
+    def inverse_threshold(self, acct: Account, margin_account: str, share: Decimal) -> Decimal | None:
+        """The factor k by which every mark in the single-collateral `margin_account` would move for its
+        equity to fall to `share` of the positions' initial margin (1/2: the maintenance margin), or
+        None if no move does. With balance B, positions s_i at entry E_i and mark m_i, contract size c_i,
+        rate r_i = share / leverage_i:
+            B + sum(s_i c_i (1/E_i - 1/(m_i k))) = sum(|s_i| c_i r_i / (m_i k))
+            k = sum((s_i + |s_i| r_i) c_i / m_i) / (B + sum(s_i c_i / E_i))"""
+        top = ZERO
+        bottom = self.balance(acct, margin_account)
+        held = self.held_in(acct, margin_account)
+        if not held:
+            return None
+        for symbol, position, instrument in held:
+            rate = share / self.leverage(acct, symbol)
+            mark = self.market.quotes[symbol].mark
+            size, contract = position.size, instrument.contract_size
+            top += (size + abs(size) * rate) * contract / mark
+            bottom += size * contract / position.price
+        if top == 0 or bottom == 0 or (top > 0) != (bottom > 0):
+            return None
+        return top / bottom
+
+    def unrealized(self, acct: Account, margin_account: str = FLEX) -> Decimal:
+        """The unrealised PnL of the positions margined in `margin_account`, at the marks, in its currency."""
         total = ZERO
+        of = self._account_of
         for symbol, position in acct.positions.items():
-            total += (self.market.quotes[symbol].mark - position.price) * position.size
+            if of[symbol] == margin_account:
+                total += self.position_pnl(symbol, position)
         return total
 
-    def initial_margin(self, acct: Account) -> Decimal:
+    def initial_margin(self, acct: Account, margin_account: str = FLEX) -> Decimal:
+        """The initial margin of the positions margined in `margin_account`, at the marks."""
         total = ZERO
+        of = self._account_of
         for symbol, position in acct.positions.items():
-            total += abs(position.size) * self.market.quotes[symbol].mark / self.leverage(acct, symbol)
+            if of[symbol] == margin_account:
+                total += self.position_margin(acct, symbol, position)
         return total
 
-    def orders_margin(self, acct: Account, symbol: str | None = None) -> Decimal:
-        """The initial margin `acct`'s open orders hold (those in `symbol`, or all): their unfilled size at
-        the limit price, or the mark for orders without one, over the leverage; reduce-only orders hold
-        none. Read from the book's running sums, one term per symbol."""
+    def orders_margin(self, acct: Account, symbol: str | None = None, margin_account: str = FLEX) -> Decimal:
+        """The initial margin `acct`'s open orders hold (those in `symbol`, or all those margined in
+        `margin_account`): their unfilled size at the limit price, or the mark for orders without one,
+        valued as the contract is and over the leverage; reduce-only orders hold none. Read from the
+        book's running sums, one term per symbol."""
         exposure = self.book.exposure(acct)
-        symbols = exposure.keys() if symbol is None else [symbol] if symbol in exposure else []
+        if symbol is not None:
+            symbols: Iterable[str] = [symbol] if symbol in exposure else []
+        elif margin_account == FLEX:  # most symbols: walk the ones with orders
+            of = self._account_of
+            symbols = [s for s in exposure if of[s] == FLEX]
+        else:  # a single-collateral account's few symbols
+            symbols = [s for s in self._symbols_of.get(margin_account, ()) if s in exposure]
         total = ZERO
+        quotes = self.market.quotes
         for name in symbols:
             held = exposure[name]
-            notional = held.notional + held.unpriced * self.market.quotes[name].mark
-            total += notional / self.leverage(acct, name)
+            inverse, contract_size = self._inverse[name]
+            mark = quotes[name].mark
+            if inverse:  # size x contract size / price, summed
+                value = held.reciprocal + held.unpriced / mark
+            else:  # size x contract size x price, summed
+                value = held.notional + held.unpriced * mark
+            if contract_size != 1:
+                value *= contract_size
+            total += value / self.leverage(acct, name)
         return total
 
-    def available_margin(self, acct: Account) -> Decimal:
-        orders = self.orders_margin(acct)
-        return acct.balance + self.unrealized(acct) - self.initial_margin(acct) - orders
+    def available_margin(self, acct: Account, margin_account: str = FLEX) -> Decimal:
+        """What `margin_account` has left for new orders: its balance plus its unrealised PnL, less the
+        initial margin of its positions and open orders."""
+        orders = self.orders_margin(acct, margin_account=margin_account)
+        unrealized = self.unrealized(acct, margin_account)
+        return (
+            self.balance(acct, margin_account)
+            + unrealized
+            - self.initial_margin(acct, margin_account)
+            - orders
+        )
 
     # ---- execution --------------------------------------------------------------------------------
     def _crosses(self, order: Order) -> bool:
@@ -585,30 +762,21 @@ class Exchange:
         """Trade `amount` of `order` at `price`: position, realised PnL, fee, the fill; the EXECUTION event."""
         before = order.view()
         was_resting = order.order_id in acct.open_ids
+        instrument = self.instrument(order.symbol)
         position = acct.positions.setdefault(order.symbol, Position())
         signed = amount if order.side == "buy" else -amount
         now_ms = self.now_ms()
-        realized = ZERO
-        if position.size == 0 or (position.size > 0) == (signed > 0):
-            total = position.size + signed
-            position.price = (position.price * abs(position.size) + price * amount) / abs(total)
-            if position.size == 0:
-                position.opened_ms = now_ms
-            position.size = total
-        else:
-            closing = min(abs(signed), abs(position.size))
-            direction = 1 if position.size > 0 else -1
-            realized = (price - position.price) * closing * direction
-            position.size += signed
-            if position.size != 0 and (position.size > 0) != (direction > 0):
-                position.price = price  # flipped: the remainder opened at this price
-                position.opened_ms = now_ms
+        held = position.size
+        position.size, position.price, realized = instrument.math.apply_fill(
+            held, position.price, signed, price, instrument.contract_size
+        )
+        if position.size != 0 and (held == 0 or (held > 0) != (position.size > 0)):
+            position.opened_ms = now_ms  # opened, or flipped: the rest opened now
         if position.size == 0:
             del acct.positions[order.symbol]
-        fee = amount * price * (self.maker_fee if maker else self.taker_fee)
-        acct.balance += realized - fee
-        acct.realized_pnl += realized
-        acct.fees += fee
+        rate = self.maker_fee if maker else self.taker_fee  # of the fill's value, in the margin currency
+        fee = abs(instrument.math.value(amount, instrument.contract_size, price)) * rate
+        self._book(acct, instrument, realized, fee)
         order.filled += amount
         order.updated_ms = now_ms
         if order.reduce_only and order.unfilled > 0 and order.symbol not in acct.positions:
@@ -639,7 +807,9 @@ class Exchange:
                 "fillType": fill_type,
             }
         )
-        row = feeds.fill_row(order, fill_id, price, amount, fee, fill_type, now_ms, acct.next_seq("fills"))
+        row = feeds.fill_row(
+            order, fill_id, price, amount, fee, fill_type, now_ms, acct.next_seq("fills"), instrument
+        )
         acct.stream_fills.append(row)
         self.bus.publish("fill", acct.name, lambda: {"fill": row})
         self.bus.publish("trade", None, lambda: feeds.trade_row(order, fill_id, price, amount, now_ms))
@@ -656,6 +826,38 @@ class Exchange:
             "orderPriorExecution": before,
             "takerReducedQuantity": None,
         }
+
+    def _book(self, acct: Account, instrument: Instrument, realized: Decimal, fee: Decimal) -> None:
+        """Credit realised PnL and charge a fee (both in the contract's margin currency) to the account the
+        contract margins in, and count them in today's figures (in USD at the contract's mark)."""
+        if instrument.inverse:
+            wallet = self.wallet(acct, instrument.margin_account)
+            wallet.balance += realized - fee
+            wallet.realized_pnl += realized
+            wallet.fees += fee
+        else:
+            acct.balance += realized - fee
+            acct.realized_pnl += realized
+            acct.fees += fee
+        if realized == 0 and fee == 0:
+            return
+        day = self.today(acct)
+        currency = instrument.margin_currency
+        mark = self.market.quotes[instrument.symbol].mark
+        day.pnl[currency] = day.pnl.get(currency, ZERO) + realized
+        day.pnl_usd += instrument.math.to_usd(realized, mark)
+        day.fees[currency] = day.fees.get(currency, ZERO) + fee
+        day.fees_usd += instrument.math.to_usd(fee, mark)
+
+    def today(self, acct: Account) -> Day:
+        """`acct`'s figures for the current UTC day of the exchange's clock (the oldest days are dropped)."""
+        key = to_iso(self.now())[:10]
+        day = acct.days.get(key)
+        if day is None:
+            day = acct.days[key] = Day()
+            while len(acct.days) > DAYS_KEPT:
+                del acct.days[min(acct.days)]
+        return day
 
     def _publish_order(
         self, acct: Account, order: Order, reason: str, *, is_cancel: bool, verbose_only: bool = False
@@ -844,7 +1046,11 @@ class Exchange:
         extra = self._margin_needed(acct, candidate, quote.mark) - self._margin_needed(
             acct, order, quote.mark
         )
-        if not candidate.reduce_only and extra > 0 and extra > self.available_margin(acct):
+        if (
+            not candidate.reduce_only
+            and extra > 0
+            and extra > self.available_margin(acct, instrument.margin_account)
+        ):
             return {**answer, "status": "insufficientAvailableFunds", "orderEvents": []}
         order.size, order.limit_price, order.stop_price = (
             new_size,
@@ -1001,19 +1207,24 @@ class Exchange:
         return rows
 
     def open_positions_payload(self, acct: Account) -> list[dict[str, Any]]:
-        return [
-            {
+        """REST `openpositions`. `unrealizedPnl` is in the contract's margin currency; an inverse contract's
+        row has no `pnlCurrency`, a fixed maturity's `unrealizedFunding` is null (Kraken's example)."""
+        rows = []
+        for symbol, position in acct.positions.items():
+            instrument = self.instrument(symbol)
+            row: dict[str, Any] = {
                 "side": "long" if position.size > 0 else "short",
                 "symbol": symbol,
                 "price": _num(position.price),
                 "fillTime": to_iso(position.opened_ms / 1000),
                 "size": _num(abs(position.size)),
-                "unrealizedPnl": _num((self.market.quotes[symbol].mark - position.price) * position.size),
-                "unrealizedFunding": 0,
-                "pnlCurrency": "USD",
+                "unrealizedPnl": _num(self.position_pnl(symbol, position)),
+                "unrealizedFunding": 0 if instrument.perpetual else None,
             }
-            for symbol, position in acct.positions.items()
-        ]
+            if not instrument.inverse:
+                row["pnlCurrency"] = "USD"
+            rows.append(row)
+        return rows
 
     def accounts_payload(self, acct: Account) -> dict[str, Any]:
         unrealized = self.unrealized(acct)
@@ -1021,7 +1232,7 @@ class Exchange:
         available = self.available_margin(acct)
         equity = acct.balance + unrealized
         balance = _num(acct.balance)
-        return {
+        payload: dict[str, Any] = {
             "cash": {"type": "cashAccount", "balances": {"usd": 0}},
             "flex": {
                 "type": "multiCollateralMarginAccount",
@@ -1046,6 +1257,93 @@ class Exchange:
                 "availableMargin": _num(available),
                 "marginEquity": _num(equity),
             },
+        }
+        for name in acct.wallets:
+            payload[name] = self.margin_account_payload(acct, name)
+        return payload
+
+    def idle(self, acct: Account, name: str) -> bool:
+        """Whether `acct` holds no position and no margined open order in margin account `name` (its
+        figures are then its balance alone)."""
+        of = self._account_of
+        if any(of[symbol] == name for symbol in acct.positions):
+            return False
+        exposure = self.book.exposure(acct)
+        return not any(symbol in exposure for symbol in self._symbols_of.get(name, ()))
+
+    def margin_figures(self, acct: Account, name: str) -> dict[str, Decimal]:
+        """A single-collateral margin account's figures, in its currency: balance, pnl (unrealised),
+        pv (portfolio value), im and mm (positions), orders (open orders' initial margin), af (available
+        funds: pv less the initial margin of positions and orders)."""
+        balance = self.balance(acct, name)
+        if self.idle(acct, name):
+            pnl = im = orders = ZERO
+        else:
+            pnl = self.unrealized(acct, name)
+            im = self.initial_margin(acct, name)
+            orders = self.orders_margin(acct, margin_account=name)
+        pv = balance + pnl
+        return {
+            "balance": balance,
+            "pnl": pnl,
+            "pv": pv,
+            "im": im,
+            "mm": im / 2,
+            "orders": orders,
+            "af": pv - im - orders,
+        }
+
+    def reference_mark(self, acct: Account, name: str) -> tuple[str | None, Decimal]:
+        """The contract a margin account's prices are told in, and its mark: its largest position's (by
+        USD notional), else the first listed inverse contract margined there (the perpetual), else none."""
+        held = self.held_in(acct, name)
+        if held:
+            symbol, _, _ = max(held, key=lambda row: abs(row[1].size) * row[2].contract_size)
+            return symbol, self.market.quotes[symbol].mark
+        for instrument in self.market.instruments:
+            if instrument.inverse and instrument.margin_account == name:
+                return instrument.symbol, self.market.quotes[instrument.symbol].mark
+        return None, ZERO
+
+    def margin_account_payload(self, acct: Account, name: str) -> dict[str, Any]:
+        """REST `accounts`: a single-collateral margin account (`"type": "marginAccount"`) as Kraken
+        documents it: `balances` holds the currency (lower case) and each position's signed size by
+        symbol; `auxiliary` pv, pnl, af, funding and usd (pv in USD at the reference mark);
+        `marginRequirements` im, mm, lt (3/4 of mm), tt (1/2 of mm), in the currency; `triggerEstimates`
+        the prices (of the reference contract) at which each would be reached, 0 when none."""
+        wallet = self.wallet(acct, name)
+        figures = self.margin_figures(acct, name)
+        balances: dict[str, Any] = {wallet.currency.lower(): _num(figures["balance"])}
+        for held, position, _ in self.held_in(acct, name):
+            balances[held] = _num(position.size)
+        symbol, mark = self.reference_mark(acct, name)
+        mm = figures["mm"]
+        shares = {"im": Decimal(1), "mm": Decimal(1) / 2, "lt": Decimal(3) / 8, "tt": Decimal(1) / 4}
+        estimates: dict[str, Any] = {}
+        for key, share in shares.items():
+            factor = self.inverse_threshold(acct, name, share)
+            if factor is None or symbol is None:
+                estimates[key] = 0
+            else:
+                estimates[key] = _num(max(ZERO, self.instrument(symbol).round_price(mark * factor)))
+        return {
+            "type": "marginAccount",
+            "currency": wallet.currency.lower(),
+            "balances": balances,
+            "auxiliary": {
+                "usd": _num(figures["pv"] * mark),
+                "pv": _num(figures["pv"]),
+                "pnl": _num(figures["pnl"]),
+                "af": _num(figures["af"]),
+                "funding": 0,
+            },
+            "marginRequirements": {
+                "im": _num(figures["im"]),
+                "mm": _num(mm),
+                "lt": _num(mm * 3 / 4),
+                "tt": _num(mm / 2),
+            },
+            "triggerEstimates": estimates,
         }
 
     def fills_payload(self, acct: Account, last_fill_time: str | None) -> list[dict[str, Any]]:
@@ -1169,13 +1467,68 @@ class Exchange:
         acct.switch_fired += 1
         return len(self.cancel_all(acct, None, reason="DEAD_MAN_SWITCH")["cancelledOrders"])
 
+    # ---- expiry -------------------------------------------------------------------------------------
+    def expire_due(self) -> list[str]:
+        """Settle every fixed maturity whose last trading time the exchange's clock has reached (one
+        comparison when none has): its open orders are cancelled (`MARKET_INACTIVE`), every position in
+        it is closed at the settlement price (the mark now, which the walk then leaves alone) with the PnL
+        credited to the account it margins in, and the positions and balances streamed. Returns the
+        symbols settled."""
+        if self._next_expiry is None or self.now() < self._next_expiry:
+            return []
+        now = self.now()
+        due = [i for i in self.market.instruments if i.expired(now) and i.symbol not in self.market.settled]
+        for instrument in due:
+            self._settle(instrument)
+        self._next_expiry = min(
+            (
+                i.last_trading_time
+                for i in self.market.instruments
+                if i.last_trading_time is not None and i.symbol not in self.market.settled
+            ),
+            default=None,
+        )
+        self._flush()
+        return [i.symbol for i in due]
+
+    def _settle(self, instrument: Instrument) -> None:
+        symbol = instrument.symbol
+        price = self.market.settle(symbol)
+        now_ms = self.now_ms()
+        settled = 0
+        for acct in self.accounts.values():
+            for order in [o for o in acct.open_orders() if o.symbol == symbol]:
+                self._cancel(acct, order, "MARKET_INACTIVE")
+            position = acct.positions.pop(symbol, None)
+            if position is None or position.size == 0:
+                continue
+            realized = instrument.math.pnl(position.size, instrument.contract_size, position.price, price)
+            self._book(acct, instrument, realized, ZERO)
+            acct.settlements.append(
+                {
+                    "symbol": symbol,
+                    "time_ms": now_ms,
+                    "price": price,
+                    "size": position.size,
+                    "entry": position.price,
+                    "realized": realized,
+                }
+            )
+            self._dirty.add(acct.name)
+            settled += 1
+        self.settled.append(
+            {"symbol": symbol, "time": to_iso(now_ms / 1000), "price": price, "positions": settled}
+        )
+
     # ---- prices moving ----------------------------------------------------------------------------
     def on_prices(self) -> None:
         """After a price change: fire trigger orders whose level was reached, fill resting limits.
 
         Orders are visited in the order of a walk over every account's open orders, but only those a
         visit may act on (`OrderBook.due`). A fill moves the last price; the stops and take-profits on the
-        last price whose level it passes join the walk if the walk has not gone past them yet."""
+        last price whose level it passes join the walk if the walk has not gone past them yet. Fixed
+        maturities past their last trading time settle first."""
+        self.expire_due()
         quotes = self.market.quotes
         walk = self.book.due(quotes)
         heapq.heapify(walk)

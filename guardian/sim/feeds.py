@@ -11,10 +11,11 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from guardian.sim.market import Market
+from guardian.sim.contracts import fee_currency
+from guardian.sim.market import Instrument, Market
 
 if TYPE_CHECKING:
-    from guardian.sim.exchange import Account, Exchange, Order
+    from guardian.sim.exchange import Account, Exchange, Order, Position
 
 PRIVATE_FEEDS = (
     "open_orders",
@@ -81,7 +82,10 @@ def fill_row(
     fill_type: str,
     time_ms: int,
     seq: int,
+    instrument: Instrument,
 ) -> dict[str, Any]:
+    """A fill as the fills feed shows it: `fee_paid` in the contract's margin currency, named by
+    `fee_currency` (USD; an inverse contract's base currency, XBT spelled BTC as in Kraken's example)."""
     own_type = ORDER_TYPES[order.order_type if not order.triggered else "lmt"]
     row: dict[str, Any] = {
         "instrument": order.symbol,
@@ -95,7 +99,7 @@ def fill_row(
         "fill_id": fill_id,
         "fill_type": fill_type,
         "fee_paid": num(fee),
-        "fee_currency": "USD",
+        "fee_currency": fee_currency(instrument.margin_currency),
         # For a maker fill the taker was someone else's order; the simulated crowd trades with limits.
         "taker_order_type": own_type if fill_type == "taker" else "lmt",
         "order_type": own_type,
@@ -121,10 +125,13 @@ def trade_row(order: Order, fill_id: str, price: Decimal, amount: Decimal, time_
 def position_rows(exchange: Exchange, acct: Account) -> list[dict[str, Any]]:
     rows = []
     for symbol, position in acct.positions.items():
-        quote = exchange.market.quotes[symbol]
         instrument = exchange.market.instrument(symbol)
         assert instrument is not None
-        pnl = (quote.mark - position.price) * position.size
+        if instrument.inverse:
+            rows.append(_inverse_position_row(exchange, acct, symbol, position, instrument))
+            continue
+        quote = exchange.market.quotes[symbol]
+        pnl = exchange.position_pnl(symbol, position)
         notional = abs(position.size) * quote.mark
         initial = notional / instrument.max_leverage
         equity = acct.balance + exchange.unrealized(acct)
@@ -150,6 +157,35 @@ def position_rows(exchange: Exchange, acct: Account) -> list[dict[str, Any]]:
     return rows
 
 
+def _inverse_position_row(
+    exchange: Exchange, acct: Account, symbol: str, position: Position, instrument: Instrument
+) -> dict[str, Any]:
+    """An inverse contract's position: PnL, margins and leverage in the base currency of its margin
+    account, and no `pnl_currency` (the ws reference: absent for inverse contracts)."""
+    quote = exchange.market.quotes[symbol]
+    pnl = exchange.position_pnl(symbol, position)
+    value = abs(instrument.math.value(position.size, instrument.contract_size, quote.mark))
+    initial = value / instrument.max_leverage
+    name = instrument.margin_account
+    equity = exchange.balance(acct, name) + exchange.unrealized(acct, name)
+    orders = exchange.orders_margin(acct, symbol)
+    return {
+        "instrument": symbol,
+        "balance": num(position.size),
+        "pnl": num(pnl),
+        "entry_price": num(position.price),
+        "mark_price": num(quote.mark),
+        "index_price": num(quote.index),
+        "liquidation_threshold": num(exchange.liquidation_price(acct, symbol)),
+        "effective_leverage": num(value / equity) if equity > 0 else 0,
+        "return_on_equity": num(pnl / initial * 100) if initial else 0,
+        "unrealized_funding": 0,
+        "initial_margin": num(initial),
+        "initial_margin_with_orders": num(initial + orders),
+        "maintenance_margin": num(initial / 2),
+    }
+
+
 def positions_message(exchange: Exchange, acct: Account, *, snapshot: bool = False) -> dict[str, Any]:
     """`open_positions` (snapshot and update share the shape). Every message lists every position; a
     position closed since the last update is listed once more with `balance` 0 (configurable:
@@ -159,24 +195,25 @@ def positions_message(exchange: Exchange, acct: Account, *, snapshot: bool = Fal
     if not snapshot and exchange.closed_position_rows:
         for symbol in sorted(acct.streamed_positions - held):
             quote = exchange.market.quotes[symbol]
-            rows.append(
-                {
-                    "instrument": symbol,
-                    "balance": 0,
-                    "pnl": 0,
-                    "entry_price": 0,
-                    "mark_price": num(quote.mark),
-                    "index_price": num(quote.index),
-                    "liquidation_threshold": 0,
-                    "effective_leverage": 0,
-                    "return_on_equity": 0,
-                    "unrealized_funding": 0,
-                    "initial_margin": 0,
-                    "initial_margin_with_orders": 0,
-                    "maintenance_margin": 0,
-                    "pnl_currency": "USD",
-                }
-            )
+            row: dict[str, Any] = {
+                "instrument": symbol,
+                "balance": 0,
+                "pnl": 0,
+                "entry_price": 0,
+                "mark_price": num(quote.mark),
+                "index_price": num(quote.index),
+                "liquidation_threshold": 0,
+                "effective_leverage": 0,
+                "return_on_equity": 0,
+                "unrealized_funding": 0,
+                "initial_margin": 0,
+                "initial_margin_with_orders": 0,
+                "maintenance_margin": 0,
+            }
+            instrument = exchange.market.instrument(symbol)
+            if instrument is None or not instrument.inverse:
+                row["pnl_currency"] = "USD"
+            rows.append(row)
     acct.streamed_positions = held
     return {
         "account": acct.name,
@@ -221,13 +258,60 @@ def flex_group(exchange: Exchange, acct: Account) -> dict[str, Any]:
     }
 
 
+def futures_group(exchange: Exchange, acct: Account) -> dict[str, Any]:
+    """`futures`: the single-collateral margin accounts, keyed as Kraken keys them (`F-XBT:USD` for
+    `fi_xbtusd`), with the REST `accounts` figures in the feed's names: `initial_margin` covers positions
+    and open orders, `available` is the portfolio value less it."""
+    group: dict[str, Any] = {}
+    for name, wallet in acct.wallets.items():
+        key = f"F-{wallet.currency}:USD"
+        if exchange.idle(acct, name):  # the balance alone (rendered on every balances message)
+            balance = num(wallet.balance)
+            group[key] = {
+                "name": key,
+                "pair": f"{wallet.currency}/USD",
+                "unit": wallet.currency,
+                "portfolio_value": balance,
+                "balance": balance,
+                "maintenance_margin": 0,
+                "initial_margin": 0,
+                "available": balance,
+                "unrealized_funding": 0,
+                "pnl": 0,
+            }
+            continue
+        figures = exchange.margin_figures(acct, name)
+        initial = figures["im"] + figures["orders"]
+        group[key] = {
+            "name": key,
+            "pair": f"{wallet.currency}/USD",
+            "unit": wallet.currency,
+            "portfolio_value": num(figures["pv"]),
+            "balance": num(figures["balance"]),
+            "maintenance_margin": num(figures["mm"]),
+            "initial_margin": num(initial),
+            "available": num(figures["pv"] - initial),
+            "unrealized_funding": 0,
+            "pnl": num(figures["pnl"]),
+        }
+    return group
+
+
 def balances_message(exchange: Exchange, acct: Account, *, snapshot: bool = False) -> dict[str, Any]:
-    """`balances_snapshot` carries all three groups; a `balances` update only the group that changed
-    (here always flex_futures: the simulated account holds no cash and no single-collateral margin)."""
+    """`balances_snapshot` carries all three groups. A `balances` update carries `flex_futures` (always,
+    as it did when the simulator had no other group) and `futures`, whole, when a single-collateral
+    margin account changed since the last update (Kraken's updates carry only the groups that changed;
+    the simulated account holds no cash)."""
     message: dict[str, Any] = {"account": acct.name}
+    futures = futures_group(exchange, acct)
     if snapshot:
         message["holding"] = {"USD": 0}
-        message["futures"] = {}
+        message["futures"] = futures
+        if not acct.streamed_futures:  # the first subscriber: updates are told against this
+            acct.streamed_futures = futures
+    elif futures != acct.streamed_futures:
+        message["futures"] = futures
+        acct.streamed_futures = futures
     message["flex_futures"] = flex_group(exchange, acct)
     message["timestamp"] = exchange.now_ms()
     message["seq"] = acct.seq["balances"] if snapshot else acct.next_seq("balances")
@@ -241,6 +325,8 @@ def ticker_row(market: Market, symbol: str, now_ms: int, *, lite: bool = False) 
     q = market.quotes[symbol]
     opening = instrument.initial_price
     change = (q.last - opening) / opening * 100
+    maturity_ms = 0 if instrument.last_trading_time is None else int(instrument.last_trading_time * 1000)
+    days_left = 0 if not maturity_ms else max(0, (maturity_ms - now_ms) // 86_400_000)
     row: dict[str, Any] = {
         "feed": "ticker_lite" if lite else "ticker",
         "product_id": symbol,
@@ -249,10 +335,10 @@ def ticker_row(market: Market, symbol: str, now_ms: int, *, lite: bool = False) 
         "change": num(change.quantize(Decimal("0.0001"))),
         "premium": 0,
         "volume": 0,
-        "tag": "perpetual",
+        "tag": instrument.tag,
         "pair": instrument.pair,
-        "dtm": 0,
-        "maturityTime": 0,
+        "dtm": days_left,
+        "maturityTime": maturity_ms,
         "volumeQuote": 0,
     }
     if lite:
@@ -272,13 +358,18 @@ def ticker_row(market: Market, symbol: str, now_ms: int, *, lite: bool = False) 
             "post_only": False,
             "openInterest": 0,
             "markPrice": num(q.mark),
-            "funding_rate": 0,
-            "funding_rate_prediction": 0,
-            "fundingRatePrediction": 0,
-            "relative_funding_rate": 0,
-            "relative_funding_rate_prediction": 0,
         }
     )
+    if instrument.perpetual:  # funding: perpetuals only
+        row.update(
+            {
+                "funding_rate": 0,
+                "funding_rate_prediction": 0,
+                "fundingRatePrediction": 0,
+                "relative_funding_rate": 0,
+                "relative_funding_rate_prediction": 0,
+            }
+        )
     return row
 
 

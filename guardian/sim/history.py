@@ -2,6 +2,11 @@
 the exchange holds (placed, then filled or cancelled), its trigger orders, its fills, and the account
 log and position updates those fills made, replayed in order. Kraken's shapes: `elements` of events for
 orders, triggers, executions and positions; `logs` for the account log; CSV for `accountlogcsv`.
+
+Fills and settlements are replayed with each contract's arithmetic (guardian.sim.contracts) and booked in
+the account the contract margins in: `flex` in USD, or the single-collateral account of an inverse
+contract's base currency (`f-xbt:usd` in XBT, as Kraken's account log names it). A fixed maturity's
+settlement at expiry shows as `info: settlement`.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from decimal import Decimal
 from typing import Any
 
 from guardian.kraken.times import to_iso
+from guardian.sim.contracts import FLEX, fee_currency
 from guardian.sim.exchange import TRIGGER_TYPES, Account, Order
-from guardian.sim.market_data import fill_ms
+from guardian.sim.market import Market
+from guardian.sim.market_data import fill_ms, usd_value
 
 ZERO = Decimal(0)
 START_BALANCE = Decimal(100_000)  # guardian.sim.exchange.Account's opening balance
@@ -103,7 +110,7 @@ def trigger_events(acct: Account) -> Iterator[dict[str, Any]]:
             )
 
 
-def execution_events(acct: Account) -> Iterator[dict[str, Any]]:
+def execution_events(acct: Account, market: Market) -> Iterator[dict[str, Any]]:
     for fill in acct.fills:
         order = acct.orders.get(fill["order_id"])
         ms = fill_ms(fill)
@@ -125,7 +132,7 @@ def execution_events(acct: Account) -> Iterator[dict[str, Any]]:
             "price": str(fill["price"]),
             "markPrice": str(fill["price"]),
             "limitFilled": False,
-            "usdValue": str(Decimal(str(fill["size"])) * Decimal(str(fill["price"]))),
+            "usdValue": str(usd_value(market, fill)),
         }
         yield _element(
             fill["fill_id"], ms, {"Execution": {"execution": execution, "takerReducedQuantity": ""}}
@@ -134,9 +141,19 @@ def execution_events(acct: Account) -> Iterator[dict[str, Any]]:
 
 @dataclass(frozen=True, slots=True)
 class _Step:
-    """One fill replayed: how it moved the position and the balance."""
+    """One fill (or settlement) replayed: how it moved the position and its margin account's balance."""
 
-    fill: Mapping[str, Any]
+    uid: str  # the fill's id, or the settlement's booking id
+    execution: str | None  # the fill's id (None for a settlement)
+    info: str  # futures trade | settlement
+    symbol: str
+    date: str  # ISO
+    ms: int
+    price: Decimal
+    amount: Decimal  # unsigned contracts traded (or settled)
+    margin_account: str  # Kraken's account-log name: flex, f-xbt:usd
+    asset: str  # the balance's currency, lower case: usd, xbt
+    fee_currency: str
     old_position: Decimal
     new_position: Decimal
     old_balance: Decimal
@@ -146,50 +163,89 @@ class _Step:
     entry_after: Decimal
 
 
-def _replay(acct: Account) -> list[_Step]:
-    """The fills in order, with the position and balance each left (as guardian.sim.exchange books them)."""
+def _log_account(name: str) -> str:
+    """The account log's name for a margin account: flex, or `f-xbt:usd` for `fi_xbtusd`."""
+    return name if name == FLEX else f"f-{name[3:-3]}:{name[-3:]}"
+
+
+def _replay(acct: Account, market: Market) -> list[_Step]:
+    """The fills and settlements in order, with the position and balance each left (as
+    guardian.sim.exchange books them; fees are not replayed)."""
+    events: list[tuple[int, int, dict[str, Any]]] = [(fill_ms(f), 0, f) for f in acct.fills]
+    events += [(s["time_ms"], 1, s) for s in acct.settlements]
+    events.sort(key=lambda e: (e[0], e[1]))
     positions: dict[str, tuple[Decimal, Decimal]] = {}
-    balance = START_BALANCE
+    balances: dict[str, Decimal] = {FLEX: START_BALANCE}
+    balances.update({name: wallet.opening for name, wallet in acct.wallets.items()})
     steps = []
-    for fill in acct.fills:
-        size, price = Decimal(str(fill["size"])), Decimal(str(fill["price"]))
-        signed = size if fill["side"] == "buy" else -size
-        held, entry = positions.get(fill["symbol"], (ZERO, ZERO))
-        realized = ZERO
-        if held == 0 or (held > 0) == (signed > 0):
-            new_entry = (entry * abs(held) + price * size) / abs(held + signed)
+    for ms, settled, event in events:
+        instrument = market.instrument(event["symbol"])
+        if instrument is None:
+            continue
+        held, entry = positions.get(event["symbol"], (ZERO, ZERO))
+        if settled:
+            price, amount = event["price"], abs(held)
+            new, new_entry, realized = (
+                ZERO,
+                ZERO,
+                instrument.math.pnl(held, instrument.contract_size, entry, price),
+            )
+            uid = str(uuid.uuid5(uuid.NAMESPACE_OID, f"settlement:{acct.name}:{event['symbol']}:{ms}"))
+            execution, info, date = None, "settlement", to_iso(ms / 1000)
         else:
-            closing = min(abs(signed), abs(held))
-            realized = (price - entry) * closing * (1 if held > 0 else -1)
-            new_entry = entry if abs(signed) <= abs(held) else price
-        new = held + signed
-        positions[fill["symbol"]] = (new, new_entry if new != 0 else ZERO)
+            price, amount = Decimal(str(event["price"])), Decimal(str(event["size"]))
+            signed = amount if event["side"] == "buy" else -amount
+            new, new_entry, realized = instrument.math.apply_fill(
+                held, entry, signed, price, instrument.contract_size
+            )
+            uid = execution = event["fill_id"]
+            info, date = "futures trade", event["fillTime"]
+        positions[event["symbol"]] = (new, new_entry)
+        name = instrument.margin_account
+        balance = balances.get(name, ZERO)
+        balances[name] = balance + realized
         steps.append(
             _Step(
-                fill, held, new, balance, balance + realized, realized, entry, new_entry if new != 0 else ZERO
+                uid=uid,
+                execution=execution,
+                info=info,
+                symbol=event["symbol"],
+                date=date,
+                ms=ms,
+                price=price,
+                amount=amount,
+                margin_account=_log_account(name),
+                asset=instrument.margin_currency.lower(),
+                fee_currency=fee_currency(instrument.margin_currency),
+                old_position=held,
+                new_position=new,
+                old_balance=balance,
+                new_balance=balance + realized,
+                realized=realized,
+                entry_before=entry,
+                entry_after=new_entry,
             )
         )
-        balance += realized
     return steps
 
 
-def account_log(acct: Account) -> list[dict[str, Any]]:
-    """Two rows per fill, as Kraken books a futures trade: the cash leg and the position leg. Newest first."""
+def account_log(acct: Account, market: Market) -> list[dict[str, Any]]:
+    """Two rows per fill, as Kraken books a futures trade: the cash leg and the position leg (a
+    settlement likewise). Newest first."""
     rows: list[dict[str, Any]] = []
-    for step in _replay(acct):
-        fill = step.fill
+    for step in _replay(acct, market):
         base = {
-            "booking_uid": str(uuid.uuid5(uuid.NAMESPACE_OID, fill["fill_id"])),
-            "contract": fill["symbol"].lower(),
-            "date": fill["fillTime"],
-            "execution": fill["fill_id"],
+            "booking_uid": str(uuid.uuid5(uuid.NAMESPACE_OID, step.uid)),
+            "contract": step.symbol.lower(),
+            "date": step.date,
+            "execution": step.execution,
             "fee": 0,
             "funding_rate": None,
-            "info": "futures trade",
-            "margin_account": "flex",
-            "mark_price": fill["price"],
+            "info": step.info,
+            "margin_account": step.margin_account,
+            "mark_price": _number(step.price),
             "realized_funding": None,
-            "trade_price": fill["price"],
+            "trade_price": _number(step.price),
             "collateral": None,
             "conversion_spread_percentage": None,
             "liquidation_fee": None,
@@ -197,7 +253,7 @@ def account_log(acct: Account) -> list[dict[str, Any]]:
         rows.append(
             {
                 **base,
-                "asset": "usd",
+                "asset": step.asset,
                 "old_balance": float(step.old_balance),
                 "new_balance": float(step.new_balance),
                 "realized_pnl": float(step.realized),
@@ -208,7 +264,7 @@ def account_log(acct: Account) -> list[dict[str, Any]]:
         rows.append(
             {
                 **base,
-                "asset": fill["symbol"].lower(),
+                "asset": step.symbol.lower(),
                 "old_balance": float(step.old_position),
                 "new_balance": float(step.new_position),
                 "realized_pnl": None,
@@ -222,9 +278,13 @@ def account_log(acct: Account) -> list[dict[str, Any]]:
     return rows
 
 
-def position_events(acct: Account) -> Iterator[dict[str, Any]]:
-    for step in _replay(acct):
-        fill = step.fill
+def _number(value: Decimal) -> float | int:
+    """A price as the fills hold it: an int when whole, else a float."""
+    return int(value) if value == int(value) else float(value)
+
+
+def position_events(acct: Account, market: Market) -> Iterator[dict[str, Any]]:
+    for step in _replay(acct, market):
         old, new = step.old_position, step.new_position
         if old == 0:
             change = "open"
@@ -235,24 +295,24 @@ def position_events(acct: Account) -> Iterator[dict[str, Any]]:
         else:
             change = "increase" if abs(new) > abs(old) else "decrease"
         update = {
-            "tradeable": fill["symbol"],
+            "tradeable": step.symbol,
             "oldPosition": str(old),
             "newPosition": str(new),
             "positionChange": change,
             "oldAverageEntryPrice": str(step.entry_before),
             "newAverageEntryPrice": str(step.entry_after),
-            "executionPrice": str(fill["price"]),
-            "executionSize": str(fill["size"]),
-            "executionUid": fill["fill_id"],
+            "executionPrice": str(step.price),
+            "executionSize": str(step.amount),
+            "executionUid": step.execution or step.uid,
             "realizedPnL": str(step.realized),
             "realizedFunding": "0",
             "fee": "0",
-            "feeCurrency": "USD",
-            "updateReason": "trade",
-            "tradeType": "userExecution",
-            "fillTime": str(fill_ms(fill)),
+            "feeCurrency": step.fee_currency,
+            "updateReason": "trade" if step.execution else "settlement",
+            "tradeType": "userExecution" if step.execution else "settlement",
+            "fillTime": str(step.ms),
         }
-        yield _element(fill["fill_id"], fill_ms(fill), {"PositionUpdate": update})
+        yield _element(step.uid, step.ms, {"PositionUpdate": update})
 
 
 def _page(acct: Account, elements: list[dict[str, Any]], fields: Mapping[str, str]) -> dict[str, Any]:
@@ -283,18 +343,17 @@ def _tradeable(element: Mapping[str, Any]) -> str | None:
     return None
 
 
-def events(acct: Account, kind: str, fields: Mapping[str, str]) -> dict[str, Any]:
-    source = {
-        "orders": order_events,
-        "triggers": trigger_events,
-        "executions": execution_events,
-        "positions": position_events,
-    }[kind]
+def events(acct: Account, market: Market, kind: str, fields: Mapping[str, str]) -> dict[str, Any]:
+    if kind == "positions":
+        return _page(acct, list(position_events(acct, market)), fields)
+    if kind == "executions":
+        return _page(acct, list(execution_events(acct, market)), fields)
+    source = {"orders": order_events, "triggers": trigger_events}[kind]
     return _page(acct, list(source(acct)), fields)
 
 
-def account_log_payload(acct: Account, fields: Mapping[str, str]) -> dict[str, Any]:
-    logs = account_log(acct)
+def account_log_payload(acct: Account, market: Market, fields: Mapping[str, str]) -> dict[str, Any]:
+    logs = account_log(acct, market)
     info = fields.get("info")
     if info:
         logs = [row for row in logs if row["info"] == info]
@@ -322,11 +381,11 @@ CSV_COLUMNS = (
 )
 
 
-def account_log_csv(acct: Account) -> str:
+def account_log_csv(acct: Account, market: Market) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    for row in account_log(acct):
+    for row in account_log(acct, market):
         writer.writerow(["" if row.get(c) is None else row.get(c) for c in CSV_COLUMNS])
     return out.getvalue()
 

@@ -1,11 +1,24 @@
-"""The simulator's market: instruments and prices that move on a bounded, seedable random walk."""
+"""The simulator's market: instruments and prices that move on a bounded, seedable random walk.
+
+The default set is what Kraken Futures lists, one or more of each kind: linear multi-collateral
+perpetuals (`PF_`), inverse perpetuals (`PI_XBTUSD`, `PI_ETHUSD`), an inverse fixed maturity
+(`FI_XBTUSD_<yymmdd>`) and a linear fixed maturity (`FF_XBTUSD_<yymmdd>`). The fixed maturities' last
+trading time is 16:00 UTC on the last Friday of the month after next, counted from the clock the set is
+built with (`default_instruments(now)`); after it they trade no more and settle
+(guardian.sim.exchange).
+"""
 
 from __future__ import annotations
 
+import calendar
 import math
 import random
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+from guardian.sim.contracts import ARITHMETIC, INVERSE, LINEAR, Arithmetic, margin_account
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,10 +31,53 @@ class Instrument:
     initial_price: Decimal
     max_position_size: Decimal = Decimal(1_000_000)
     max_leverage: int = 50
+    kind: str = LINEAR  # Kraken's `type`: flexible_futures (linear) or futures_inverse
+    contract_size: Decimal = Decimal(1)
+    last_trading_time: float | None = None  # epoch seconds; None: a perpetual
+    underlying: str | None = None  # Kraken's `underlying` (inverse contracts: rr_xbtusd)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ARITHMETIC:
+            raise ValueError(f"{self.symbol}: kind must be {LINEAR} or {INVERSE}")
 
     @property
     def pair(self) -> str:
         return f"{self.base}:{self.quote}"
+
+    @property
+    def math(self) -> Arithmetic:
+        """This contract's arithmetic (guardian.sim.contracts)."""
+        return ARITHMETIC[self.kind]
+
+    @property
+    def inverse(self) -> bool:
+        return self.kind == INVERSE
+
+    @property
+    def margin_account(self) -> str:
+        """`flex`, or the single-collateral account of the base currency (`fi_xbtusd`)."""
+        return margin_account(self.kind, self.base, self.quote)
+
+    @property
+    def margin_currency(self) -> str:
+        """What its value, PnL, fees and margin are counted in: USD, or the base currency."""
+        return self.base if self.inverse else self.quote
+
+    @property
+    def perpetual(self) -> bool:
+        return self.last_trading_time is None
+
+    def expired(self, now: float) -> bool:
+        """Past its last trading time (a perpetual never is)."""
+        return self.last_trading_time is not None and now >= self.last_trading_time
+
+    @property
+    def tag(self) -> str:
+        """The tickers' `tag`: perpetual, or month / quarter for a fixed maturity."""
+        if self.last_trading_time is None:
+            return "perpetual"
+        month = datetime.fromtimestamp(self.last_trading_time, UTC).month
+        return "quarter" if month % 3 == 0 else "month"
 
     def round_price(self, price: float | Decimal) -> Decimal:
         ticks = (Decimal(str(price)) / self.tick_size).to_integral_value(ROUND_HALF_EVEN)
@@ -40,11 +96,74 @@ class Instrument:
             return False
 
 
-DEFAULT_INSTRUMENTS: tuple[Instrument, ...] = (
+# The linear multi-collateral perpetuals every set starts with (many tests trade PF_XBTUSD at 60000).
+LINEAR_PERPETUALS: tuple[Instrument, ...] = (
     Instrument("PF_XBTUSD", "XBT", "USD", Decimal("0.5"), 4, Decimal("60000")),
     Instrument("PF_ETHUSD", "ETH", "USD", Decimal("0.1"), 3, Decimal("3000")),
     Instrument("PF_SOLUSD", "SOL", "USD", Decimal("0.01"), 2, Decimal("150")),
 )
+SETTLEMENT_HOUR_UTC = 16
+
+
+def inverse_perpetual(base: str, tick: str, price: str) -> Instrument:
+    """`PI_` + base + `USD`: one contract is 1 USD, whole contracts, margined in the base currency."""
+    return Instrument(
+        f"PI_{base}USD",
+        base,
+        "USD",
+        Decimal(tick),
+        0,
+        Decimal(price),
+        kind=INVERSE,
+        underlying=f"rr_{base.lower()}usd",
+    )
+
+
+def fixed_maturity(
+    kind: str, base: str, tick: str, precision: int, price: str, last_trading_time: float
+) -> Instrument:
+    """`FI_` (inverse) or `FF_` (linear) + base + `USD_` + the date of `last_trading_time` (yymmdd)."""
+    day = datetime.fromtimestamp(last_trading_time, UTC).strftime("%y%m%d")
+    prefix = "FI" if kind == INVERSE else "FF"
+    return Instrument(
+        f"{prefix}_{base}USD_{day}",
+        base,
+        "USD",
+        Decimal(tick),
+        precision,
+        Decimal(price),
+        kind=kind,
+        last_trading_time=last_trading_time,
+        underlying=f"rr_{base.lower()}usd" if kind == INVERSE else None,
+    )
+
+
+def last_trading_time(now: float) -> float:
+    """16:00 UTC on the last Friday of the month after the next one, from `now` (epoch seconds)."""
+    moment = datetime.fromtimestamp(now, UTC)
+    year, month = divmod(moment.year * 12 + moment.month - 1 + 2, 12)
+    month += 1
+    last_day = calendar.monthrange(year, month)[1]
+    friday = max(d for d in range(last_day - 6, last_day + 1) if calendar.weekday(year, month, d) == 4)
+    return datetime(year, month, friday, SETTLEMENT_HOUR_UTC, tzinfo=UTC).timestamp()
+
+
+def default_instruments(now: float | None = None) -> tuple[Instrument, ...]:
+    """The default set as of `now` (epoch seconds; the wall clock if None): the linear perpetuals, the
+    inverse perpetuals, and one inverse and one linear fixed maturity expiring on `last_trading_time`."""
+    expiry = last_trading_time(time.time() if now is None else now)
+    return (
+        *LINEAR_PERPETUALS,
+        inverse_perpetual("XBT", "0.5", "60000"),
+        inverse_perpetual("ETH", "0.05", "3000"),
+        fixed_maturity(INVERSE, "XBT", "0.5", 0, "60500", expiry),
+        fixed_maturity(LINEAR, "XBT", "1", 4, "60500", expiry),
+    )
+
+
+# Built when the module is first imported (a `guardian sim` process: when it starts). A simulator made
+# with its own clock and no market builds the set from that clock instead (guardian.sim.app).
+DEFAULT_INSTRUMENTS: tuple[Instrument, ...] = default_instruments()
 
 
 def _perpetual(base: str, tick: str, precision: int, price: str, leverage: int) -> Instrument:
@@ -54,10 +173,11 @@ def _perpetual(base: str, tick: str, precision: int, price: str, leverage: int) 
     )
 
 
-# Opt-in (`guardian sim --instruments wide`, `Market(instruments=WIDE_INSTRUMENTS)`): 24 perpetuals for
-# benchmarks and tests that spread orders over many symbols. The first three are the default set.
+# Opt-in (`guardian sim --instruments wide`, `Market(instruments=WIDE_INSTRUMENTS)`): 24 linear
+# perpetuals for benchmarks and tests that spread orders over many symbols. The first three are the
+# default set's linear perpetuals.
 WIDE_INSTRUMENTS: tuple[Instrument, ...] = (
-    *DEFAULT_INSTRUMENTS,
+    *LINEAR_PERPETUALS,
     _perpetual("XRP", "0.0001", 0, "0.6", 25),
     _perpetual("ADA", "0.00001", 0, "0.45", 25),
     _perpetual("DOGE", "0.000001", 0, "0.15", 25),
@@ -116,6 +236,7 @@ class Market:
     bound: float = 0.2
     spread: float = 0.0002  # bid/ask at mark -/+ half of this fraction
     quotes: dict[str, Quote] = field(init=False)
+    settled: dict[str, Decimal] = field(init=False)  # expired fixed maturities -> settlement price
     _rng: random.Random = field(init=False, repr=False)
     _by_symbol: dict[str, Instrument] = field(init=False, repr=False)
 
@@ -123,6 +244,7 @@ class Market:
         self._rng = random.Random(self.seed)
         self._by_symbol = {}
         self.quotes = {}
+        self.settled = {}
         for instrument in self.instruments:
             self._by_symbol.setdefault(instrument.symbol, instrument)
             self.quotes[instrument.symbol] = self._quote(instrument, instrument.initial_price)
@@ -162,8 +284,15 @@ class Market:
     def record_trade(self, symbol: str, price: Decimal) -> None:
         self.quotes[symbol].last = price
 
+    def settle(self, symbol: str) -> Decimal:
+        """`symbol` expired: its mark now is its settlement price, and the walk leaves it there."""
+        price = self.settled[symbol] = self.quotes[symbol].mark
+        return price
+
     def step(self) -> None:
         for instrument in self.instruments:
+            if instrument.symbol in self.settled:
+                continue
             quote = self.quotes[instrument.symbol]
             factor = math.exp(self._rng.gauss(0.0, self.sigma))
             low = float(instrument.initial_price) * (1 - self.bound)

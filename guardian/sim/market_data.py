@@ -222,7 +222,7 @@ class MarketData:
                 for p in self.points[symbol]
             ]
         else:
-            elements = [_public_event(f, kind) for f in _fills(accounts, symbol)]
+            elements = [_public_event(f, kind, self.market) for f in _fills(accounts, symbol)]
         elements.sort(key=lambda e: e["timestamp"], reverse=fields.get("sort", "desc") != "asc")
         since, before = fields.get("since"), fields.get("before")
         if since and since.isdigit():
@@ -268,6 +268,15 @@ def fill_ms(fill: Mapping[str, Any]) -> int:
     return int(parse_iso(fill["fillTime"]) * 1000)
 
 
+def usd_value(market: Market, fill: Mapping[str, Any]) -> Decimal:
+    """A fill's USD notional as its contract counts it (an inverse one: size x contract size)."""
+    size, price = Decimal(str(fill["size"])), Decimal(str(fill["price"]))
+    instrument = market.instrument(fill["symbol"])
+    if instrument is None:
+        return size * price
+    return instrument.math.notional_usd(size, instrument.contract_size, price)
+
+
 def _direction(side: str) -> str:
     return "Buy" if side == "buy" else "Sell"
 
@@ -287,7 +296,7 @@ def _public_order(fill: dict[str, Any], side: str, uid: str) -> dict[str, Any]:
     }
 
 
-def _public_event(fill: dict[str, Any], kind: str) -> dict[str, Any]:
+def _public_event(fill: dict[str, Any], kind: str, market: Market) -> dict[str, Any]:
     """A fill as the public market history shows it: no account, the other side a synthetic order."""
     ms = fill_ms(fill)
     other = "sell" if fill["side"] == "buy" else "buy"
@@ -309,7 +318,7 @@ def _public_event(fill: dict[str, Any], kind: str) -> dict[str, Any]:
         "price": str(fill["price"]),
         "markPrice": str(fill["price"]),
         "limitFilled": False,
-        "usdValue": str(Decimal(str(fill["size"])) * Decimal(str(fill["price"]))),
+        "usdValue": str(usd_value(market, fill)),
     }
     return {
         "uid": fill["fill_id"],

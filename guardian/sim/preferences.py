@@ -87,7 +87,7 @@ class Preferences:
         if name == "unwindqueue":
             return {"queue": [{"symbol": s, "percentile": 20} for s in acct.positions]}
         if name == "feeschedules/volumes":
-            volume = sum(Decimal(str(f["size"])) * Decimal(str(f["price"])) for f in acct.fills)
+            volume = sum((self._usd_volume(f) for f in acct.fills), Decimal(0))
             return {"volumesByFeeSchedule": {FEE_SCHEDULE_UID: float(volume)}}
         if name == "initialmargin":
             return self._initial_margin(acct, fields)
@@ -105,6 +105,14 @@ class Preferences:
             return {"transfers": []}
         raise SimError("notFound")  # pragma: no cover - every read row is listed above
 
+    def _usd_volume(self, fill: Mapping[str, Any]) -> Decimal:
+        """A fill's USD notional, as its contract counts it (an inverse contract: size x contract size)."""
+        size, price = Decimal(str(fill["size"])), Decimal(str(fill["price"]))
+        instrument = self.exchange.market.instrument(fill["symbol"])
+        if instrument is None:
+            return size * price
+        return instrument.math.notional_usd(size, instrument.contract_size, price)
+
     def _instrument_and_price(self, fields: Mapping[str, str]) -> tuple[str, Decimal]:
         symbol = (fields.get("symbol") or "").upper()
         if self.exchange.market.instrument(symbol) is None:
@@ -117,7 +125,9 @@ class Preferences:
         size = _decimal(fields, "size")
         if size is None:
             raise SimError("requiredArgumentMissing", "size is required")
-        margin = size * price / self.exchange.leverage(acct, symbol)
+        instrument = self.exchange.instrument(symbol)
+        value = instrument.math.value(size, instrument.contract_size, price)  # in the margin currency
+        margin = abs(value) / self.exchange.leverage(acct, symbol)
         return {
             "initialMargin": float(margin),
             "price": float(price),
@@ -126,10 +136,11 @@ class Preferences:
 
     def _max_order_size(self, acct: Account, fields: Mapping[str, str]) -> dict[str, Any]:
         symbol, price = self._instrument_and_price(fields)
-        available = max(Decimal(0), self.exchange.available_margin(acct))
-        size = available * self.exchange.leverage(acct, symbol) / price
-        instrument = self.exchange.market.instrument(symbol)
-        assert instrument is not None
+        instrument = self.exchange.instrument(symbol)
+        available = max(Decimal(0), self.exchange.available_margin(acct, instrument.margin_account))
+        # The size whose initial margin (its value over the leverage) is what the account has available.
+        one = abs(instrument.math.value(Decimal(1), instrument.contract_size, price))
+        size = available * self.exchange.leverage(acct, symbol) / one
         size = size.quantize(Decimal(1).scaleb(-instrument.size_precision), rounding="ROUND_DOWN")
         return {
             "buyPrice": float(price),
