@@ -296,7 +296,11 @@ async def test_an_unknown_path_is_refused_naming_the_nearest_and_never_forwarded
             assert "nearest" in answer["message"] and path in answer["message"]
         async with http.get(guardian.url + "/api/history/v2/order") as response:
             assert "/api/history/v2/orders" in (await response.json())["message"]
-    assert not [r for r in exchange.requests if r["endpoint"] not in ("tickers", "cancelallordersafter")]
+    assert not [
+        r
+        for r in exchange.requests
+        if r["endpoint"] not in ("tickers", "cancelallordersafter", "instruments")
+    ]
 
 
 async def test_the_history_pool_is_modelled_and_refuses_before_the_exchange(

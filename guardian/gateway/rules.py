@@ -26,8 +26,9 @@ Choices where Kraken's behaviour is unverified:
 - Notional for a sell uses the limit price as given (a sell can fill higher): the rule is "size times
   limit price", by design. Stop orders without a limit price, mkt and trailing_stop orders use the mark
   (and any limit price they do carry, whichever is larger).
-- An edit whose order guardian has no record of is refused in a batch (`invalidArgument`): without the
-  original there is nothing to judge the edited order by.
+- An edit whose order guardian has no record of is answered before these rules, in Kraken's own shape
+  (`guardian.gateway.notfound`: `orderForEditNotFound`); one that reaches a batch's rules without its
+  original is refused (`invalidArgument`): there is nothing to judge the edited order by.
 """
 
 from __future__ import annotations
