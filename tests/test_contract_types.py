@@ -19,13 +19,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from guardian.config import LossAction
+from guardian.kraken.client import Credentials, KrakenClient
+from guardian.secret import ApiSecret
 from guardian.service import Service
 from guardian.sim.app import Simulator
 from guardian.sim.contracts import INVERSE, LINEAR
 from guardian.sim.figures import account_figures
-from guardian.sim.market import Market, default_instruments, fixed_maturity
+from guardian.sim.market import Instrument, Market, default_instruments, fixed_maturity
 from guardian.sim.ws import StreamSettings
-from tests.conftest import sim_keys
+from tests.conftest import TRADE_KEY, TRADE_SECRET, sim_keys
 from tests.daemon import wait_for
 from tests.test_exposure import bot, guarded, refused
 from tests.test_trips import events
@@ -346,5 +348,65 @@ async def test_an_expiring_contract_gets_no_new_risk_and_its_settlement_shows_in
             assert journaled["symbol"] == soon.symbol and journaled["currency"] == "XBT"
             # The later maturity still trades.
             await b.send_order(orderType="mkt", symbol=later.symbol, side="buy", size="0.1")
+    finally:
+        await exchange.close()
+
+
+# ---- a contract of a type guardian does not know --------------------------------------------------------
+
+ODD = Instrument(
+    "PV_XRPUSD", "XRP", "USD", D("0.0001"), 0, D("0.6"), kind=LINEAR, listed_type="futures_vanilla"
+)
+
+
+async def test_an_unknown_contract_type_is_refused_and_says_so_while_cancels_and_reduce_only_pass(
+    tmp_path: Path,
+) -> None:
+    exchange = sim(Market(instruments=(*default_instruments(), ODD), seed=7))
+    await exchange.start("127.0.0.1", 0)
+    try:
+        # Another program of the account holds a position and a resting order in it.
+        async with KrakenClient(exchange.url, Credentials(TRADE_KEY, ApiSecret(TRADE_SECRET))) as direct:
+            await direct.send_order(orderType="mkt", symbol=ODD.symbol, side="buy", size="100")
+            resting = await direct.send_order(
+                orderType="lmt", symbol=ODD.symbol, side="buy", size="100", limitPrice="0.5"
+            )
+        limits = {**LIMITS, "max_gross_notional": 10.0**9}
+        async with guarded(exchange, tmp_path, **limits) as service, bot(service) as b:
+            account = service.accounts[0]
+            await settle_position(service, exchange, ODD.symbol)
+            shown = service.state_json()["accounts"][0]["instruments"]  # type: ignore[index]
+            assert "futures_vanilla" in shown["unjudged"][ODD.symbol] and shown["unjudged_count"] == 1
+            order = {
+                "orderType": "lmt",
+                "symbol": ODD.symbol,
+                "side": "buy",
+                "size": "10",
+                "limitPrice": "0.55",
+            }
+            message = await refused(exchange, b, order, "instrumentUnknown")
+            assert ODD.symbol in message and "futures_vanilla" in message and "reduce-only" in message
+            # Its position counts in the gross notional, which cannot be worked out: new risk anywhere is
+            # refused, naming it.
+            message = await refused(
+                exchange,
+                b,
+                {"orderType": "mkt", "symbol": "PF_XBTUSD", "side": "buy", "size": "0.1"},
+                "instrumentUnknown",
+            )
+            assert ODD.symbol in message and "max_gross_notional" in message
+            # A cancel passes.
+            cancelled = await b.cancel_order(order_id=resting["sendStatus"]["order_id"])
+            assert cancelled["cancelStatus"]["status"] == "cancelled", cancelled
+            # A reduce-only order passes, and closes the position.
+            closed = await b.send_order(
+                orderType="mkt", symbol=ODD.symbol, side="sell", size="100", reduceOnly="true"
+            )
+            assert closed["sendStatus"]["status"] == "placed", closed
+            assert ODD.symbol not in exchange.exchange.accounts["main"].positions
+            await settle_position(service, exchange, ODD.symbol)
+            await wait_for(lambda: account.exposure.ledger.count(ODD.symbol) == 0, 5.0, "the order gone")
+            # Nothing of it counts any more: new risk elsewhere passes again.
+            await b.send_order(orderType="mkt", symbol="PF_XBTUSD", side="buy", size="0.1")
     finally:
         await exchange.close()

@@ -35,6 +35,9 @@ class Instrument:
     contract_size: Decimal = Decimal(1)
     last_trading_time: float | None = None  # epoch seconds; None: a perpetual
     underlying: str | None = None  # Kraken's `underlying` (inverse contracts: rr_xbtusd)
+    # The `type` the instruments list shows, when it is not `kind` (a test's contract of a type a client
+    # does not know, e.g. futures_vanilla, traded with `kind`'s arithmetic).
+    listed_type: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ARITHMETIC:

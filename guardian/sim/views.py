@@ -42,7 +42,7 @@ def instruments(market: Market, now: float | None = None) -> list[dict[str, Any]
         expired = inst.symbol in market.settled or (now is not None and inst.expired(now))
         row: dict[str, Any] = {
             "symbol": inst.symbol,
-            "type": inst.kind,
+            "type": inst.listed_type or inst.kind,
         }
         if inst.underlying is not None:
             row["underlying"] = inst.underlying
