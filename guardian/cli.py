@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--instruments",
         default="default",
         choices=("default", "wide"),
-        help="default: PF_XBTUSD, PF_ETHUSD, PF_SOLUSD; wide: 24 perpetuals, for benchmarks",
+        help="default: PF_XBTUSD, PF_ETHUSD, PF_SOLUSD, PI_XBTUSD, PI_ETHUSD, an FI_XBTUSD_ and an FF_XBTUSD_ "
+        "fixed maturity; wide: 24 linear perpetuals, for benchmarks",
     )
     sim.add_argument("--log-level", default="info", choices=logs.LEVELS)
     sim.add_argument("--log-format", default="auto", choices=logs.FORMATS)
