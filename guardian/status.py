@@ -72,9 +72,10 @@ def _account_lines(account: Mapping[str, Any], ok: bool) -> list[str]:
     if positions:
         lines.append("  positions")
         for p in positions:
+            currency = f" {p['pnl_currency']}" if p.get("pnl_currency") not in (None, "USD") else ""
             lines.append(
                 f"    {p.get('symbol')}: {_n(p.get('size'), 4)} @ {_n(p.get('entry_price'))}, mark "
-                f"{_n(p.get('mark_price'))}, upnl {_n(p.get('unrealized_pnl'))}"
+                f"{_n(p.get('mark_price'))}, upnl {_n(p.get('unrealized_pnl'))}{currency}"
             )
     elif "positions" in account:
         lines.append("  positions  none")
@@ -102,6 +103,26 @@ def _account_lines(account: Mapping[str, Any], ok: bool) -> list[str]:
         )
     if account.get("daily_pnl") is not None:
         lines.append(f"  pnl     {_n(account.get('daily_pnl'))} today (realised, unrealised, fees)")
+    gap = account.get("daily_pnl_gap")
+    if isinstance(gap, Mapping):
+        lines.append(f"  pnl     NOT KNOWN ({gap.get('code')}): {gap.get('reason')}")
+    for settled in account.get("settlements") or []:
+        lines.append(
+            f"  settled {settled.get('symbol')} {_n(settled.get('size'), 4)} at {_n(settled.get('price'))}: "
+            f"{_n(settled.get('realized_pnl'), 8)} {settled.get('currency')} ({settled.get('at')})"
+        )
+    instruments = account.get("instruments")
+    if isinstance(instruments, Mapping):
+        if instruments.get("loaded_at") is None:
+            lines.append(
+                f"  contracts NOT READ YET: new risk is refused ({instruments.get('last_error') or 'reading'})"
+            )
+        unjudged = instruments.get("unjudged") or {}
+        if unjudged:
+            lines.append(
+                f"  contracts {instruments.get('unjudged_count', len(unjudged))} not judged (new risk in them "
+                f"refused): {', '.join(sorted(unjudged)[:8])}"
+            )
     limits = account.get("limits") or []
     if limits:
         lines.append("  limits")

@@ -58,3 +58,34 @@ def test_render_says_ok_only_when_every_account_is_armed_and_fresh() -> None:
     assert not ok and "account b: NOT OK" in text
     assert render({"accounts": [{**fresh, "switch": {"state": "degraded", "remaining_s": 30.0}}]})[1] is False
     assert render({"accounts": []})[1] is False
+
+
+def test_render_names_contracts_not_judged_an_unknown_pnl_and_settlements() -> None:
+    account = {
+        "name": "main",
+        "switch": {"state": "armed", "remaining_s": 50.0},
+        "fresh": True,
+        "positions": [{"symbol": "PI_XBTUSD", "size": 3000, "unrealized_pnl": 0.01, "pnl_currency": "XBT"}],
+        "daily_pnl_gap": {"code": "markPriceUnavailable", "reason": "today's realised PnL in PI_XBTUSD ..."},
+        "settlements": [
+            {
+                "symbol": "FI_XBTUSD_270226",
+                "size": -7000,
+                "price": 65000,
+                "realized_pnl": 0.00769,
+                "currency": "XBT",
+            }
+        ],
+        "instruments": {
+            "loaded_at": "x",
+            "unjudged": {"PV_XRPUSD": "type 'futures_vanilla'"},
+            "unjudged_count": 1,
+        },
+    }
+    text, _ = render({"version": "1", "accounts": [account]})
+    assert "upnl 0.01 XBT" in text
+    assert "NOT KNOWN (markPriceUnavailable)" in text
+    assert "settled FI_XBTUSD_270226 -7,000 at 65,000: 0.00769 XBT" in text
+    assert "1 not judged (new risk in them refused): PV_XRPUSD" in text
+    text, _ = render({"version": "1", "accounts": [{**account, "instruments": {"loaded_at": None}}]})
+    assert "contracts NOT READ YET" in text
