@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from guardian.config import (
@@ -21,6 +22,7 @@ from guardian.config import (
     JournalConfig,
     LogConfig,
     ServerConfig,
+    SymbolLimits,
 )
 from guardian.kraken.endpoints import Permission
 from guardian.secret import ApiSecret, Secret
@@ -76,6 +78,14 @@ async def start_demo(host: str, port: int, *, seed: int | None = None, log: LogC
             max_orders_per_minute=600,
             max_fills_per_minute=300,
             max_daily_loss=100_000.0,
+            # An inverse contract's size is USD of face value (PI_XBTUSD: 1 USD a contract): its own sizes.
+            per_symbol=MappingProxyType(
+                {
+                    i.symbol: SymbolLimits(max_order_size=100_000.0, max_position=100_000.0)
+                    for i in simulator.exchange.market.instruments
+                    if i.inverse
+                }
+            ),
         ),
         clients=(bot,),
     )
