@@ -22,6 +22,7 @@ from guardian.kraken import endpoints as ep
 from guardian.kraken.client import Credentials, KrakenClient
 from guardian.kraken.endpoints import Permission
 from guardian.kraken.signing import encode_params
+from guardian.kraken.times import parse_iso
 from guardian.secret import ApiSecret
 from guardian.service import Service
 from guardian.sim.app import Simulator
@@ -334,6 +335,26 @@ async def test_identical_public_reads_within_a_second_are_one_upstream_call(
         await asyncio.sleep(1.1)
         assert await get("/derivatives/api/v3/tickers/PF_ETHUSD") == 200
         assert len(reached(exchange, "tickers/{symbol}")) == 2
+
+
+async def test_an_answer_from_the_cache_tells_the_time_now_not_when_it_was_fetched(
+    guardian: Service, exchange: Simulator
+) -> None:
+    """The fee schedules are cached for a minute; a client that reads the exchange's clock from an
+    answer's serverTime must not be told a time that old."""
+    path = "/derivatives/api/v3/feeschedules"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(guardian.url + path) as response:
+            first = await response.json()
+        await asyncio.sleep(1.2)
+        async with http.get(guardian.url + path) as response:
+            again = await response.json()
+    assert len(reached(exchange, "feeschedules")) == 1  # from the cache
+    assert {k: v for k, v in again.items() if k != "serverTime"} == {
+        k: v for k, v in first.items() if k != "serverTime"
+    }
+    gap = parse_iso(again["serverTime"]) - parse_iso(first["serverTime"])
+    assert 1.0 <= gap < 5.0, (first["serverTime"], again["serverTime"])
 
 
 async def test_a_flood_of_public_requests_from_several_bots_is_bounded_and_the_switch_keeps_its_beat(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -44,6 +45,28 @@ Fetch = Callable[[], Awaitable[RawAnswer]]
 class _Cached:
     expires_at: float  # monotonic
     answer: RawAnswer
+    stamp: tuple[int, int] | None = None  # where the answer's top-level serverTime value is, in its body
+
+    def now(self) -> RawAnswer:
+        """The answer with its `serverTime` saying now: a client that reads the exchange's clock from it
+        (python-kraken-sdk's and ccxt's time calls) must not be told a time up to `cache_s` old."""
+        if self.stamp is None:
+            return self.answer
+        start, end = self.stamp
+        body = self.answer.body
+        fresh = body[:start] + to_iso(time.time()).encode() + body[end:]
+        return RawAnswer(self.answer.status, fresh, self.answer.content_type)
+
+
+_SERVER_TIME = re.compile(rb'"serverTime"\s*:\s*"([^"\\]{1,40})"')
+
+
+def _stamp(body: bytes) -> tuple[int, int] | None:
+    """The span of the last `"serverTime": "..."` value in a JSON body (Kraken puts it at the top level,
+    last), or None."""
+    at = body.rfind(b'"serverTime"')
+    found = _SERVER_TIME.match(body, at) if at >= 0 else None
+    return None if found is None else found.span(1)
 
 
 class PublicGate:
@@ -88,7 +111,7 @@ class PublicGate:
             cached = self._cache.get(key)
             if cached is not None and cached.expires_at > self._clock():
                 self.cache_hits += 1
-                return cached.answer
+                return cached.now()
             pending = self._inflight.get(key)
             if pending is not None:
                 self.cache_hits += 1
@@ -111,7 +134,7 @@ class PublicGate:
             self._inflight.pop(key, None)
         future.set_result(answer)
         if 200 <= answer.status < 300:
-            self._remember(key, _Cached(self._clock() + endpoint.cache_s, answer))
+            self._remember(key, _Cached(self._clock() + endpoint.cache_s, answer, _stamp(answer.body)))
         return answer
 
     def _spend(self, headers: Mapping[str, str]) -> None:
