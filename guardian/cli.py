@@ -21,9 +21,17 @@ from typing import Any
 import structlog
 
 from guardian import __version__, logs
-from guardian.config import Config, load_config, load_journal_config, load_listen, parse_listen
+from guardian.config import (
+    DEFAULT_BASE_URL,
+    Config,
+    load_config,
+    load_journal_config,
+    load_listen,
+    parse_listen,
+)
 from guardian.errors import ConfigError
 from guardian.journal import JournalError, read_journal
+from guardian.keys import SetupError
 from guardian.kraken.times import parse_iso
 
 FULL_COLLECTION_EVERY = 100  # collections of the middle generation per full one (Python's default: 10)
@@ -151,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", type=Path, required=True, metavar="FILE", help="the TOML configuration")
 
+    notify_test = sub.add_parser(
+        "notify-test", help="send one test message to each [[notify]] notifier and say which failed"
+    )
+    notify_test.add_argument(
+        "--config", type=Path, required=True, metavar="FILE", help="the TOML configuration"
+    )
+
     journal = sub.add_parser(
         "journal", help="print the audit journal, oldest first (read-only: the daemon may keep running)"
     )
@@ -183,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument("--url", metavar="URL", help="the daemon's base URL (default http://127.0.0.1:8787)")
     status.add_argument("--json", action="store_true", help="print the state document as it is")
+    _add_setup_parsers(sub)
     return parser
 
 
@@ -221,6 +237,26 @@ async def _check_config(args: argparse.Namespace) -> int:
     for warning in config.warnings():
         print(f"warning: {warning}")
     return EX_OK
+
+
+async def _notify_test(args: argparse.Namespace) -> int:
+    from guardian.push import send_tests
+
+    config = load_config(args.config)
+    logs.REDACTOR.register(config.all_secrets())
+    if not config.notify:
+        print(
+            f"guardian notify-test: {args.config} has no [[notify]] table: nothing to test", file=sys.stderr
+        )
+        return EX_FAILED
+    results = await send_tests(config.notify)
+    for result in results:
+        outcome = "sent" if result.problem is None else f"FAILED: {result.problem}"
+        print(logs.REDACTOR.scrub(f"notify {result.name} ({result.kind}): {outcome}"))
+    failed = [result.name for result in results if result.problem is not None]
+    if failed:
+        print(f"guardian notify-test: failed: {', '.join(failed)}", file=sys.stderr)
+    return EX_FAILED if failed else EX_OK
 
 
 async def _show_journal(args: argparse.Namespace) -> int:
@@ -381,12 +417,128 @@ async def _run(args: argparse.Namespace) -> int:
     return EX_OK if done else EX_FAILED
 
 
+# ---- guardian init, guardian keys: a configuration and bots' keys without hand-editing --------------------
+
+
+def _bots(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of bots, got {text!r}")
+    return int(text)
+
+
+def _add_setup_parsers(sub: Any) -> None:
+    init = sub.add_parser(
+        "init",
+        help="write a working configuration for a real account: config.toml with low limits, its credentials "
+        "(mode 0600) and bots' keys; nothing that exists is overwritten",
+    )
+    init.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(),
+        metavar="DIR",
+        help="where config.toml and credentials/ go (default .)",
+    )
+    init.add_argument("--account", default="main", metavar="NAME", help="the account's name (default main)")
+    init.add_argument("--bots", type=_bots, default=1, metavar="N", help="bot keys to generate (default 1)")
+    init.add_argument("--api-key-file", type=Path, metavar="FILE", help="a file holding the exchange API key")
+    init.add_argument("--api-secret-file", type=Path, metavar="FILE", help="a file holding its secret")
+    init.add_argument(
+        "--non-interactive",
+        action="store_true",
+        help="never prompt (else the key and secret not given as files are asked for, without echo)",
+    )
+    init.add_argument(
+        "--base-url",
+        default=DEFAULT_BASE_URL,
+        metavar="URL",
+        help=f"the exchange (default {DEFAULT_BASE_URL})",
+    )
+    init.add_argument(
+        "--symbols", default="PF_XBTUSD,PF_ETHUSD", metavar="S,S", help="the only symbols bots may trade"
+    )
+    init.add_argument(
+        "--permissions", default="read,trade", help="the bots' permissions (read,trade,settings)"
+    )
+    init.add_argument(
+        "--listen", type=_host_port, default=("127.0.0.1", 8787), metavar="HOST:PORT", help="server.listen"
+    )
+
+    keys = sub.add_parser(
+        "keys",
+        help="list, add, rotate or revoke bots' keys in a configuration, keeping its comments and layout",
+    )
+    keys.add_argument("action", choices=("list", "add", "rotate", "revoke"))
+    keys.add_argument("--config", type=Path, required=True, metavar="FILE", help="the TOML configuration")
+    keys.add_argument("--account", metavar="NAME", help="the account (needed when the file has several)")
+    keys.add_argument("--bot", metavar="NAME", help="the bot (needed by add, rotate and revoke)")
+    keys.add_argument(
+        "--permissions", default=None, help="add: the new bot's permissions (default read,trade)"
+    )
+    keys.add_argument("--key", metavar="API_KEY", help="revoke: the key to remove (default the bot's oldest)")
+
+
+async def _init(args: argparse.Namespace) -> int:
+    from guardian import init
+    from guardian.keys import parse_permissions
+
+    account, base_url = init.check_name(args.account), init.check_base_url(args.base_url)
+    init.check_bots(args.bots)  # every argument checked before the key is asked for
+    symbols, permissions = init.parse_symbols(args.symbols), parse_permissions(args.permissions)
+    api_key, api_secret = init.exchange_key(
+        args.api_key_file, args.api_secret_file, interactive=not args.non_interactive
+    )
+    logs.REDACTOR.register([api_secret])
+    options = init.InitOptions(
+        args.dir, account, args.bots, base_url, api_key, api_secret, symbols, permissions, args.listen
+    )
+    print(init.report(init.initialise(options)), flush=True)
+    return EX_OK
+
+
+async def _keys(args: argparse.Namespace) -> int:
+    from guardian import config_edit
+    from guardian.keys import DEFAULT_PERMISSIONS, UsageError, parse_permissions
+
+    if args.key is not None and args.action != "revoke":
+        raise UsageError("--key names the key to revoke: it goes with guardian keys revoke")
+    if args.permissions is not None and args.action != "add":
+        raise UsageError(
+            "--permissions goes with guardian keys add (a rotated key keeps the bot's permissions)"
+        )
+    if args.action == "list":
+        for line in config_edit.iter_lines(
+            config_edit.list_keys(args.config, account=args.account, bot=args.bot)
+        ):
+            print(line)
+        return EX_OK
+    if args.bot is None:
+        raise UsageError(f"guardian keys {args.action} needs --bot NAME")
+    permissions = parse_permissions(args.permissions or ",".join(DEFAULT_PERMISSIONS))
+    editor = config_edit.KeyEditor(args.config)
+    logs.REDACTOR.register(editor.before.all_secrets())
+    if args.action == "add":
+        change = editor.add(args.account, args.bot, permissions)
+    elif args.action == "rotate":
+        change = editor.rotate(args.account, args.bot)
+    else:
+        change = editor.revoke(args.account, args.bot, args.key)
+    if change.made is not None:
+        logs.REDACTOR.register([change.made.api_secret])
+    editor.commit()
+    print(config_edit.describe(change, args.config, args.account), flush=True)
+    return EX_OK
+
+
 COMMANDS = {
     "sim": _run_sim,
     "run": _run,
     "check-config": _check_config,
+    "notify-test": _notify_test,
     "journal": _show_journal,
     "status": _status,
+    "init": _init,
+    "keys": _keys,
 }
 
 
@@ -398,6 +550,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             getattr(args, "log_level", None) or "info", getattr(args, "log_format", None) or "auto"
         )
         return asyncio.run(COMMANDS[args.command](args))
+    except SetupError as exc:
+        print(f"guardian {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except ConfigError as exc:
         print(f"guardian: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG

@@ -7,7 +7,8 @@ every message names the dotted key (`accounts[0].switch.refresh_max_s`) and says
 Secrets (`api_key`, `api_secret`, `admin_token`) come from exactly one of three places: the value itself
 (`x`), a file (`x_file`) or an environment variable (`x_env`). A relative `x_file` is looked up under
 `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`), then `/run/secrets` (Docker secrets), then the
-configuration file's own directory; an absolute one is read as it is. Secret values never appear in a
+configuration file's own directory, then its `credentials/` directory (what `guardian init` writes); an
+absolute one is read as it is. Secret values never appear in a
 message, a warning, a summary or a `repr`; an `api_key` shows at most its first four characters.
 """
 
@@ -34,6 +35,7 @@ from guardian.kraken.signing import NONCE_UNITS
 from guardian.secret import ApiSecret, Secret
 
 DEFAULT_SECRETS_DIRS: Final = (Path("/run/secrets"),)
+CREDENTIALS_DIR: Final = "credentials"  # beside the configuration: where `guardian init` puts secrets
 DEFAULT_BASE_URL: Final = "https://futures.kraken.com"
 MAX_TIMEOUT_S: Final = 2**32 - 1
 MIN_ADMIN_TOKEN_CHARS: Final = 16
@@ -225,8 +227,19 @@ class StreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientKey:
+    """One key of a local bot: the APIKey it sends and the secret it signs with."""
+
+    api_key: str = field(repr=False)
+    api_secret: ApiSecret
+
+
+@dataclass(frozen=True, slots=True)
 class ClientConfig:
-    """A local bot's key: it signs its requests to guardian with `api_secret`, as it would to Kraken."""
+    """A local bot's key: it signs its requests to guardian with `api_secret`, as it would to Kraken.
+
+    A bot may have more keys (`extra_keys`), each as valid as the first: a rotation adds the new key, the
+    bot switches to it, and revoking the old one leaves no moment without a working key."""
 
     name: str
     api_key: str = field(repr=False)
@@ -239,11 +252,17 @@ class ClientConfig:
     max_orders_per_minute: int | None = None  # new orders and edits; None: the account's guard value
     max_open_orders: int | None = None  # the open orders this bot placed; None: no limit of its own
     public_burst: float | None = None  # its public requests at once; None: the default (public_burst_size)
+    extra_keys: tuple[ClientKey, ...] = ()  # further keys of this bot, each valid like api_key
 
     @property
     def public_burst_size(self) -> float:
         """This bot's public burst: as configured, else DEFAULT_BOT_PUBLIC_BURST or its rate if higher."""
         return burst_or_default(self.public_burst, self.public_rate_limit, DEFAULT_BOT_PUBLIC_BURST)
+
+    @property
+    def keys(self) -> tuple[ClientKey, ...]:
+        """Every key that authenticates this bot: api_key first, then extra_keys."""
+        return (ClientKey(self.api_key, self.api_secret), *self.extra_keys)
 
 
 def burst_or_default(burst: float | None, rate: float, default: float) -> float:
@@ -269,19 +288,58 @@ class AccountConfig:
         return self.stream.url_for(self.base_url)
 
 
+NOTIFY_KINDS: Final = ("webhook", "slack", "telegram")
+# What a notifier may be told (contract names); `events` defaults to all of them.
+NOTIFY_EVENTS: Final = (
+    "switch_degraded",
+    "switch_expired",
+    "switch_rearmed",
+    "trip",
+    "kill",
+    "mode_changed",
+    "account_state_stale",
+    "maintenance_notice",
+    "daemon_started",
+    "daemon_stopping",
+)
+DEFAULT_TELEGRAM_API: Final = "https://api.telegram.org"
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyConfig:
+    """One push notifier (`[[notify]]`): where its messages go, which events, how often at most."""
+
+    name: str  # the `notifier` label of the metrics and its name in logs and /guardian/state
+    kind: str  # webhook | slack | telegram
+    url: Secret | None = None  # webhook and slack: where to POST (a Slack webhook's URL is its secret)
+    bot_token: Secret | None = None  # telegram
+    chat_id: str | None = None  # telegram
+    api_url: str = DEFAULT_TELEGRAM_API  # telegram: the Bot API's base URL
+    events: frozenset[str] = frozenset(NOTIFY_EVENTS)
+    min_interval_s: float = 60.0  # one message per event kind and account this often at most
+    degraded_for_s: float = 10.0  # a switch degraded this long is told (a retry that works is not)
+    timeout_s: float = 5.0  # one delivery attempt's limit
+
+    def secrets(self) -> list[Secret]:
+        return [s for s in (self.url, self.bot_token) if s is not None]
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     accounts: tuple[AccountConfig, ...]
     server: ServerConfig = ServerConfig()
     journal: JournalConfig = JournalConfig()
     log: LogConfig = LogConfig()
+    notify: tuple[NotifyConfig, ...] = ()
 
     def all_secrets(self) -> list[Secret]:
         """Every secret loaded, for `logs.REDACTOR.register`."""
         found: list[Secret] = [] if self.server.admin_token is None else [self.server.admin_token]
+        for notifier in self.notify:
+            found.extend(notifier.secrets())
         for account in self.accounts:
             found.append(account.api_secret)
-            found.extend(client.api_secret for client in account.clients)
+            found.extend(key.api_secret for client in account.clients for key in client.keys)
         return found
 
     def warnings(self) -> list[str]:
@@ -296,6 +354,12 @@ class Config:
             )
         for i, account in enumerate(self.accounts):
             notes.extend(_account_warnings(f"accounts[{i}]", account))
+        for i, notifier in enumerate(self.notify):
+            target = notifier.api_url if notifier.url is None else notifier.url.reveal()
+            if urlsplit(target).scheme == "http" and not _is_loopback_url(target):
+                notes.append(
+                    f"notify[{i}] ({notifier.name}): plain http to another machine: messages travel unencrypted"
+                )
         return notes
 
     def summary(self) -> str:
@@ -355,12 +419,14 @@ class Config:
             )
             lines += [
                 f"  client {client.name}: api_key {mask_key(client.api_key)}, api_secret {client.api_secret}, "
-                f"permissions {'+'.join(sorted(p.value for p in client.permissions))}"
+                + "".join(f"extra key {mask_key(key.api_key)}, " for key in client.extra_keys)
+                + f"permissions {'+'.join(sorted(p.value for p in client.permissions))}"
                 + ("" if client.rate_budget is None else f", rate budget {client.rate_budget:g}")
                 + f", public requests at most {client.public_rate_limit:g}/s"
                 + f" (bursts of {client.public_burst_size:g})"
                 for client in account.clients
             ] or ["  clients: none"]
+        lines += [_notify_text(notifier) for notifier in self.notify]
         return "\n".join(lines)
 
 
@@ -437,7 +503,7 @@ def parse_config(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML: {exc}") from None
     found = _Secrets(os.environ if env is None else env, base_dir, secrets_dirs)
-    root = _Table(data, "", ("server", "journal", "log", "accounts"))
+    root = _Table(data, "", ("server", "journal", "log", "accounts", "notify"))
 
     server = root.table(
         "server",
@@ -469,11 +535,14 @@ def parse_config(
     _check_unique(accounts)
     for i, account in enumerate(accounts):
         _check_limited(f"accounts[{i}].guard", account)
+    notify = tuple(_notify(table, found) for table in root.array("notify"))
+    _check_unique_notifiers(notify)
     return Config(
         accounts=accounts,
         server=ServerConfig(host, port, admin_token, public_rate_limit, ws_max_connections, public_burst),
         journal=journal,
         log=LogConfig(level, fmt),
+        notify=notify,
     )
 
 
@@ -523,7 +592,9 @@ _CLIENT_KEYS = (
     "max_open_orders",
     "ws_max_connections",
     "feeds",
+    "extra_keys",
 )
+_CLIENT_KEY_KEYS = (*_secret_keys("api_key"), *_secret_keys("api_secret"))
 
 
 def _journal(table: _Table) -> JournalConfig:
@@ -579,6 +650,134 @@ def _stream(table: _Table) -> StreamConfig:
         link_timeout_s=link_timeout,
         reconcile_s=reconcile,
         state_max_age_s=max_age,
+    )
+
+
+_NOTIFY_KEYS = (
+    "name",
+    "kind",
+    *_secret_keys("url"),
+    *_secret_keys("bot_token"),
+    *_secret_keys("chat_id"),
+    "api_url",
+    "events",
+    "min_interval_s",
+    "degraded_for_s",
+    "timeout_s",
+)
+_NOTIFY_TARGETS: Final = {
+    "webhook": ("url",),
+    "slack": ("url",),
+    "telegram": ("bot_token", "chat_id", "api_url"),
+}
+_BOT_TOKEN = re.compile(r"[A-Za-z0-9:_-]+")
+MAX_NOTIFY_TIMEOUT_S: Final = 60.0
+
+
+def _notify(table: _Table, found: _Secrets) -> NotifyConfig:
+    """One `[[notify]]` table: a webhook or Slack `url`, or Telegram's `bot_token` and `chat_id` (each from
+    the value, a `_file` or an `_env`, as every secret)."""
+    table.allow(*_NOTIFY_KEYS)
+    if "kind" not in table.data:
+        raise ConfigError(f"{table.key('kind')} is missing: one of {', '.join(map(repr, NOTIFY_KINDS))}")
+    kind = table.choice("kind", NOTIFY_KINDS, "webhook")
+    name = table.name() if "name" in table.data else kind
+    defaults = NotifyConfig(name, kind)
+    wanted = _NOTIFY_TARGETS[kind]
+    for key in table.data:
+        base = key.removesuffix("_file").removesuffix("_env")
+        if base in ("url", "bot_token", "chat_id", "api_url") and base not in wanted:
+            raise ConfigError(
+                f"{table.key(key)} is not for kind = {kind!r}: a {kind} notifier takes {', '.join(wanted)}"
+            )
+    url = token = chat_id = None
+    api_url = defaults.api_url
+    if kind == "telegram":
+        token = found.text(table, "bot_token")
+        if not _BOT_TOKEN.fullmatch(token):
+            raise ConfigError(
+                f"{table.key('bot_token')} has characters a Telegram bot token does not: copy it exactly as "
+                "@BotFather gave it"
+            )
+        chat_id = found.text(table, "chat_id")
+        api_url = _http_url(table.get("api_url", str, api_url), table.key("api_url"), secret=False)
+    else:
+        url = _http_url(found.text(table, "url"), table.key("url"), secret=True)
+    timeout = table.number("timeout_s", defaults.timeout_s, above=0)
+    if timeout > MAX_NOTIFY_TIMEOUT_S:
+        raise ConfigError(
+            f"{table.key('timeout_s')} must be at most {MAX_NOTIFY_TIMEOUT_S:g}, got {timeout:g}"
+        )
+    return NotifyConfig(
+        name,
+        kind,
+        url=None if url is None else Secret(url),
+        bot_token=None if token is None else Secret(token),
+        chat_id=chat_id,
+        api_url=api_url,
+        events=_notify_events(table, defaults.events),
+        min_interval_s=table.number("min_interval_s", defaults.min_interval_s, at_least=0),
+        degraded_for_s=table.number("degraded_for_s", defaults.degraded_for_s, at_least=0),
+        timeout_s=timeout,
+    )
+
+
+def _notify_events(table: _Table, default: frozenset[str]) -> frozenset[str]:
+    if "events" not in table.data:
+        return default
+    raw = table.get("events", list, [])
+    if not raw:
+        raise ConfigError(
+            f"{table.key('events')} is empty, so nothing would be sent: list the events, or remove the key "
+            "for all of them"
+        )
+    for i, event in enumerate(raw):
+        if not isinstance(event, str) or event not in NOTIFY_EVENTS:
+            close = difflib.get_close_matches(str(event), NOTIFY_EVENTS, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(
+                f"{table.key('events')}[{i}] ({event!r}) is not an event: {hint}the events are "
+                f"{', '.join(NOTIFY_EVENTS)}"
+            )
+    return frozenset(raw)
+
+
+def _http_url(text: str, key: str, *, secret: bool) -> str:
+    """An http(s) URL with a host; a secret one is never repeated in the message."""
+    try:
+        parts = urlsplit(text)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number
+        usable = False
+    if not usable:
+        shown = " (the value is not repeated here: it is a secret)" if secret else f", got {text!r}"
+        raise ConfigError(f"{key} must be an http(s) URL with a host{shown}")
+    return text.rstrip("/") if not secret else text
+
+
+def _check_unique_notifiers(notify: Sequence[NotifyConfig]) -> None:
+    names: dict[str, str] = {}
+    for i, notifier in enumerate(notify):
+        _claim(
+            names,
+            notifier.name,
+            f"notify[{i}].name",
+            "give each notifier its own name (the default is its kind)",
+        )
+
+
+def _notify_text(notifier: NotifyConfig) -> str:
+    """A notifier's line in the summary: its secrets masked."""
+    every = notifier.events == frozenset(NOTIFY_EVENTS)
+    events = "every event" if every else ", ".join(e for e in NOTIFY_EVENTS if e in notifier.events)
+    target = (
+        f"chat {notifier.chat_id} via {notifier.api_url}, bot_token ***"
+        if notifier.kind == "telegram"
+        else "url ***"
+    )
+    return (
+        f"notify {notifier.name}: {notifier.kind}, {target}; {events}; at most one message per event and account "
+        f"every {notifier.min_interval_s:g} s; a degraded switch is told after {notifier.degraded_for_s:g} s"
     )
 
 
@@ -710,13 +909,8 @@ def _guard(table: _Table) -> GuardConfig:
 def _client(table: _Table, found: _Secrets) -> ClientConfig:
     table.allow(*_CLIENT_KEYS)
     name = table.name()
-    api_key = _api_key(found, table)
-    api_secret = found.api_secret(table)
-    if len(api_secret.key_bytes()) < MIN_CLIENT_SECRET_BYTES:
-        raise ConfigError(
-            f"{table.key('api_secret')} is too short ({MIN_CLIENT_SECRET_BYTES} bytes at least): generate one with "
-            "`python3 -c 'import base64, os; print(base64.b64encode(os.urandom(64)).decode())'`"
-        )
+    api_key, api_secret = _client_key(table, found)
+    extra_keys = tuple(ClientKey(*_client_key(item, found)) for item in _extra_keys(table))
     if "permissions" not in table.data:
         raise ConfigError(
             f'{table.key("permissions")} is missing: say what the bot may do, e.g. ["read", "trade"]'
@@ -746,7 +940,31 @@ def _client(table: _Table, found: _Secrets) -> ClientConfig:
         max_orders_per_minute=_count(table, "max_orders_per_minute"),
         max_open_orders=_count(table, "max_open_orders"),
         public_burst=public_burst,
+        extra_keys=extra_keys,
     )
+
+
+def _client_key(table: _Table, found: _Secrets) -> tuple[str, ApiSecret]:
+    """A bot's api_key and api_secret, from a client table or one of its extra_keys."""
+    api_key = _api_key(found, table)
+    api_secret = found.api_secret(table)
+    if len(api_secret.key_bytes()) < MIN_CLIENT_SECRET_BYTES:
+        raise ConfigError(
+            f"{table.key('api_secret')} is too short ({MIN_CLIENT_SECRET_BYTES} bytes at least): generate one with "
+            "`python3 -c 'import base64, os; print(base64.b64encode(os.urandom(64)).decode())'`"
+        )
+    return api_key, api_secret
+
+
+def _extra_keys(table: _Table) -> list[_Table]:
+    """A client's `extra_keys`: tables of api_key and api_secret, each from any of its three sources."""
+    found = []
+    for i, item in enumerate(table.get("extra_keys", list, [])):
+        where = f"{table.key('extra_keys')}[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f'{where} must be a table: {{ api_key = "...", api_secret_file = "..." }}')
+        found.append(_Table(item, where, _CLIENT_KEY_KEYS))
+    return found
 
 
 def _check_limited(where: str, account: AccountConfig) -> None:
@@ -780,12 +998,13 @@ def _check_unique(accounts: Sequence[AccountConfig]) -> None:
         for j, client in enumerate(account.clients):
             where = f"accounts[{i}].clients[{j}]"
             _claim(clients, client.name, f"{where}.name", "client names must be unique across accounts")
-            _claim(
-                keys,
-                client.api_key,
-                f"{where}.api_key",
-                "a key belongs to one account, and a bot's key is never an exchange key; give each bot its own",
-            )
+            for k, key in enumerate(client.keys):
+                _claim(
+                    keys,
+                    key.api_key,
+                    f"{where}.api_key" if k == 0 else f"{where}.extra_keys[{k - 1}].api_key",
+                    "a key belongs to one account, and a bot's key is never an exchange key; give each bot its own",
+                )
 
 
 def _claim(seen: dict[str, str], value: str, key: str, rule: str) -> None:
@@ -1041,6 +1260,7 @@ class _Secrets:
         )
         self.places += [(str(d), d) for d in (DEFAULT_SECRETS_DIRS if secrets_dirs is None else secrets_dirs)]
         self.places.append(("the configuration's directory", base_dir))
+        self.places.append((f"its {CREDENTIALS_DIR}/ directory", base_dir / CREDENTIALS_DIR))
 
     def text(self, table: _Table, name: str) -> str:
         return self._required(table, name)[0]

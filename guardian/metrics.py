@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from guardian import __version__
+from guardian.push.hub import DROP_REASONS
 from guardian.stream.account import AccountStream
 from guardian.stream.state import Fill
 from guardian.switch import Switch, SwitchState
@@ -466,6 +467,28 @@ class Metrics:
             ["account", "kind"],
             registry=self.registry,
         )
+        # Push notifications ([[notify]]), by notifier name (from the configuration, never a URL).
+        self.notify_sent = Counter(
+            "guardian_notify_sent", "Notification messages delivered", ["notifier"], registry=self.registry
+        )
+        self.notify_failures = Counter(
+            "guardian_notify_failures",
+            "Notification delivery attempts that failed (no answer, refused, 4xx/5xx); retried with backoff",
+            ["notifier"],
+            registry=self.registry,
+        )
+        self.notify_dropped = Counter(
+            "guardian_notify_dropped",
+            "Notification messages never delivered, by reason: queue_full, failed (given up), shutdown",
+            ["notifier", "reason"],
+            registry=self.registry,
+        )
+        self.notify_folded = Counter(
+            "guardian_notify_folded",
+            "Events folded into another message of their kind and account (one per min_interval_s)",
+            ["notifier"],
+            registry=self.registry,
+        )
 
     def watch_limits(self, records: Callable[[], Iterable[LimitRecord]]) -> None:
         self.registry.register(LimitCollector(records))
@@ -502,6 +525,25 @@ class Metrics:
 
     def on_trip(self, account: str, limit: str) -> None:
         self.trips.labels(account, limit).inc()
+
+    def add_notifier(self, notifier: str) -> None:
+        """Every series of a notifier at 0, so its alert sees the first failure."""
+        for counter in (self.notify_sent, self.notify_failures, self.notify_folded):
+            counter.labels(notifier)
+        for reason in DROP_REASONS:
+            self.notify_dropped.labels(notifier, reason)
+
+    def on_notify_sent(self, notifier: str) -> None:
+        self.notify_sent.labels(notifier).inc()
+
+    def on_notify_failure(self, notifier: str) -> None:
+        self.notify_failures.labels(notifier).inc()
+
+    def on_notify_dropped(self, notifier: str, reason: str) -> None:
+        self.notify_dropped.labels(notifier, reason).inc()
+
+    def on_notify_folded(self, notifier: str) -> None:
+        self.notify_folded.labels(notifier).inc()
 
     def on_loop_lag(self, late_s: float) -> None:
         self.loop_lag.observe(late_s)

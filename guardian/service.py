@@ -5,6 +5,8 @@ start each account's switch. `READY=1` goes to systemd once the server listens a
 armed. Stop order (SIGTERM/SIGINT): `STOPPING=1`, readiness drops, the server stops accepting and gives
 in-flight requests `SHUTDOWN_GRACE_S` to finish, the switch beats end, then each account's `on_shutdown`
 runs (keep, disarm, or cancel then disarm) as the very last calls to the exchange, all within 10 s.
+The push notifiers (`[[notify]]`) hear of the stop as it begins; at its end their last messages get
+`NOTIFY_FLUSH_S` to leave.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -35,6 +37,8 @@ from guardian.kraken.times import to_iso
 from guardian.loopwatch import LoopWatch
 from guardian.metrics import Metrics
 from guardian.notify import Notifier
+from guardian.push import Pushes
+from guardian.push.watch import Watch
 from guardian.relay.fanout import AccountFeeds, PublicFeeds
 from guardian.relay.server import Relay
 from guardian.server import Runner
@@ -55,6 +59,7 @@ STREAMS_STOP_S = 2.0  # the links' close handshakes, all at once
 REPORT_INTERVAL_S = 0.25  # how often state changes are looked for (logs, STATUS=, READY=)
 JOURNAL_PROBE_S = 5.0  # while the journal cannot be written, how often a small write tries it again
 INSTRUMENTS_WAIT_S = 5.0  # at start, the streams wait this long at most for the contracts' first read
+NOTIFY_FLUSH_S = 2.0  # at the end of the stop, the notifiers' last messages get this long to leave
 
 SERVICE_KEY: web.AppKey[Service] = web.AppKey("service")
 
@@ -66,6 +71,10 @@ class Service:
         self.config = config
         self.notifier = notifier or Notifier()
         self.metrics = Metrics(self.switches, accounts=lambda: self.accounts)
+        # Push notifications: their own queues, tasks and HTTP session; telling never waits.
+        self.pushes = Pushes(config.notify, observer=self.metrics)
+        for pusher in config.notify:
+            self.metrics.add_notifier(pusher.name)
         self._wake = asyncio.Event()
         # Every account's switch beats on a loop of its own (a thread): no work of this loop delays it; it
         # stops refreshing if this loop stops turning (the loop watch says when it last did).
@@ -97,10 +106,11 @@ class Service:
             server=config.server,
         )
         self.halts = Halts(self.journal)  # the kill's follow-up watches, and the trips'
-        self.trips = Trips(self.journal, self.halts, on_trip=self.metrics.on_trip)
+        self.trips = Trips(self.journal, self.halts, on_trip=self._on_trip)
         # Each account's picture of itself (its private WebSocket, reconciled with REST), and one public
         # ticker link per exchange URL, shared by the accounts on it.
         self.streams = [self._stream(account) for account in self.accounts]
+        self.watch = Watch(self.pushes, self.accounts, lambda: self.url)  # what the notifiers are told
         self.metrics.watch_streams(lambda: self.streams)
         self.metrics.watch_limits(self.limit_records)
         self.tickers = self._ticker_links()
@@ -218,7 +228,10 @@ class Service:
         token = self.config.server.admin_token
         if token is not None:
             accounts = {account.name: account for account in self.accounts}
-            app.add_routes(Admin(token, accounts, self.journal, self.halts, self.trips).routes())
+            admin = _TellingAdmin(
+                token, accounts, self.journal, self.halts, self.trips, told=self.watch.admin_acted
+            )
+            app.add_routes(admin.routes())
         return app
 
     def _observe(self, trail: Trail, total_s: float) -> None:
@@ -260,6 +273,7 @@ class Service:
         host, port = self._runner.addresses[0][:2]
         self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         self.started_at = time.time()
+        await self.pushes.start()
         log.info(
             "guardian_listening",
             url=self.url,
@@ -277,6 +291,7 @@ class Service:
             asyncio.create_task(self.relay.run(), name="relay"),
         ]
         await self._start_streams()
+        self.watch.started(__version__)
 
     async def _start_streams(self) -> None:
         """Today's fills from the journal (so a restart does not reset the day), then the links (once the
@@ -374,6 +389,7 @@ class Service:
         self.stopping = True
         self.notifier.stopping("stopping: finishing requests, then " + self._policies())
         log.info("guardian_stopping", policies=self._policies())
+        self.watch.stopping(self._policies())
         await self.relay.close()  # bots' ws/v1 sockets would hold the server's shutdown
         if self._runner is not None:
             await self._runner.cleanup()  # stops accepting, waits SHUTDOWN_GRACE_S for in-flight ones
@@ -403,6 +419,7 @@ class Service:
             await self.journal.close()
         except JournalError as exc:  # the policies are done; what the journal lost is said, loudly
             log.error("journal_close_failed", error=str(exc))
+        await self.pushes.close(NOTIFY_FLUSH_S)  # they have been leaving meanwhile: the last ones, bounded
         self.notifier.close()
         log.info("guardian_stopped", policies_carried_out=all(results))
         return all(results)
@@ -460,6 +477,7 @@ class Service:
             ],
             "relay": self.relay.state_json(),
             "event_loop": {"longest_stall_s": round(self.loop_watch.longest_s, 4)},
+            "notify": self.pushes.state_json(),
         }
 
     def exposure_book(self, account: Account) -> exposure.Book:
@@ -532,6 +550,7 @@ class Service:
                 self._last_states.update(observed)
                 for account, previous, state in changes:
                     self._log_change(account, previous, state)
+                    self.watch.switch_changed(account, previous, state)
             line = self.status_line(observed)
             armed = all(state is SwitchState.ARMED for state in observed.values())
             # Ready may come with a change, or later with none (a journal that could not be written at
@@ -547,7 +566,11 @@ class Service:
                     await self._journal_switch(account, previous, state)
             await self._probe_journal()
             for policy in self.maintenance:
+                before = policy.account.mode
                 await policy.check()
+                if policy.account.mode is not before:
+                    self.watch.maintenance_moved(policy.account, before)
+            self.watch.each_pass(observed)
             for account in self.accounts:
                 if account.stream is not None:
                     account.stream.state.roll_day()  # a new UTC day: today's PnL starts again at 0
@@ -558,6 +581,13 @@ class Service:
                 async with asyncio.timeout(REPORT_INTERVAL_S):
                     await self._wake.wait()
             self._wake.clear()
+
+    def _on_trip(self, name: str, limit: str) -> None:
+        """A trip took effect: called by `Trips` right after the mode and the latch are set."""
+        self.metrics.on_trip(name, limit)
+        account = self.account(name)
+        if account is not None:
+            self.watch.tripped(account)
 
     async def _probe_journal(self) -> None:
         """While the journal cannot be written, try a small write now and then: it is healthy again (and
@@ -617,6 +647,29 @@ class Service:
             remaining_s=None if remaining is None else round(remaining, 3),
             last_error=switch.last_error,
         )
+
+
+class _TellingAdmin(Admin):
+    """The admin routes; what a person did through them (a kill, a mode change) is told to the notifiers."""
+
+    def __init__(
+        self,
+        *args: Any,
+        told: Callable[[str, int, Mapping[str, Any], Mapping[str, Any]], None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._told = told
+
+    async def kill(self, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        status, answer = await super().kill(doc)
+        self._told("kill", status, doc, answer)
+        return status, answer
+
+    async def set_mode(self, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        status, answer = await super().set_mode(doc)
+        self._told("mode", status, doc, answer)
+        return status, answer
 
 
 def _float(value: Decimal | None) -> float | None:

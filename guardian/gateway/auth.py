@@ -1,5 +1,6 @@
 """Local keys: bots sign their requests to guardian exactly as they would sign them to Kraken, with the
-local secret of their `[[accounts.clients]]` entry. A key belongs to one account; its permissions are
+local secret of their `[[accounts.clients]]` entry (its api_key, or one of its extra_keys while a key is
+rotated: each as valid as the other). A key belongs to one account; its permissions are
 `read`, `trade` and/or `settings`. A nonce, when sent, must not repeat or fall more than a few seconds (in the
 client's own unit) below the highest one that key sent, as at the exchange."""
 
@@ -13,6 +14,7 @@ from guardian.gateway.refusal import Refusal
 from guardian.kraken.endpoints import Endpoint, Permission
 from guardian.kraken.nonces import NonceWindow, tolerance_for
 from guardian.kraken.signing import post_data_candidates, verify
+from guardian.secret import ApiSecret
 
 NONCE_TOLERANCE_S = 3.0
 MAX_NONCE_DIGITS = 20
@@ -36,10 +38,12 @@ class LocalKeys:
     def __init__(
         self, accounts: Iterable[AccountConfig], *, nonce_tolerance_s: float = NONCE_TOLERANCE_S
     ) -> None:
-        self._keys: dict[str, Caller] = {}
+        # Every key of every bot (a bot has several while one is rotated), and the secret that key signs with.
+        self._keys: dict[str, tuple[Caller, ApiSecret]] = {}
         for account in accounts:
             for client in account.clients:
-                self._keys[client.api_key] = Caller(account.name, client)
+                for key in client.keys:
+                    self._keys[key.api_key] = (Caller(account.name, client), key.api_secret)
         self._nonces: dict[str, NonceWindow] = {}
         self.nonce_tolerance_s = nonce_tolerance_s
 
@@ -59,7 +63,7 @@ class LocalKeys:
                 "this endpoint needs the APIKey and Authent headers: sign the request with your bot's local "
                 "key and secret exactly as for Kraken",
             )
-        caller = self._keys.get(api_key)
+        found = self._keys.get(api_key)
         nonce = headers.get("Nonce")
         # isdigit alone also accepts `¹` (which int() refuses) and non-ASCII digits such as `١٢`.
         if nonce is not None and not (nonce.isascii() and nonce.isdigit() and len(nonce) <= MAX_NONCE_DIGITS):
@@ -67,8 +71,8 @@ class LocalKeys:
                 "authenticationError",
                 f"the Nonce header must be a whole number of at most {MAX_NONCE_DIGITS} digits 0-9",
             )
-        if caller is None or not verify(
-            caller.client.api_secret.key_bytes(),
+        if found is None or not verify(
+            found[1].key_bytes(),
             post_data_candidates(query, body),
             nonce,
             path or ep.path,
@@ -80,6 +84,7 @@ class LocalKeys:
                 "unknown APIKey or a signature that does not match: Authent = base64(HMAC-SHA512(base64decode("
                 "local secret), SHA256(postData + Nonce + path without /derivatives))), over the bytes sent",
             )
+        caller = found[0]
         if nonce is not None:
             value = int(nonce)
             problem = self._nonces.setdefault(api_key, NonceWindow()).check(

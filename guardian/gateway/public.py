@@ -82,12 +82,13 @@ class PublicGate:
     ) -> None:
         self._clock = clock
         self.total = TokenBucket(total_per_s, total_burst, clock)
-        self._bots: dict[str, tuple[str, TokenBucket]] = {
-            client.api_key: (
-                client.name,
-                TokenBucket(client.public_rate_limit, client.public_burst_size, clock),
-            )
+        # Each bot's bucket, under every key it has (a bot rotating its key has two: one budget).
+        buckets = {
+            client.name: TokenBucket(client.public_rate_limit, client.public_burst_size, clock)
             for client in clients
+        }
+        self._bots: dict[str, tuple[str, TokenBucket]] = {
+            key.api_key: (client.name, buckets[client.name]) for client in clients for key in client.keys
         }
         self.unlabelled = TokenBucket(DEFAULT_BOT_PUBLIC_RATE_LIMIT, DEFAULT_BOT_PUBLIC_BURST, clock)
         self._cache: dict[tuple[str, str], _Cached] = {}

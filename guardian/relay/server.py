@@ -204,10 +204,18 @@ class Relay:
         self.requests_per_s = requests_per_s
         self.max_connections = config.server.ws_max_connections
         self.send_buffer_bytes = SEND_BUFFER_BYTES
+        # Every key of every bot (a bot rotating its key has two), each with its own secret.
         self.keys: dict[str, Caller] = {
-            client.api_key: Caller(account.name, client)
+            key.api_key: Caller(account.name, client)
             for account in config.accounts
             for client in account.clients
+            for key in client.keys
+        }
+        self._secrets = {
+            key.api_key: key.api_secret
+            for account in config.accounts
+            for client in account.clients
+            for key in client.keys
         }
         self.connections: set[Connection] = set()
         self.closing = False
@@ -357,14 +365,13 @@ class Relay:
         """The bot, or None (logged with the reason; the bot only hears AUTH_FAILED)."""
         api_key, original = doc.get("api_key"), doc.get("original_challenge")
         caller = self.keys.get(api_key) if isinstance(api_key, str) else None
+        secret = self._secrets.get(api_key) if isinstance(api_key, str) else None
         why: str | None = None
-        if caller is None:
+        if caller is None or secret is None:
             why = "unknown key"
         elif not isinstance(original, str) or conn.challenges.get(original) != api_key:
             why = "a challenge this connection was not given for that key"
-        elif not verify_challenge(
-            caller.client.api_secret.key_bytes(), original, doc.get("signed_challenge")
-        ):
+        elif not verify_challenge(secret.key_bytes(), original, doc.get("signed_challenge")):
             why = "a signature that does not match"
         elif Permission.READ not in caller.client.permissions:
             why = "the key has no read permission"
