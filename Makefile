@@ -33,13 +33,19 @@ run: $(VENV)/.run
 	$(BIN)/guardian run --sim --listen $(LISTEN)
 
 # Debian packages the tests run for real: a Prometheus server and promtool (metrics and alert tests),
-# systemd-analyze (the unit's tests; it installs and works without systemd as PID 1), and chromium (the status
-# page's tests drive it with Playwright: no browser is downloaded).
+# systemd-analyze (the unit's tests; it installs and works without systemd as PID 1), chromium (the status
+# page's tests drive it with Playwright: no browser is downloaded), and podman with runc, catatonit (compose's
+# `init: true`) and debootstrap (tests/test_container.py builds the image over a debootstrapped Debian and runs
+# it; runc and debootstrap are in /usr/sbin).
 tools:
 	@missing=""; \
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || missing=" prometheus"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v podman >/dev/null || missing="$$missing podman"; \
+	command -v runc >/dev/null || [ -x /usr/sbin/runc ] || missing="$$missing runc"; \
+	command -v catatonit >/dev/null || missing="$$missing catatonit"; \
+	command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
 	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
