@@ -127,49 +127,27 @@ def position_rows(exchange: Exchange, acct: Account) -> list[dict[str, Any]]:
     for symbol, position in acct.positions.items():
         instrument = exchange.market.instrument(symbol)
         assert instrument is not None
-        if instrument.inverse:
-            rows.append(_inverse_position_row(exchange, acct, symbol, position, instrument))
-            continue
-        quote = exchange.market.quotes[symbol]
-        pnl = exchange.position_pnl(symbol, position)
-        notional = abs(position.size) * quote.mark
-        initial = notional / instrument.max_leverage
-        equity = acct.balance + exchange.unrealized(acct)
-        orders = exchange.orders_margin(acct, symbol)
-        rows.append(
-            {
-                "instrument": symbol,
-                "balance": num(position.size),
-                "pnl": num(pnl),
-                "entry_price": num(position.price),
-                "mark_price": num(quote.mark),
-                "index_price": num(quote.index),
-                "liquidation_threshold": num(exchange.liquidation_price(acct, symbol)),
-                "effective_leverage": num(notional / equity) if equity > 0 else 0,
-                "return_on_equity": num(pnl / initial * 100) if initial else 0,
-                "unrealized_funding": 0,
-                "initial_margin": num(initial),
-                "initial_margin_with_orders": num(initial + orders),
-                "maintenance_margin": num(initial / 2),
-                "pnl_currency": "USD",
-            }
-        )
+        rows.append(_position_row(exchange, acct, symbol, position, instrument))
     return rows
 
 
-def _inverse_position_row(
+def _position_row(
     exchange: Exchange, acct: Account, symbol: str, position: Position, instrument: Instrument
 ) -> dict[str, Any]:
-    """An inverse contract's position: PnL, margins and leverage in the base currency of its margin
-    account, and no `pnl_currency` (the ws reference: absent for inverse contracts)."""
+    """One position: PnL, margins and leverage in its margin currency: USD in the flex account for a linear
+    contract (`pnl_currency` USD), the base currency of its own margin account for an inverse one (no
+    `pnl_currency`: the ws reference says it is absent for inverse contracts)."""
     quote = exchange.market.quotes[symbol]
     pnl = exchange.position_pnl(symbol, position)
     value = abs(instrument.math.value(position.size, instrument.contract_size, quote.mark))
     initial = value / instrument.max_leverage
-    name = instrument.margin_account
-    equity = exchange.balance(acct, name) + exchange.unrealized(acct, name)
+    if instrument.inverse:
+        name = instrument.margin_account
+        equity = exchange.balance(acct, name) + exchange.unrealized(acct, name)
+    else:
+        equity = acct.balance + exchange.unrealized(acct)
     orders = exchange.orders_margin(acct, symbol)
-    return {
+    row = {
         "instrument": symbol,
         "balance": num(position.size),
         "pnl": num(pnl),
@@ -184,6 +162,9 @@ def _inverse_position_row(
         "initial_margin_with_orders": num(initial + orders),
         "maintenance_margin": num(initial / 2),
     }
+    if not instrument.inverse:
+        row["pnl_currency"] = "USD"
+    return row
 
 
 def positions_message(exchange: Exchange, acct: Account, *, snapshot: bool = False) -> dict[str, Any]:
