@@ -8,7 +8,6 @@ import concurrent.futures
 import contextlib
 import enum
 import math
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
@@ -329,7 +328,7 @@ class Account:
         found = self.instruments
         if found.loaded_at is None:
             return None
-        expired = sum(1 for c in found.contracts.values() if c.expired(time.time(), found.expiry_margin_s))
+        expired = len(found.expired())
         return {"judged": len(found.contracts) - expired, "unjudged": len(found.unjudged), "expired": expired}
 
     def as_json(self) -> dict[str, object]:

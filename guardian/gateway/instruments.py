@@ -124,16 +124,20 @@ class Instruments:
             )
         return None
 
+    def expired(self) -> list[str]:
+        """The listed contracts past their last trading time (less `expiry_margin_s`), sorted."""
+        now = self._clock()
+        return sorted(s for s, c in self.contracts.items() if c.expired(now, self.expiry_margin_s))
+
     def snapshot(self) -> dict[str, object]:
         """For `/guardian/state`: how many contracts are judged, and the symbols that are not, with why."""
-        now = self._clock()
         shown = dict(sorted(self.unjudged.items())[:MAX_UNJUDGED_SHOWN])
         return {
             "loaded_at": None if self.loaded_at is None else to_iso(self.loaded_at),
             "contracts": len(self.contracts),
             "unjudged": shown,
             "unjudged_count": len(self.unjudged),
-            "expired": sorted(s for s, c in self.contracts.items() if c.expired(now, self.expiry_margin_s)),
+            "expired": self.expired(),
             "last_error": self.last_error,
         }
 
