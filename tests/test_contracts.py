@@ -401,3 +401,34 @@ def test_the_gross_notional_counts_inverse_orders_and_positions_at_face_value_an
 @pytest.mark.parametrize("contract", [PI, PF, BIG])
 def test_notional_is_linear_in_size(contract: Contract) -> None:
     assert contract.notional(D(4), D(100)) == 4 * contract.notional(D(1), D(100))
+
+
+async def test_a_failed_read_is_retried_soon_and_backs_off_no_further_than_its_cap() -> None:
+    """The exchange down at start: every new order is refused until the list is read, so the retries
+    must not grow to the refresh interval (pure unit: a client that fails five times)."""
+    import asyncio
+    import time
+
+    from guardian.errors import ExchangeError
+
+    class Failing:
+        def __init__(self) -> None:
+            self.calls: list[float] = []
+
+        async def instruments(self) -> list[Any]:
+            self.calls.append(time.monotonic())
+            if len(self.calls) <= 5:
+                raise ExchangeError("exchange down")
+            return ROWS
+
+    client = Failing()
+    found = Instruments(client, refresh_s=3600.0, clock=lambda: DAY)  # type: ignore[arg-type]
+    task = asyncio.create_task(found.run(first_s=0.05, max_s=0.08))
+    try:
+        assert await found.wait_loaded(5.0)
+    finally:
+        task.cancel()
+    gaps = [b - a for a, b in zip(client.calls, client.calls[1:], strict=False)]
+    assert len(client.calls) == 6 and found.failures == 5 and found.last_error is None
+    assert gaps[0] >= 0.04 and all(g < 0.3 for g in gaps)  # doubling would reach 0.8 s: capped
+    assert found.judge("PI_XBTUSD") is None

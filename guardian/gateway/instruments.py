@@ -26,7 +26,10 @@ from guardian.kraken.times import to_iso
 
 log = structlog.get_logger("guardian.instruments")
 
-RETRY_FIRST_S: Final = 1.0  # a failed read is retried after this, doubling up to the refresh interval
+RETRY_FIRST_S: Final = 1.0  # a failed read is retried after this, doubling up to RETRY_MAX_S
+# Until the first read, every new order is refused: an exchange back from an outage is read again within
+# this long, not after a backoff grown to the refresh interval.
+RETRY_MAX_S: Final = 30.0
 MAX_UNJUDGED_SHOWN: Final = 50  # in /guardian/state; the log has them all
 
 
@@ -156,13 +159,14 @@ class Instruments:
         self.last_error = None
         return True
 
-    async def run(self) -> None:
-        """Read now, again after a failure (backing off), and every `refresh_s` after a success."""
-        wait = RETRY_FIRST_S
+    async def run(self, first_s: float = RETRY_FIRST_S, max_s: float = RETRY_MAX_S) -> None:
+        """Read now, again after a failure (backing off from `first_s` to `max_s`), and every `refresh_s`
+        after a success."""
+        wait = first_s
         while True:
             if await self.read_once():
-                wait = RETRY_FIRST_S
+                wait = first_s
                 await asyncio.sleep(self.refresh_s)
             else:
-                await asyncio.sleep(min(wait, self.refresh_s))
-                wait = min(wait * 2, self.refresh_s)
+                await asyncio.sleep(min(wait, max_s, self.refresh_s))
+                wait = min(wait * 2, max_s)
