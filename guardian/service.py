@@ -282,6 +282,7 @@ class Service:
         )
         self._tasks = [asyncio.create_task(self.loop_watch.run(), name="loop-watch")]
         self.loop_watch.last_wake = time.monotonic()
+        await self._record_start()
         self.switch_loop.start()
         for account in self.accounts:
             await account.start()
@@ -541,16 +542,7 @@ class Service:
         sent to systemd is the states that were seen, in order, even if a switch moves on meanwhile."""
         while True:
             observed = {account.name: self._observe_switch(account) for account in self.accounts}
-            changes = [
-                (account, self._last_states.get(account.name), observed[account.name])
-                for account in self.accounts
-                if observed[account.name] is not self._last_states.get(account.name)
-            ]
-            if changes:
-                self._last_states.update(observed)
-                for account, previous, state in changes:
-                    self._log_change(account, previous, state)
-                    self.watch.switch_changed(account, previous, state)
+            changes = self._changes(observed)
             line = self.status_line(observed)
             armed = all(state is SwitchState.ARMED for state in observed.values())
             # Ready may come with a change, or later with none (a journal that could not be written at
@@ -588,6 +580,31 @@ class Service:
         account = self.account(name)
         if account is not None:
             self.watch.tripped(account)
+
+    def _changes(
+        self, observed: Mapping[str, SwitchState]
+    ) -> list[tuple[Account, SwitchState | None, SwitchState]]:
+        """The switches whose state moved since the last look: logged and told to the watch now (the
+        journal rows are the caller's, after systemd has heard)."""
+        changes = [
+            (account, self._last_states.get(account.name), observed[account.name])
+            for account in self.accounts
+            if observed[account.name] is not self._last_states.get(account.name)
+        ]
+        if changes:
+            self._last_states.update(observed)
+            for account, previous, state in changes:
+                self._log_change(account, previous, state)
+                self.watch.switch_changed(account, previous, state)
+        return changes
+
+    async def _record_start(self) -> None:
+        """Every switch's first state (`starting`: no beat has run yet), seen and journaled before the
+        switch thread starts, so the journal's story of each switch begins where the switch did, however
+        fast the first refresh arms it."""
+        observed = {account.name: self._observe_switch(account) for account in self.accounts}
+        for account, previous, state in self._changes(observed):
+            await self._journal_switch(account, previous, state)
 
     async def _probe_journal(self) -> None:
         """While the journal cannot be written, try a small write now and then: it is healthy again (and

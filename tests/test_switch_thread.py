@@ -12,7 +12,12 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+
+from guardian.account import Account
+from guardian.journal import read_journal
 from guardian.kraken.times import parse_iso
 from guardian.sim.app import Simulator
 from guardian.sim.market import Market
@@ -88,3 +93,30 @@ async def test_a_main_loop_that_stops_turning_stops_the_refreshes_and_they_resum
             # Turning again, the main loop lets the refreshes go out: armed within a beat or two.
             await wait_for(lambda: account.switch.state is SwitchState.ARMED, 5.0, "armed again")
             assert refreshes_between(simulator, held_to, time.time()) >= 1
+
+
+async def test_the_journal_tells_each_switch_from_its_start_however_fast_it_arms(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The switch thread can arm a switch before the main loop's reporter first looks (here an account's
+    start takes half a second, as a slow first read would): the journal still begins with `starting`."""
+    slow = Account.start
+
+    async def slow_start(self: Account) -> None:
+        await slow(self)
+        time.sleep(0.5)  # noqa: ASYNC251 (the main loop held while the switch thread arms, on purpose)
+
+    monkeypatch.setattr(Account, "start", slow_start)
+    journal = tmp_path / "journal.sqlite3"
+    with sim_on_its_own_thread() as simulator:
+        async with serving(account_config(simulator.url), journal=journal) as service:
+            account = service.accounts[0]
+            await wait_for(lambda: account.switch.state is SwitchState.ARMED, what="armed")
+            assert refreshes_between(simulator, 0, time.time()) >= 1
+
+            def states() -> list[str]:
+                rows = read_journal(journal)
+                return [r["detail"]["state"] for r in rows if r.get("kind") == "switch_state"]
+
+            await wait_for(lambda: len(states()) >= 2, what="two journaled states")
+            assert states()[:2] == ["starting", "armed"]
