@@ -451,7 +451,7 @@ def test_the_tolerance_is_the_same_span_of_time_in_every_unit_whatever_the_clock
     assert tolerance_for(nonce, seconds, now=now) == int(seconds * UNITS[unit])
 
 
-@pytest.mark.parametrize("nonce", ["1", "42", str(int(time.time()))])
+@pytest.mark.parametrize("nonce", ["1", "42", str(int(time.time()))], ids=["one", "counter", "seconds_now"])
 def test_a_counter_or_seconds_gets_no_tolerance(nonce: str) -> None:
     assert tolerance_for(int(nonce), 3.0) == 0
 
