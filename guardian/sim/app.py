@@ -31,7 +31,7 @@ from guardian.ratelimit import CostBudget
 from guardian.secret import ApiSecret
 from guardian.sim import figures, history
 from guardian.sim.exchange import DEFAULT_MARGIN_BALANCES, Account, Exchange, SimError
-from guardian.sim.faults import Fault, FaultTable
+from guardian.sim.faults import WS_ENDPOINT, Fault, FaultTable
 from guardian.sim.market import Market, default_instruments
 from guardian.sim.market_data import MarketData
 from guardian.sim.preferences import Preferences
@@ -137,7 +137,7 @@ class Simulator:
         self._ticker: asyncio.Task[None] | None = None
         self.url = ""
         self.ws_url = ""
-        self.stream = StreamServer(self.exchange, self.keys, stream or StreamSettings())
+        self.stream = StreamServer(self.exchange, self.keys, stream or StreamSettings(), self.faults)
         self.app = self._build_app()
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -579,7 +579,7 @@ class Simulator:
 
     async def _ctl_add_fault(self, request: web.Request) -> web.Response:
         fault = Fault.from_json(await self._json(request))
-        if fault.endpoint != "*" and fault.endpoint not in ep.BY_NAME:
+        if fault.endpoint not in ("*", WS_ENDPOINT) and fault.endpoint not in ep.BY_NAME:
             raise ValueError(f"unknown endpoint {fault.endpoint!r}")
         self.faults.add(fault)
         return web.json_response({"faults": self.faults.snapshot()})

@@ -8,17 +8,23 @@ for the next `times` requests. Kinds:
 - `status`: answer HTTP `status` (a 5xx usually) with a non-JSON body;
 - `hang`: never answer (until the fault is cleared or the simulator stops);
 - `drop`: close the connection without answering;
-- `lose`: act on the request (the order is placed), then never answer: the answer is lost on its way.
+- `lose`: act on the request (the order is placed), then never answer: the answer is lost on its way;
+- `stall` (endpoint `ws`, the WebSocket `/ws/v1`, and only there): every connection, and any new one, goes
+  silent both ways while the fault is set: nothing is sent (no message, no heartbeat), no ping is answered,
+  no request is acted on, and the TCP connection stays open. Clearing the fault resumes them and delivers
+  what was held.
 
 The clock offset (what the exchange reports as its time) is kept by the exchange itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Final
 
-FAULT_KINDS = ("latency", "error", "status", "hang", "drop", "lose")
+FAULT_KINDS = ("latency", "error", "status", "hang", "drop", "lose", "stall")
+WS_ENDPOINT: Final = "ws"  # the WebSocket, for the `stall` fault
 
 
 @dataclass(slots=True)
@@ -33,6 +39,12 @@ class Fault:
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"kind must be one of {', '.join(FAULT_KINDS)}")
+        if (self.kind == "stall") != (self.endpoint == WS_ENDPOINT):
+            raise ValueError(
+                f'the WebSocket takes one fault, a stall: endpoint "{WS_ENDPOINT}", kind "stall"'
+            )
+        if self.kind == "stall" and self.times is not None:
+            raise ValueError("a stall lasts until it is cleared: no times")
         if self.latency_s < 0 or self.latency_s > 3600:
             raise ValueError("latency_s must be between 0 and 3600")
         if not 100 <= self.status <= 599:
@@ -73,18 +85,35 @@ class FaultTable:
 
     def __init__(self) -> None:
         self._faults: list[Fault] = []
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, changed: Callable[[], None]) -> None:
+        """Call `changed` after every add and clear (the WebSocket server follows its stall this way)."""
+        self._watchers.append(changed)
 
     def add(self, fault: Fault) -> None:
         self._faults.append(fault)
+        self._changed()
 
     def clear(self, endpoint: str | None = None) -> None:
         if endpoint is None:
             self._faults.clear()
         else:
             self._faults = [f for f in self._faults if f.endpoint != endpoint]
+        self._changed()
+
+    def _changed(self) -> None:
+        for changed in self._watchers:
+            changed()
+
+    @property
+    def ws_stalled(self) -> bool:
+        return any(f.kind == "stall" for f in self._faults)
 
     def take(self, endpoint: str) -> Fault | None:
         for fault in self._faults:
+            if fault.kind == "stall":  # the WebSocket's: no HTTP request takes it
+                continue
             if fault.endpoint in (endpoint, "*"):
                 if fault.times is not None:
                     fault.times -= 1

@@ -11,7 +11,8 @@ Protocol pings are answered (by hand, so that a stall can withhold the pongs too
 Each connection holds one bounded subscription to the exchange's event bus. Everything it sends
 (acks, snapshots, deltas, tickers, heartbeats) goes through that one queue, so it leaves in the order it
 was produced; a connection whose queue overflows is closed (code 1008) rather than allowed to hold the
-exchange back. The controls (`drop_all`, `stall`, `resume`, `refuse`, `accept`) act on every connection.
+exchange back. The controls (`drop_all`, `stall`, `resume`, `refuse`, `accept`) act on every connection;
+the fault table's `stall` fault (endpoint `ws`) stalls them all while it is set (`follow`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from guardian.kraken.signing import verify_challenge
 from guardian.kraken.times import parse_iso
 from guardian.sim import feeds
 from guardian.sim.events import Event, Overflow, Subscription
+from guardian.sim.faults import FaultTable
 
 if TYPE_CHECKING:
     from guardian.sim.app import SimKey
@@ -90,10 +92,19 @@ class PublicFeed:
 class StreamServer:
     """Every `/ws/v1` connection of one simulator, and the controls that act on all of them."""
 
-    def __init__(self, exchange: Exchange, keys: Mapping[str, SimKey], settings: StreamSettings) -> None:
+    def __init__(
+        self,
+        exchange: Exchange,
+        keys: Mapping[str, SimKey],
+        settings: StreamSettings,
+        faults: FaultTable | None = None,
+    ) -> None:
         self.exchange = exchange
         self.keys = keys
         self.settings = settings
+        self._fault_stall = False  # stalled by a `stall` fault (cleared with it), not by the control
+        if faults is not None:
+            faults.watch(lambda: self.follow(faults))
         self.connections: set[Connection] = set()
         self.challenges: dict[str, str] = {}  # challenge -> api_key, when not per connection
         self.stalled = False
@@ -132,6 +143,16 @@ class StreamServer:
             conn.flow.clear()
         log.info("sim_ws_stalled", connections=len(self.connections))
         return len(self.connections)
+
+    def follow(self, faults: FaultTable) -> None:
+        """The fault table changed: a `stall` fault on `ws` stalls every connection until it is cleared."""
+        wanted = faults.ws_stalled
+        if wanted and not self._fault_stall:
+            self._fault_stall = True
+            self.stall()
+        elif not wanted and self._fault_stall:
+            self._fault_stall = False
+            self.resume()
 
     def resume(self) -> int:
         self.stalled = False

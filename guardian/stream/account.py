@@ -121,6 +121,7 @@ class AccountStream:
             config.api_key,
             config.api_secret,
             link_timeout_s=self.settings.link_timeout_s,
+            liveness_timeout_s=self.settings.liveness_timeout_s,
             on_message=self._apply,
             on_connected=self.reconcile_soon,
             on_state=self._link_changed,

@@ -3,9 +3,13 @@ link per exchange URL. Each is a small state machine with one loop, in which rec
 path: connect, (authenticate,) subscribe, read until the link goes quiet or closes, wait a jittered,
 capped backoff, and again.
 
-- Keepalive as Kraken's own sample does: protocol pings every 30 s (aiohttp's `heartbeat`), plus the
-  `heartbeat` feed. No message for `link_timeout_s` means the link is down (a stalled link answers
-  neither), and it is dropped and made again, with a fresh challenge and fresh snapshots.
+- Liveness: anything received (a message, a ping, a pong) is life. After half of `liveness_timeout_s`
+  in silence the link sends a protocol ping; silent for the whole of it, the link is declared down
+  (`stream_link_stalled`), dropped and made again, with a fresh challenge and fresh snapshots. A stalled
+  socket (TCP open, nothing flowing, no pong) is noticed within that bound (4 s by default), not after
+  `link_timeout_s`. A quiet link that answers its pings stays up.
+- The `heartbeat` feed is subscribed too: no *message* (data or heartbeat) for `link_timeout_s` means
+  the link is down as well (a server that answers pings but whose feeds stopped).
 - The private link authenticates by the challenge flow (`guardian.kraken.signing.sign_challenge`); an
   `alert` (a refused key or signature) ends the attempt with its reason, and it is tried again after the
   backoff, loudly.
@@ -27,6 +31,7 @@ import aiohttp
 import structlog
 
 from guardian import jsonslice
+from guardian.config import DEFAULT_LIVENESS_TIMEOUT_S
 from guardian.kraken.signing import sign_challenge
 from guardian.kraken.times import to_iso
 from guardian.secret import ApiSecret
@@ -34,7 +39,6 @@ from guardian.secret import ApiSecret
 log = structlog.get_logger("guardian.stream")
 
 PRIVATE_FEEDS: Final = ("open_orders", "open_positions", "fills", "balances", "notifications_auth")
-PING_INTERVAL_S: Final = 30.0  # Kraken's sample client: protocol pings every 30 s
 BACKOFF_FIRST_S: Final = 0.5
 BACKOFF_MAX_S: Final = 30.0
 MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024
@@ -60,6 +64,7 @@ class LinkStatus:
     last_message_at: float | None = None  # monotonic
     reconnects: int = 0  # connections made after the first
     connections: int = 0
+    stalls: int = 0  # connections declared down for silence (liveness_timeout_s)
     last_error: str | None = None
 
     def as_json(self, now: float | None = None) -> dict[str, Any]:
@@ -70,6 +75,7 @@ class LinkStatus:
             "connected_since": None if self.connected_since is None else to_iso(self.connected_since),
             "last_message_age_s": age,
             "reconnects": self.reconnects,
+            "stalls": self.stalls,
             "last_error": self.last_error,
         }
 
@@ -91,6 +97,7 @@ class Link:
         url: str,
         *,
         link_timeout_s: float,
+        liveness_timeout_s: float = DEFAULT_LIVENESS_TIMEOUT_S,
         on_message: Callable[[Mapping[str, Any]], Awaitable[None] | None],
         on_connected: Callable[[], Awaitable[None] | None] | None = None,
         on_state: Callable[[LinkState, LinkState], None] | None = None,
@@ -98,7 +105,11 @@ class Link:
         self.name = name
         self.url = url
         self.link_timeout_s = link_timeout_s
+        self.liveness_timeout_s = liveness_timeout_s
         self.status = LinkStatus()
+        self._heard_at = 0.0  # monotonic: the last frame of any kind on this connection
+        self._data_at = 0.0  # monotonic: the last message (or the connection's start)
+        self._pinged = False  # a ping went out in the current silence
         self._on_message = on_message
         self._on_connected = on_connected
         self._on_state = on_state
@@ -145,18 +156,20 @@ class Link:
         while True:
             self._set(LinkState.RECONNECTING)
             try:
-                await self._serve(session)
-                reason = "closed by the exchange"
-            except LinkError as exc:
-                reason = str(exc)
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"[:300]
+                try:
+                    await self._serve(session)
+                    reason = "closed by the exchange"
+                except LinkError as exc:
+                    reason = str(exc)
+                except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                    reason = f"{type(exc).__name__}: {exc}"[:300]
+                attempt = 0 if self.status.state is LinkState.CONNECTED else attempt + 1
+                # Down before the socket is closed: a stalled exchange's close frame is waited for (1 s).
+                self._set(LinkState.DOWN, error=reason)
             finally:
                 ws, self._ws = self._ws, None
                 if ws is not None and not ws.closed:
                     await ws.close()
-            attempt = 0 if self.status.state is LinkState.CONNECTED else attempt + 1
-            self._set(LinkState.DOWN, error=reason)
             await asyncio.sleep(backoff_s(attempt))
 
     async def drop(self) -> None:
@@ -167,12 +180,15 @@ class Link:
     async def _serve(self, session: aiohttp.ClientSession) -> None:
         self._ws = ws = await session.ws_connect(
             self.url,
-            heartbeat=PING_INTERVAL_S,
             # A close waits at most a second for the exchange's answer: a shutdown never hangs on it.
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=1.0),
             max_msg_size=MAX_MESSAGE_BYTES,
-            autoping=True,
+            # No aiohttp heartbeat: this link pings when silent and judges the silence itself (`_frame`),
+            # so it sees the pongs (life) and answers the exchange's pings.
+            autoping=False,
         )
+        self._heard_at = self._data_at = time.monotonic()
+        self._pinged = False
         await self._open(ws)
         self._set(LinkState.CONNECTED)
         if self._on_connected is not None:
@@ -186,14 +202,11 @@ class Link:
                 await handled
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> Mapping[str, Any]:
-        """The next JSON object; LinkError when the link is quiet for link_timeout_s or closes."""
+        """The next JSON object; LinkError when the link closes or goes silent (`_frame`)."""
         while True:
-            try:
-                frame = await ws.receive(timeout=self.link_timeout_s)
-            except TimeoutError:
-                raise LinkError(f"no message for {self.link_timeout_s:g} s: the link is stalled") from None
+            frame = await self._frame(ws)
             if frame.type is aiohttp.WSMsgType.TEXT:
-                self.status.last_message_at = time.monotonic()
+                self.status.last_message_at = self._data_at = time.monotonic()
                 try:  # a snapshot of thousands of orders is read in slices: the loop keeps its turns
                     doc = await jsonslice.loads(frame.data)
                 except ValueError:
@@ -206,7 +219,57 @@ class Link:
                 raise LinkError(f"closed by the exchange (code {ws.close_code})")
             if frame.type is aiohttp.WSMsgType.ERROR:
                 raise LinkError(f"connection error: {ws.exception()}")
-            # PING/PONG are handled by aiohttp (autoping); binary frames are not Kraken's
+            if frame.type is aiohttp.WSMsgType.PING:
+                await ws.pong(frame.data if isinstance(frame.data, bytes) else b"")
+            # a PONG was life, and nothing more; binary frames are not Kraken's
+
+    async def _frame(self, ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
+        """The next frame of any kind: each is life. After half of liveness_timeout_s in silence a ping
+        goes out; silent for all of it, or with no message for link_timeout_s, the link is down. Silence is
+        judged only when a read finds nothing: frames that came while a large message was being applied
+        are read first, and count."""
+        half = self.liveness_timeout_s / 2
+        while True:
+            now = time.monotonic()
+            if not self._pinged and now - self._heard_at >= half:
+                self._pinged = True
+                try:  # a socket that cannot take a few bytes within the bound is as stalled as a silent one
+                    async with asyncio.timeout(half):
+                        await ws.ping()
+                except TimeoutError:
+                    raise self._stalled("the ping could not be sent") from None
+                now = time.monotonic()
+            due = min(
+                self._heard_at + (self.liveness_timeout_s if self._pinged else half),
+                self._data_at + self.link_timeout_s,
+            )
+            try:
+                frame = await ws.receive(timeout=max(due - now, 0.001))
+            except TimeoutError:
+                now = time.monotonic()
+                if now - self._heard_at >= self.liveness_timeout_s:
+                    raise self._stalled("no message, no pong") from None
+                if now - self._data_at >= self.link_timeout_s:
+                    raise LinkError(
+                        f"no message for {self.link_timeout_s:g} s: the link is stalled"
+                    ) from None
+                continue
+            self._heard_at = time.monotonic()
+            self._pinged = False
+            return frame
+
+    def _stalled(self, what: str) -> LinkError:
+        """The link said nothing for liveness_timeout_s: counted, logged once, and the attempt's end."""
+        silent_s = time.monotonic() - self._heard_at
+        self.status.stalls += 1
+        log.warning(
+            "stream_link_stalled",
+            link=self.kind,
+            name=self.name,
+            silent_s=round(silent_s, 3),
+            liveness_timeout_s=self.liveness_timeout_s,
+        )
+        return LinkError(f"silent for {silent_s:.1f} s ({what}): the link is stalled")
 
     async def _expect(self, ws: aiohttp.ClientWebSocketResponse, event: str) -> Mapping[str, Any]:
         """Read until an `event` message, handing feed messages on; LinkError on an alert or error."""
