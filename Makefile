@@ -33,6 +33,7 @@ run: $(VENV)/.run
 	$(BIN)/guardian run --sim --listen $(LISTEN)
 
 # Debian packages the tests run for real: a Prometheus server and promtool (metrics and alert tests),
+# Alertmanager and amtool (its config is checked; a fired alert goes through it to a webhook),
 # systemd-analyze (the unit's tests; it installs and works without systemd as PID 1), chromium (the status
 # page's tests drive it with Playwright: no browser is downloaded), and podman with runc, catatonit (compose's
 # `init: true`) and debootstrap (tests/test_container.py builds the image over a debootstrapped Debian and runs
@@ -40,6 +41,7 @@ run: $(VENV)/.run
 tools:
 	@missing=""; \
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || missing=" prometheus"; \
+	command -v prometheus-alertmanager >/dev/null && command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v podman >/dev/null || missing="$$missing podman"; \
@@ -60,8 +62,10 @@ lint: $(VENV)/.test
 typecheck: $(VENV)/.test
 	$(BIN)/mypy guardian
 
+# Two workers (pytest-xdist), each taking whole test files: most of the suite's time is waiting (switch
+# timers, real subprocesses, podman), so two run in about half the time on two cores.
 unit: $(VENV)/.test tools
-	$(BIN)/pytest --cov --cov-report=term $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --dist loadfile --cov --cov-report=term $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
