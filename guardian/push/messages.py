@@ -28,6 +28,7 @@ TITLES: Final = {
     "mode_changed": "mode changed",
     "account_state_stale": "account state STALE",
     "maintenance_notice": "maintenance announced",
+    "relay_dropped": "relay connection DROPPED",
     "daemon_started": "started",
     "daemon_stopping": "stopping",
     TEST: "test message",
@@ -217,6 +218,31 @@ def maintenance_notice(
 
 def _date(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d")
+
+
+# ---- the ws/v1 relay ------------------------------------------------------------------------------------
+
+# Why the relay closes a bot's connection, as a person is told it (the relay's reasons; the others, such as
+# a reload that removed the bot, are a person's own doing and not told).
+RELAY_DROPS: Final = {
+    "slow_consumer": (
+        "its ws/v1 relay connection fell too far behind ({detail})",
+        "closed that connection (1013, try again later) and dropped its backlog, so that the exchange link "
+        "and the other bots never wait for it; its orders and other connections are untouched, and a "
+        "reconnect gets fresh snapshots",
+    ),
+    "bot_connection_limit": (
+        "a new ws/v1 relay connection was refused: {detail}",
+        "closed the new connection (1013, try again later) and kept the others; raise the bot's "
+        "ws_max_connections if it needs more, or find why it does not close its old ones",
+    ),
+}
+
+
+def relay_dropped(account: str | None, bot: str | None, *, reason: str, detail: str, look: str) -> Note:
+    what, did = RELAY_DROPS[reason]
+    who = "" if bot is not None else "a connection that named no bot (public feeds only): "
+    return Note("relay_dropped", account, bot, who + what.format(detail=detail[:200]), did, look)
 
 
 # ---- the daemon -----------------------------------------------------------------------------------------

@@ -137,6 +137,13 @@ class Watch:
             )
         )
 
+    # ---- the ws/v1 relay ---------------------------------------------------------------------------------
+    def relay_dropped(self, account: str | None, bot: str | None, reason: str, detail: str) -> None:
+        """The relay closed a bot's connection (a slow consumer, one over its connection limit)."""
+        if reason in notes.RELAY_DROPS:
+            look = f"curl -s {self._url()}/guardian/state (its relay part), then docs/relay.md#robustness"
+            self.pushes.push(notes.relay_dropped(account, bot, reason=reason, detail=detail, look=look))
+
     # ---- the guard and the people ----------------------------------------------------------------------
     def tripped(self, account: Account) -> None:
         """A trip took effect (its mode and latch are set)."""
