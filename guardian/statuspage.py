@@ -1,10 +1,13 @@
 """`GET /`: the status page, one self-contained HTML file (`status.html`, beside this module).
 
-Per account: the switch's state and a bar of the time left, the link, the mode, the marks, and whatever
-account state `/guardian/state` carries (positions, balances, limits). The page reads `/guardian/state`
-every second and says plainly when guardian stops answering. It has no form, no admin action and nothing
-that is not already in `/guardian/state`, which holds no secret. Its inline style and script are the only
-ones the browser will run: the Content-Security-Policy names them by hash, and allows nothing else to load.
+Per account, in words rather than field names: the switch and a bar of the time left, the link and the
+state's freshness, the mode and trips, each limit as a bar (amber from 80 %, red from 100 %), each bot's mode,
+orders in the last minute, open orders and last refusal, the last refusals, trips and kills, notices,
+positions, margin, marks and the first 50 open orders. It fits a 1280 px screen and a 390 px phone (its
+tables stack there). The page reads `/guardian/state?orders=50` every second and says plainly when guardian
+stops answering. It has no form, no admin action and nothing that is not already in `/guardian/state`,
+which holds no secret. Its inline style and script are the only ones the browser will run: the
+Content-Security-Policy names them by hash, and allows nothing else to load.
 """
 
 from __future__ import annotations

@@ -439,7 +439,14 @@ async def test_the_limits_usage_shows_in_the_state_the_metrics_and_guardian_stat
         assert found[("max_daily_loss", None)][1] == 1000.0
         assert state["daily_pnl"] is not None
         [bot0, bot1] = state["bots"]
-        assert bot0["mode"] == "active" and bot1 == {"name": "bot-1", "mode": "active", "limits": []}
+        assert bot0["mode"] == "active" and bot1 == {
+            "name": "bot-1",
+            "mode": "active",
+            "limits": [],
+            "orders_last_minute": 0,
+            "open_orders": 0,
+            "last_refusal": None,
+        }
         own = {u["name"]: (u["used"], u["limit"]) for u in bot0["limits"]}
         assert own == {"max_orders_per_minute": (2.0, 10.0), "max_open_orders": (1.0, 4.0)}
         async with aiohttp.ClientSession() as http:

@@ -109,7 +109,7 @@ async def test_the_page_renders_every_account_with_its_switch_mode_link_and_mark
         await wait_for(lambda: all(a.switch.state.value == "armed" for a in service.accounts), 5, "armed")
         async with browsing(service.url + "/") as seen:
             await seen.page.wait_for_selector("section[data-account=spare][data-state=armed]")
-            await seen.page.locator("section[data-account=main] td").first.wait_for()
+            await seen.page.locator("section[data-account=main] [data-role=marks] td").first.wait_for()
             await seen.page.screenshot(path=tmp_path / "accounts.png", full_page=True)
             cards = await seen.page.locator("section.card").evaluate_all(
                 "cs => cs.map(c => c.dataset.account)"
@@ -118,10 +118,10 @@ async def test_the_page_renders_every_account_with_its_switch_mode_link_and_mark
             for name in cards:
                 card = f"section[data-account={name}]"
                 assert await seen.text(f"{card} h2") == f"{name}armedmode: active"
-                assert "linkdisabled" in await seen.text(f"{card} dl")  # its stream is off in this test
+                assert "Linkdisabled" in await seen.text(f"{card} dl")  # its stream is off in this test
                 assert 0 < await left_s(seen, name) <= SLOW.timeout_s
                 assert 0 < await bar_pct(seen, name) <= 100
-            marks = await seen.text("section[data-account=main] table")
+            marks = await seen.text("section[data-account=main] [data-role=marks] table")
             assert "PF_XBTUSD" in marks and "PF_ETHUSD" in marks
             assert await seen.level() == "green"
             assert await seen.text("#overall") == "ready"
@@ -129,20 +129,49 @@ async def test_the_page_renders_every_account_with_its_switch_mode_link_and_mark
             shown = await seen.text("body")
             for secret in (TRADE_KEY, TRADE_SECRET, ADMIN_TOKEN):
                 assert secret not in html and secret not in shown
-            # Self-contained: the page itself, then only the state it reads.
-            assert {url.removeprefix(service.url) for url in seen.requests} == {"/", "/guardian/state"}
+            # Self-contained: the page itself, then only the state it reads (with the first 50 open orders).
+            assert {url.removeprefix(service.url) for url in seen.requests} == {
+                "/",
+                "/guardian/state?orders=50",
+            }
             assert seen.errors == []
 
 
 async def test_the_page_shows_account_state_when_the_daemon_gives_it(sim: Simulator, tmp_path: Path) -> None:
-    """`link`, `fresh`, `positions`, `balances` and `limits` come with the account-state work; the page shows
-    them when `/guardian/state` carries them. The real answer is extended on its way to the page."""
+    """`link`, `fresh`, `positions`, `balances`, `limits`, a trip, notices and a PnL that cannot be valued come
+    with the account-state and exposure work; the page shows them, in words, when `/guardian/state` carries
+    them. The real answer (its stream off) is extended on its way to the page."""
     extra = {
-        "link": {"state": "subscribed", "since": "2026-12-05T10:00:00Z"},
+        "link": {"state": "down", "last_message_age_s": 12.5, "reconnects": 3, "last_error": "ping timeout"},
         "fresh": False,
-        "positions": [{"symbol": "PF_XBTUSD", "side": "long", "size": "0.5", "price": "60000"}],
-        "balances": {"margin_used": "1200.5", "available": "48799.5"},
-        "limits": {"max_notional": "41% used"},
+        "state_age_s": 12.5,
+        "positions": [
+            {
+                "symbol": "PF_XBTUSD",
+                "size": 0.5,
+                "entry_price": 60000,
+                "mark_price": 61000,
+                "unrealized_pnl": 500,
+            }
+        ],
+        "balances": {"available_margin": 48799.5, "portfolio_value": 50000},
+        "limits": [{"name": "max_gross_notional", "used": 41000, "limit": 100000, "ratio": 0.41}],
+        "daily_pnl_gap": {"code": "markPriceUnavailable", "reason": "no mark for PF_ETHUSD"},
+        "trip": {
+            "limit": "max_daily_loss",
+            "reason": "today's PnL -1000 reached -1000",
+            "at": "2026-12-05T10:00:00Z",
+            "mode": "reduce_only",
+        },
+        "notices": [
+            {
+                "type": "maintenance",
+                "priority": "high",
+                "note": "engine upgrade",
+                "effective_time": None,
+                "expected_downtime_minutes": 30,
+            }
+        ],
     }
 
     async def extended(route: Route) -> None:
@@ -152,14 +181,22 @@ async def test_the_page_shows_account_state_when_the_daemon_gives_it(sim: Simula
         await route.fulfill(response=answer, body=json.dumps(state))
 
     async with serving(account_config(sim.url, switch=SLOW)) as service, browsing("about:blank") as seen:
-        await seen.page.route("**/guardian/state", extended)
+        await seen.page.route("**/guardian/state?*", extended)
         await seen.page.goto(service.url + "/")
         await seen.page.wait_for_selector("section[data-account=main][data-state=armed]")
         await seen.page.screenshot(path=tmp_path / "account-state.png", full_page=True)
         card = await seen.text("section[data-account=main]")
-        for shown in ("linksubscribed", "account statestale", "PF_XBTUSDlong0.560000", "margin_used1200.5"):
+        for shown in (
+            "Linkdown, last message 12.5 s ago, 3 reconnects (ping timeout)",
+            "Account statestale, 12.5 s old",
+            "PF_XBTUSD0.560,00061,000500",
+            "Available margin48,799.5",
+            "Gross notional41,000 of 100,000 · 41 %",
+            "Today's PnL is not known (markPriceUnavailable): no mark for PF_ETHUSD",
+            "Tripped: Today's loss at 10:00:00 UTC. today's PnL -1000 reached -1000. The account stays reduce only",
+            "high priority maintenance, no time given, 30 min down: engine upgrade",
+        ):
             assert shown in card, (shown, card)
-        assert "41% used" in card
         assert seen.errors == []
 
 
