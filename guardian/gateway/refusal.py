@@ -57,6 +57,9 @@ CODES: Final[Mapping[str, int]] = MappingProxyType(
         # The contracts (guardian.gateway.instruments): one guardian cannot judge, or past its last trading.
         "instrumentUnknown": 403,
         "instrumentExpired": 403,
+        # guardian.conns and the local keys: a bot key from outside its allow_from; a Nonce its bot must send.
+        "sourceNotAllowed": 403,
+        "nonceRequired": 401,
     }
 )
 
