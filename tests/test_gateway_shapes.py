@@ -34,6 +34,8 @@ from guardian.service import Service
 from guardian.sim.app import Simulator
 from guardian.sim.faults import Fault
 from tests.conftest import TRADE_KEY, TRADE_SECRET, running_sim
+from tests.daemon import wait_for
+from tests.relay_helpers import OWN_KEY, OWN_SECRET, exchange_and_guardian, rest
 from tests.test_gateway import (
     BOT_KEY,
     BOT_SECRET,
@@ -139,6 +141,28 @@ async def test_an_edit_of_an_unknown_order_gets_krakens_shape_and_is_never_forwa
         ("answered", "orderForEditNotFound", 200)
     ] * 2
     assert rows[0]["params"]["orderId"] == order_id
+
+
+async def test_an_edit_by_an_order_id_that_spells_another_orders_cliordid_is_not_that_order(
+    tmp_path: Path,
+) -> None:
+    """Found by the fuzzing: a resting order with cliOrdId "0" the stream shows, then an edit of orderId
+    "0". Order ids and cliOrdIds are two name spaces: the exchange has no order with id "0", and guardian
+    says so as it does (it answered 503, taking the resting order for the one named)."""
+    async with (
+        exchange_and_guardian(tmp_path) as (exchange, service),
+        rest(service, OWN_KEY, OWN_SECRET) as bot,
+    ):
+        placed = await bot.send_order(**{**LMT, "cliOrdId": "0"})
+        assert placed["sendStatus"]["status"] == "placed"
+        ledger = service.accounts[0].exposure.ledger
+        await wait_for(lambda: any(e.order for e in ledger.named("0")), what="the stream showing it")
+        answer = await bot.edit_order(orderId="0", size=2, limitPrice=59000)
+        assert_not_found(answer, order_id="0")
+        assert reached(exchange, "editorder") == []
+        # By its cliOrdId it is the resting order: judged and forwarded.
+        edited = await bot.edit_order(cliOrdId="0", size=2, limitPrice=59000)
+        assert edited["editStatus"]["status"] == "edited"
 
 
 async def test_an_edit_of_an_unknown_order_by_raw_http_is_answered_200(

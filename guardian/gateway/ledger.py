@@ -264,14 +264,22 @@ class Ledger:
         """Every symbol with an order counted or a position."""
         return {*self._count, *self._positions}
 
-    def named(self, key: str) -> list[Entry]:
+    def named(self, key: str, *, by: str | None = None) -> list[Entry]:
         """The entries an edit naming `key` (an order id or a cliOrdId) replaces: the open order with that
-        id or cliOrdId, and the holds with it that the stream shows no order of yet."""
+        id or cliOrdId, and the holds with it that the stream shows no order of yet. `by` ("order_id" or
+        "cli_ord_id"): only what has `key` as that (a bot's cliOrdId may spell another order's id)."""
         found: list[Entry] = []
-        order_id = key if key in self._shown else self._cli.get(key)
+        if by == "order_id":
+            order_id = key if key in self._shown else None
+        elif by == "cli_ord_id":
+            order_id = self._cli.get(key)
+        else:
+            order_id = key if key in self._shown else self._cli.get(key)
         if order_id is not None:
             found.append(self._shown[order_id])
         for held in self._holds_by_key.get(key, ()):
+            if by is not None and getattr(held, by) != key:
+                continue
             entry = self._entry_of.get(held)
             if entry is not None and entry.order is None:
                 found.append(entry)

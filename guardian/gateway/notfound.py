@@ -84,7 +84,9 @@ def unknown(account: Account, lookup: Lookup, edit: OrderIntent) -> bool:
         return False
     if key in lookup.closed:
         return True
-    why = lookup.unclear.get(key) or _known_to_guardian(account, key)
+    why = lookup.unclear.get(key) or _known_to_guardian(
+        account, key, "order_id" if edit.order_id else "cli_ord_id"
+    )
     if why is None:
         return True
     raise Refusal(
@@ -94,10 +96,11 @@ def unknown(account: Account, lookup: Lookup, edit: OrderIntent) -> bool:
     )
 
 
-def _known_to_guardian(account: Account, key: str) -> str | None:
+def _known_to_guardian(account: Account, key: str, by: str) -> str | None:
     """Why guardian's own picture says the order may be there: the stream shows it open, or an order with
-    that id was let out and its answer is not in yet. None: guardian knows nothing of it either."""
-    for entry in account.exposure.ledger.named(key):
+    that id was let out and its answer is not in yet. None: guardian knows nothing of it either. `by`
+    ("order_id" or "cli_ord_id"): what the edit names it by (a cliOrdId "0" is not the order id "0")."""
+    for entry in account.exposure.ledger.named(key, by=by):
         if entry.order is not None:
             return "orders/status does not know it, but the account's stream still shows it open"
         if any(not held.answered for held in entry.holds or ()):
