@@ -220,7 +220,7 @@ def test_the_soft_file_limit_is_raised_to_the_hard_one_and_the_cap_fitted_below_
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     gate = conns.Gate(ServerConfig(max_connections=4096))
     with capture_logs() as logged:
-        assert gate.fit(1024, conns.reserve_fds(accounts=2, notifiers=1)) == 1024 - 64 - 80 - 4
+        assert gate.fit(1024, conns.reserve_fds(accounts=2, notifiers=1)) == 1024 - 64 - 64 - 80 - 4
     assert logged[0]["event"] == "max_connections_lowered"
     assert gate.fit(1 << 20, conns.reserve_fds(accounts=2)) == 4096  # room enough: as configured
 
@@ -240,9 +240,12 @@ async def test_accept_errors_are_one_event_with_a_count_never_asyncios_traceback
                     sock.connect(("127.0.0.1", s.port))
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
             with capture_logs() as logged, caplog.at_level(logging.DEBUG, logger="asyncio"):
-                resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")), hard))
-                try:
-                    await asyncio.sleep(0.3)  # the accept loop tries, fails with EMFILE, retries in a second
+                # Not one descriptor spare (the listing's own is closed when it returns).
+                resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) - 1, hard))
+                try:  # the accept loop tries, fails with EMFILE, retries in a second
+                    await wait_until(
+                        lambda: s.metric("guardian_accept_errors_total", errno="EMFILE") >= 1, 10
+                    )
                 finally:
                     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
                 await wait_until(lambda: s.gate.open == 5)  # and then takes them in
