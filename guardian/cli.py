@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import gc
 import json
 import os
@@ -20,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from guardian import __version__, logs
+from guardian import __version__, logs, tls
 from guardian.config import (
     DEFAULT_BASE_URL,
     Config,
@@ -33,6 +32,7 @@ from guardian.errors import ConfigError
 from guardian.journal import JournalError, read_journal
 from guardian.keys import SetupError
 from guardian.kraken.times import parse_iso
+from guardian.reload import ConfigFile
 
 FULL_COLLECTION_EVERY = 100  # collections of the middle generation per full one (Python's default: 10)
 EX_OK = 0
@@ -158,6 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config", help="validate a configuration file, print a summary and every protection that is off"
     )
     check.add_argument("--config", type=Path, required=True, metavar="FILE", help="the TOML configuration")
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also sign read-only requests to the exchange (no order, no switch call): the key, the clock, the "
+        "nonce, the collateral and positions, every configured symbol, the secret files' modes",
+    )
+    check.add_argument(
+        "--max-skew",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="with --online: the clock skew against the exchange that fails the check (default 1)",
+    )
 
     notify_test = sub.add_parser(
         "notify-test", help="send one test message to each [[notify]] notifier and say which failed"
@@ -230,13 +243,28 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 async def _check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    files: list[tuple[str, Path]] = []
+    config = load_config(args.config, secret_files=files)
     logs.REDACTOR.register(config.all_secrets())
     print(f"{args.config}: valid")
     print(config.summary())
+    for line in tls.describe(config.server):
+        print(line)
     for warning in config.warnings():
         print(f"warning: {warning}")
-    return EX_OK
+    if not args.online:
+        return EX_OK
+    from guardian import online
+
+    print(f"online checks (read-only: no order, no switch call; clock skew allowed {args.max_skew:g} s):")
+    checks = await online.online_checks(config, files, max_skew_s=args.max_skew)
+    for check in checks:
+        print(logs.REDACTOR.scrub(check.line()))
+    code = online.exit_code(checks)
+    failed = sum(1 for check in checks if not check.ok)
+    summary = f"{len(checks)} checks, {failed} failed" + (f" (exit {code})" if failed else "")
+    print(f"guardian check-config --online: {summary}", file=sys.stderr if failed else sys.stdout)
+    return code
 
 
 async def _notify_test(args: argparse.Namespace) -> int:
@@ -356,17 +384,17 @@ async def _run(args: argparse.Namespace) -> int:
 
     demo: Demo | None = None
     config: Config
+    source: ConfigFile | None = None
+    digest: str | None = None
     if args.sim:
         host, port = args.listen or ("127.0.0.1", 8787)
         demo = await start_demo(host, port, seed=args.seed)
         config = demo.config
         logs.REDACTOR.register(demo.secrets())
     else:
-        config = load_config(args.config)
+        source = ConfigFile(Path(args.config), args.listen)
+        config, digest = source.load()
         logs.REDACTOR.register(config.all_secrets())
-        if args.listen is not None:
-            server = dataclasses.replace(config.server, host=args.listen[0], port=args.listen[1])
-            config = dataclasses.replace(config, server=server)
     logs.configure(args.log_level or config.log.level, args.log_format or config.log.format)
     for warning in config.warnings():
         log.warning("config_warning", warning=warning)
@@ -384,7 +412,20 @@ async def _run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signal.Signals(signum).name)
 
-    service = Service(config)
+    service = Service(config, source=source, config_hash=digest)
+    reloads: set[asyncio.Task[Any]] = set()
+
+    def on_hangup() -> None:
+        """SIGHUP (`systemctl reload`, log rotation scripts): re-read the configuration; never a stop."""
+        if stop.is_set():
+            log.warning("signal_ignored", signal="SIGHUP", reason="already stopping")
+            return
+        log.info("signal_received", signal="SIGHUP")
+        task = asyncio.create_task(service.reload("SIGHUP"), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         try:
             await service.start()

@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from guardian import logs
+from guardian import logs, tls
 from guardian.errors import ConfigError
 from guardian.kraken.endpoints import Permission, endpoint
 from guardian.kraken.signing import NONCE_UNITS
@@ -52,6 +52,16 @@ DEFAULT_BOT_PUBLIC_BURST: Final = 40.0
 # Bots' connections to guardian's ws/v1 relay: in total, and per bot key (Kraken allows 100 per account).
 DEFAULT_WS_MAX_CONNECTIONS: Final = 500
 DEFAULT_BOT_WS_MAX_CONNECTIONS: Final = 20
+# The local server's connections (guardian.conns): a request's headers and body must arrive within
+# REQUEST_TIMEOUT_S; an idle keep-alive connection is closed after KEEPALIVE_TIMEOUT_S; at most
+# MAX_CONNECTIONS at once (fitted below the file limit at start), MAX_CONNECTIONS_PER_SOURCE of them from one address.
+DEFAULT_REQUEST_TIMEOUT_S: Final = 10.0
+REQUEST_TIMEOUT_RANGE_S: Final = (0.5, 300.0)
+DEFAULT_KEEPALIVE_TIMEOUT_S: Final = 75.0
+KEEPALIVE_TIMEOUT_RANGE_S: Final = (1.0, 3600.0)
+DEFAULT_MAX_CONNECTIONS: Final = 2048
+DEFAULT_MAX_CONNECTIONS_PER_SOURCE: Final = 512
+MAX_CONNECTIONS_RANGE: Final = (16, 1_000_000)
 FEED_VIEWS: Final = ("account", "own")  # what a bot's private ws/v1 feeds show: the account, or its orders
 _MAX_SECRET_FILE_BYTES: Final = 64 * 1024
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -75,6 +85,15 @@ class ServerConfig:
     public_rate_limit: float = DEFAULT_PUBLIC_RATE_LIMIT  # public requests per second sent to the exchange
     ws_max_connections: int = DEFAULT_WS_MAX_CONNECTIONS  # bots' ws/v1 connections to guardian, in total
     public_burst: float | None = None  # public requests at once; None: the default (public_burst_size)
+    # TLS (guardian.tls): the server's PEM certificate and key; with a client CA, mutual TLS.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    # Connection hygiene (guardian.conns).
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S  # a request's headers and body, from its first byte
+    keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S  # an idle keep-alive connection is closed
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # at once, in total; fitted below the file limit at start
+    max_connections_per_source: int = DEFAULT_MAX_CONNECTIONS_PER_SOURCE  # at once, from one address
 
     @property
     def public_burst_size(self) -> float:
@@ -208,6 +227,10 @@ class GuardConfig:
         return missing
 
 
+DEFAULT_LIVENESS_TIMEOUT_S: Final = 4.0
+LIVENESS_TIMEOUT_RANGE_S: Final = (1.0, 60.0)  # a ping at least every 30 s of silence (Kraken: 60 s)
+
+
 @dataclass(frozen=True, slots=True)
 class StreamConfig:
     """The account's picture of itself: Kraken's WebSocket feeds, checked against REST."""
@@ -217,6 +240,9 @@ class StreamConfig:
     link_timeout_s: float = 15.0  # no message for this long: the link is down, reconnect
     reconcile_s: float = 60.0  # REST openorders, openpositions, accounts compared this often
     state_max_age_s: float = 10.0  # with the link down, the state is fresh this long after a reconcile
+    # Nothing at all received (no message, no pong) for this long: the link is down. A protocol ping goes
+    # out after half of it in silence. The default declares a stalled link down within 5 s.
+    liveness_timeout_s: float = DEFAULT_LIVENESS_TIMEOUT_S
 
     def url_for(self, base_url: str) -> str:
         if self.ws_url is not None:
@@ -253,6 +279,10 @@ class ClientConfig:
     max_open_orders: int | None = None  # the open orders this bot placed; None: no limit of its own
     public_burst: float | None = None  # its public requests at once; None: the default (public_burst_size)
     extra_keys: tuple[ClientKey, ...] = ()  # further keys of this bot, each valid like api_key
+    tls_client_subject: str | None = None  # with mutual TLS: the subject CN its certificate must name
+    # The source addresses its keys are accepted from; None: any (guardian.conns).
+    allow_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
+    require_nonce: bool = False  # True: a request without a Nonce header is refused (nonceRequired)
 
     @property
     def public_burst_size(self) -> float:
@@ -299,6 +329,7 @@ NOTIFY_EVENTS: Final = (
     "mode_changed",
     "account_state_stale",
     "maintenance_notice",
+    "relay_dropped",
     "daemon_started",
     "daemon_stopping",
 )
@@ -347,10 +378,14 @@ class Config:
         notes: list[str] = []
         if self.server.admin_token is None:
             notes.append("server.admin_token is not set: the admin endpoints are off")
-        if not self.server.is_loopback:
+        if not self.server.is_loopback and self.server.tls_cert_file is None:
             notes.append(
                 f"server.listen = {self.server.listen!r} is not a loopback address: "
-                "guardian's API is reachable from other machines"
+                "guardian's API is reachable from other machines, in plain HTTP (no server.tls_cert_file)"
+            )
+        elif not self.server.is_loopback and self.server.tls_client_ca_file is None:
+            notes.append(
+                "server.tls_client_ca_file is not set: any machine that reaches guardian may connect (over TLS)"
             )
         for i, account in enumerate(self.accounts):
             notes.extend(_account_warnings(f"accounts[{i}]", account))
@@ -436,13 +471,19 @@ def mask_key(api_key: str) -> str:
 
 
 def load_config(
-    path: str | Path, *, env: Mapping[str, str] | None = None, secrets_dirs: Sequence[Path] | None = None
+    path: str | Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    secrets_dirs: Sequence[Path] | None = None,
+    secret_files: list[tuple[str, Path]] | None = None,
 ) -> Config:
     """Read and validate the configuration file at `path`. Raises ConfigError, prefixed with the path."""
     path = Path(path)
     text = _read_config(path)
     try:
-        return parse_config(text, base_dir=path.parent, env=env, secrets_dirs=secrets_dirs)
+        return parse_config(
+            text, base_dir=path.parent, env=env, secrets_dirs=secrets_dirs, secret_files=secret_files
+        )
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
@@ -496,18 +537,31 @@ def parse_config(
     base_dir: Path,
     env: Mapping[str, str] | None = None,
     secrets_dirs: Sequence[Path] | None = None,
+    secret_files: list[tuple[str, Path]] | None = None,
 ) -> Config:
-    """Validate configuration text; `base_dir` is where a relative `*_file` is looked up last."""
+    """Validate configuration text; `base_dir` is where a relative `*_file` is looked up last. Each secret
+    file read is appended to `secret_files` (its key and path), when given: `check-config --online` checks
+    their modes."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML: {exc}") from None
     found = _Secrets(os.environ if env is None else env, base_dir, secrets_dirs)
+    if secret_files is not None:
+        found.files = secret_files
     root = _Table(data, "", ("server", "journal", "log", "accounts", "notify"))
 
     server = root.table(
         "server",
-        ("listen", *_secret_keys("admin_token"), "public_rate_limit", "public_burst", "ws_max_connections"),
+        (
+            "listen",
+            *_secret_keys("admin_token"),
+            "public_rate_limit",
+            "public_burst",
+            "ws_max_connections",
+            *_TLS_KEYS,
+            *_CONNECTION_KEYS,
+        ),
     )
     host, port = parse_listen(server.get("listen", str, "127.0.0.1:8787"), server.key("listen"))
     admin_token = found.optional(server, "admin_token")
@@ -537,9 +591,23 @@ def parse_config(
         _check_limited(f"accounts[{i}].guard", account)
     notify = tuple(_notify(table, found) for table in root.array("notify"))
     _check_unique_notifiers(notify)
+    cert, key, ca = (_tls_path(server, name, base_dir) for name in _TLS_KEYS)
+    tls_server = ServerConfig(tls_cert_file=cert, tls_key_file=key, tls_client_ca_file=ca)
+    _check_tls(tls_server, accounts)
     return Config(
         accounts=accounts,
-        server=ServerConfig(host, port, admin_token, public_rate_limit, ws_max_connections, public_burst),
+        server=ServerConfig(
+            host,
+            port,
+            admin_token,
+            public_rate_limit,
+            ws_max_connections,
+            public_burst,
+            tls_cert_file=cert,
+            tls_key_file=key,
+            tls_client_ca_file=ca,
+            **_connection_limits(server),
+        ),
         journal=journal,
         log=LogConfig(level, fmt),
         notify=notify,
@@ -554,6 +622,13 @@ def _secret_keys(name: str) -> tuple[str, str, str]:
 
 
 _JOURNAL_KEYS = ("path", "retention_days", "commit_on_loop")
+_TLS_KEYS = ("tls_cert_file", "tls_key_file", "tls_client_ca_file")
+_CONNECTION_KEYS = (
+    "request_timeout_s",
+    "keepalive_timeout_s",
+    "max_connections",
+    "max_connections_per_source",
+)
 _ACCOUNT_KEYS = ("name", "base_url", *_secret_keys("api_key"), *_secret_keys("api_secret"), "nonce")
 NONCE_CHOICES: Final = (*NONCE_UNITS, "off")
 _SWITCH_KEYS = ("refresh_min_s", "refresh_max_s", "timeout_s", "min_remaining_s", "on_shutdown")
@@ -568,7 +643,8 @@ _EXPOSURE_KEYS = (
     "duplicate_window_s",
     "allow_unlimited",
 )
-_GUARD_SETTINGS = (
+# How the guard works, rather than what it allows (a reload cannot change these: guardian.reload).
+GUARD_SETTINGS: Final = (
     "mark_poll_s",
     "mark_max_age_s",
     "instruments_refresh_s",
@@ -579,7 +655,7 @@ _GUARD_SETTINGS = (
     "upstream_timeout_s",
     "maintenance_reduce_only_s",
 )
-_STREAM_KEYS = ("enabled", "ws_url", "link_timeout_s", "reconcile_s", "state_max_age_s")
+_STREAM_KEYS = ("enabled", "ws_url", "link_timeout_s", "reconcile_s", "state_max_age_s", "liveness_timeout_s")
 _CLIENT_KEYS = (
     "name",
     *_secret_keys("api_key"),
@@ -593,6 +669,9 @@ _CLIENT_KEYS = (
     "ws_max_connections",
     "feeds",
     "extra_keys",
+    "tls_client_subject",
+    "allow_from",
+    "require_nonce",
 )
 _CLIENT_KEY_KEYS = (*_secret_keys("api_key"), *_secret_keys("api_secret"))
 
@@ -618,7 +697,7 @@ def _account(table: _Table, found: _Secrets) -> AccountConfig:
     switch = _switch(table.table("switch", _SWITCH_KEYS))
     guard = _guard(
         table.table(
-            "guard", ("symbols", *_LIMIT_KEYS, *_EXPOSURE_KEYS, "max_leverage", *_GUARD_SETTINGS, "symbol")
+            "guard", ("symbols", *_LIMIT_KEYS, *_EXPOSURE_KEYS, "max_leverage", *GUARD_SETTINGS, "symbol")
         )
     )
     clients = tuple(_client(client, found) for client in table.array("clients"))
@@ -644,12 +723,20 @@ def _stream(table: _Table) -> StreamConfig:
     link_timeout = table.number("link_timeout_s", defaults.link_timeout_s, above=0)
     reconcile = table.number("reconcile_s", defaults.reconcile_s, above=0)
     max_age = table.number("state_max_age_s", defaults.state_max_age_s, above=0)
+    low, high = LIVENESS_TIMEOUT_RANGE_S
+    liveness = table.number("liveness_timeout_s", defaults.liveness_timeout_s, at_least=low)
+    if liveness > high:
+        raise ConfigError(
+            f"{table.key('liveness_timeout_s')} must be at most {high:g} s (a silent link is pinged after half "
+            f"of it, and Kraken wants a ping at least every 60 s), got {liveness:g}"
+        )
     return StreamConfig(
         enabled=table.get("enabled", bool, defaults.enabled),
         ws_url=ws_url,
         link_timeout_s=link_timeout,
         reconcile_s=reconcile,
         state_max_age_s=max_age,
+        liveness_timeout_s=liveness,
     )
 
 
@@ -941,7 +1028,96 @@ def _client(table: _Table, found: _Secrets) -> ClientConfig:
         max_open_orders=_count(table, "max_open_orders"),
         public_burst=public_burst,
         extra_keys=extra_keys,
+        tls_client_subject=_tls_subject(table),
+        allow_from=_allow_from(table),
+        require_nonce=table.get("require_nonce", bool, False),
     )
+
+
+def _connection_limits(server: _Table) -> dict[str, Any]:
+    """[server]'s connection hygiene keys (guardian.conns), each within its range."""
+    found: dict[str, Any] = {}
+    for name, default, (low, high) in (
+        ("request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S, REQUEST_TIMEOUT_RANGE_S),
+        ("keepalive_timeout_s", DEFAULT_KEEPALIVE_TIMEOUT_S, KEEPALIVE_TIMEOUT_RANGE_S),
+    ):
+        found[name] = server.number(name, default, at_least=low)
+        if found[name] > high:
+            raise ConfigError(f"{server.key(name)} must be at most {high:g} s, got {found[name]:g}")
+    low, high = MAX_CONNECTIONS_RANGE
+    for name, default in (
+        ("max_connections", DEFAULT_MAX_CONNECTIONS),
+        ("max_connections_per_source", DEFAULT_MAX_CONNECTIONS_PER_SOURCE),
+    ):
+        value = _whole(server, name, default)
+        if not low <= value <= high:
+            raise ConfigError(f"{server.key(name)} must be between {low} and {high}, got {value}")
+        found[name] = value
+    if found["max_connections_per_source"] > found["max_connections"]:
+        raise ConfigError(
+            f"{server.key('max_connections_per_source')} ({found['max_connections_per_source']}) is more than "
+            f"{server.key('max_connections')} ({found['max_connections']}): lower it, or raise max_connections"
+        )
+    return found
+
+
+def _allow_from(table: _Table) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+    """A client's allow_from: CIDRs (or single addresses), IPv4 or IPv6; absent: any source."""
+    if "allow_from" not in table.data:
+        return None
+    where = table.key("allow_from")
+    raw = table.get("allow_from", list, [])
+    if not raw:
+        raise ConfigError(
+            f'{where} is empty, so no address could use this key: list the bot\'s networks, e.g. ["10.0.0.0/8"], '
+            "or leave the key out to accept it from any address"
+        )
+    networks = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, str):
+            raise ConfigError(f'{where}[{i}] must be a string such as "10.0.0.0/8", not {_type_name(item)}')
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=True))
+        except ValueError as exc:
+            raise ConfigError(
+                f'{where}[{i}] = {item!r} is not a CIDR ({exc}): write a network such as "10.0.0.0/8", '
+                '"192.168.1.20/32" or "fd00::/8", its address bits beyond the prefix all zero'
+            ) from None
+    return tuple(networks)
+
+
+def _tls_path(server: _Table, name: str, base_dir: Path) -> Path | None:
+    """A TLS file of [server]: an absolute path, or one relative to the configuration's directory."""
+    raw = server.get(name, str, "")
+    if name not in server.data:
+        return None
+    if not raw:
+        raise ConfigError(f"{server.key(name)} is empty: give a PEM file's path, or leave the key out")
+    return base_dir / Path(raw).expanduser()
+
+
+def _tls_subject(table: _Table) -> str | None:
+    if "tls_client_subject" not in table.data:
+        return None
+    subject: str = table.get("tls_client_subject", str, "")
+    if not subject or subject != subject.strip():
+        raise ConfigError(
+            f'{table.key("tls_client_subject")} must be the bot certificate\'s subject CN, e.g. "bot-a"'
+        )
+    return subject
+
+
+def _check_tls(server: ServerConfig, accounts: Sequence[AccountConfig]) -> None:
+    """The TLS files as the server will load them; a bound subject needs client certificates."""
+    tls.check_files(server)
+    if server.tls_client_ca_file is None:
+        for i, account in enumerate(accounts):
+            for j, client in enumerate(account.clients):
+                if client.tls_client_subject is not None:
+                    raise ConfigError(
+                        f"accounts[{i}].clients[{j}].tls_client_subject needs server.tls_client_ca_file: "
+                        "without mutual TLS no client presents a certificate to compare"
+                    )
 
 
 def _client_key(table: _Table, found: _Secrets) -> tuple[str, ApiSecret]:
@@ -1261,6 +1437,7 @@ class _Secrets:
         self.places += [(str(d), d) for d in (DEFAULT_SECRETS_DIRS if secrets_dirs is None else secrets_dirs)]
         self.places.append(("the configuration's directory", base_dir))
         self.places.append((f"its {CREDENTIALS_DIR}/ directory", base_dir / CREDENTIALS_DIR))
+        self.files: list[tuple[str, Path]] = []  # every secret file read: its key and path
 
     def text(self, table: _Table, name: str) -> str:
         return self._required(table, name)[0]
@@ -1304,6 +1481,7 @@ class _Secrets:
         else:
             path = self._find(key, source)
             value, where = self._read_file(key, path), f"{table.key(name)} (from {path})"
+            self.files.append((key, path))
         if not value:
             raise ConfigError(f"{where} is empty: put the value there")
         return value, where

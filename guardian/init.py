@@ -212,7 +212,7 @@ def render_config(options: InitOptions, bots: Sequence[NewKey], credentials: Pat
         "[server]",
         "# Loopback only: bots run on this machine.",
         f"listen = {_toml(listen)}",
-        "# The bearer token of the admin endpoints (/guardian/mode, /guardian/kill).",
+        "# The bearer token of the admin endpoints (/guardian/mode, /guardian/kill, /guardian/reload).",
         f"admin_token_file = {_toml(ADMIN_TOKEN_FILE)}",
         "",
         "[journal]",

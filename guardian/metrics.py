@@ -31,6 +31,7 @@ from guardian.push.hub import DROP_REASONS
 from guardian.stream.account import AccountStream
 from guardian.stream.state import Fill
 from guardian.switch import Switch, SwitchState
+from guardian.tls import CertInfo
 
 MODES = ("active", "reduce_only", "halted")
 DRIFT_KINDS = ("open_orders", "positions")
@@ -284,7 +285,9 @@ class StreamCollector(Collector):
         return iter(self._families())
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        up, reconnects, age, fresh, position, orders, available, portfolio, maintenance = self._families()
+        up, reconnects, stalls, age, fresh, position, orders, available, portfolio, maintenance = (
+            self._families()
+        )
         now, wall = time.monotonic(), time.time()
         for stream in self._streams():
             if not stream.enabled:  # no stream, no series: its alerts would only cry wolf
@@ -292,6 +295,7 @@ class StreamCollector(Collector):
             name, status, view = stream.name, stream.link.status, stream.view()
             up.add_metric([name], 1.0 if stream.link.up else 0.0)
             reconnects.add_metric([name], status.reconnects)
+            stalls.add_metric([name], status.stalls)
             if status.last_message_at is not None:
                 age.add_metric([name], now - status.last_message_at)
             fresh.add_metric([name], 1.0 if stream.fresh(now) else 0.0)
@@ -306,11 +310,12 @@ class StreamCollector(Collector):
             notice = stream.state.next_maintenance(wall)
             if notice is not None and notice.effective_time is not None:
                 maintenance.add_metric([name], max(0.0, notice.effective_time - wall))
-        yield from (up, reconnects, age, fresh, position, orders, available, portfolio, maintenance)
+        yield from (up, reconnects, stalls, age, fresh, position, orders, available, portfolio, maintenance)
 
     @staticmethod
     def _families() -> tuple[
         GaugeMetricFamily,
+        CounterMetricFamily,
         CounterMetricFamily,
         GaugeMetricFamily,
         GaugeMetricFamily,
@@ -330,6 +335,12 @@ class StreamCollector(Collector):
             CounterMetricFamily(
                 "guardian_exchange_link_reconnects",
                 "Connections of the account's private WebSocket made after the first",
+                labels=account,
+            ),
+            CounterMetricFamily(
+                "guardian_exchange_link_stalls",
+                "Times the account's private WebSocket was declared down for silence (no message, no pong "
+                "within accounts.stream.liveness_timeout_s)",
                 labels=account,
             ),
             GaugeMetricFamily(
@@ -365,6 +376,31 @@ class StreamCollector(Collector):
                 "Seconds until the next announced maintenance (absent when none is announced)",
                 labels=account,
             ),
+        )
+
+
+class TlsCollector(Collector):
+    """`guardian_tls_cert_expiry_seconds`: the server certificate's time left, read at scrape time (so a
+    reloaded certificate shows at once); the family without a sample while TLS is off."""
+
+    def __init__(self, certificate: Callable[[], CertInfo | None]) -> None:
+        self._certificate = certificate
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter([self._family()])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        info = self._certificate()
+        if info is not None:
+            family.add_metric([], info.seconds_left())
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "guardian_tls_cert_expiry_seconds",
+            "Seconds until the local server's TLS certificate expires (negative once expired); absent without TLS",
         )
 
 
@@ -433,6 +469,12 @@ class Metrics:
             ["account", "reason"],
             registry=self.registry,
         )
+        self.source_refused = Counter(
+            "guardian_client_source_refused",
+            "Requests and relay logins with a bot's key from an address outside its allow_from, refused",
+            ["account", "bot"],
+            registry=self.registry,
+        )
         self.request_duration = Histogram(
             "guardian_request_duration_seconds",
             "Time from a local request's arrival to guardian's answer",
@@ -489,6 +531,39 @@ class Metrics:
             ["notifier"],
             registry=self.registry,
         )
+        # Reloads of the configuration (SIGHUP, systemctl reload, POST /guardian/reload).
+        self.config_reloads = Counter(
+            "guardian_config_reloads",
+            "Configuration reloads that took effect",
+            registry=self.registry,
+        )
+        self.config_reload_failures = Counter(
+            "guardian_config_reload_failures",
+            "Configuration reloads refused (invalid, unreadable, or a change that needs a restart): the "
+            "configuration in force did not change",
+            registry=self.registry,
+        )
+        self.config_loaded = Gauge(
+            "guardian_config_loaded_timestamp_seconds",
+            "When the configuration in force was loaded (start or the last reload that took effect)",
+            registry=self.registry,
+        )
+
+    def watch_tls(self, certificate: Callable[[], CertInfo | None], bound: Iterable[tuple[str, str]]) -> None:
+        """The certificate's expiry, and a mismatch counter at 0 for each (account, bot) bound to a subject."""
+        self.registry.register(TlsCollector(certificate))
+        self.tls_subject_mismatches = Counter(
+            "guardian_tls_subject_mismatch",
+            "Requests and ws/v1 logins refused: a bot's key on a connection whose client certificate does not "
+            "name its tls_client_subject",
+            ["account", "bot"],
+            registry=self.registry,
+        )
+        for account, bot in bound:
+            self.tls_subject_mismatches.labels(account, bot)
+
+    def on_tls_subject_mismatch(self, account: str, bot: str) -> None:
+        self.tls_subject_mismatches.labels(account, bot).inc()
 
     def watch_limits(self, records: Callable[[], Iterable[LimitRecord]]) -> None:
         self.registry.register(LimitCollector(records))
@@ -558,6 +633,10 @@ class Metrics:
 
     def on_beat(self, switch: Switch, late_s: float) -> None:
         self.beat_delay.labels(switch.account).observe(max(0.0, late_s))
+
+    def on_source_refused(self, account: str, bot: str) -> None:
+        """A bot's key used from outside its allow_from (the gateway or the relay's login)."""
+        self.source_refused.labels(account, bot).inc()
 
     def on_request(
         self,

@@ -575,6 +575,32 @@ _LIMIT: Final[Schema] = {
     },
     "required": ["name", "used", "limit", "ratio"],
 }
+_REFUSED: Final[Schema] = {
+    "type": "object",
+    "description": "a request guardian refused (guardian.recent): the code and message the bot was answered",
+    "properties": {
+        "at": {"type": "string"},
+        "bot": {"type": "string", "nullable": True},
+        "endpoint": {"type": "string"},
+        "symbol": {"type": "string", "nullable": True},
+        "code": {"type": "string"},
+        "message": {"type": "string"},
+    },
+    "required": ["at", "bot", "endpoint", "code", "message"],
+}
+_STOPPED: Final[Schema] = {
+    "type": "object",
+    "description": "a limit trip (kind trip, limit says which) or a person's kill (kind kill, of bot or all)",
+    "properties": {
+        "at": {"type": "string"},
+        "kind": _enum(["trip", "kill"]),
+        "limit": {"type": "string", "nullable": True},
+        "bot": {"type": "string", "nullable": True},
+        "mode": _MODES,
+        "reason": {"type": "string"},
+    },
+    "required": ["at", "kind", "mode", "reason"],
+}
 _STATE: Final[Schema] = {
     "type": "object",
     "properties": {
@@ -583,6 +609,28 @@ _STATE: Final[Schema] = {
         "ready": {"type": "boolean"},
         "stopping": {"type": "boolean"},
         "journal": {"type": "object"},
+        "config": {
+            "type": "object",
+            "description": "the configuration in force: its file's SHA-256, when it was loaded (start or the last "
+            "reload that took effect), and the last reload asked for (null: none yet)",
+            "properties": {
+                "path": {"type": "string", "nullable": True},
+                "hash": {"type": "string", "nullable": True},
+                "loaded_at": {"type": "string"},
+                "last_reload": {"type": "object", "nullable": True},
+            },
+        },
+        "server": {
+            "type": "object",
+            "description": "how bots reach guardian: TLS, mutual TLS, or plain HTTP beyond loopback",
+            "properties": {
+                "listen": {"type": "string"},
+                "tls": {"type": "boolean"},
+                "mutual_tls": {"type": "boolean"},
+                "plaintext_beyond_loopback": {"type": "boolean"},
+                "certificate": {"type": "object", "nullable": True},
+            },
+        },
         "accounts": {
             "type": "array",
             "items": {
@@ -616,9 +664,25 @@ _STATE: Final[Schema] = {
                                 "name": {"type": "string"},
                                 "mode": _MODES,
                                 "limits": {"type": "array", "items": _LIMIT},
+                                "orders_last_minute": {
+                                    "type": "integer",
+                                    "description": "new orders and edits in the last 60 s, as the guard counts them",
+                                },
+                                "open_orders": {"type": "integer", "description": "open orders it placed"},
+                                "last_refusal": {**_REFUSED, "nullable": True},
                             },
                             "required": ["name", "mode"],
                         },
+                    },
+                    "refusals": {
+                        "type": "array",
+                        "items": _REFUSED,
+                        "description": "the last 20 refusals, newest first (since the daemon started)",
+                    },
+                    "trips": {
+                        "type": "array",
+                        "items": _STOPPED,
+                        "description": "the last 20 trips and kills, newest first (since the daemon started)",
                     },
                 },
                 "required": ["name", "mode", "switch"],
@@ -721,6 +785,28 @@ def _own_paths() -> dict[str, Schema]:
         {**killed, "required": ["account", "mode", "previous", "in_flight", "error"]},
         "Halted, but the cancel-all at the exchange failed: `error` says why.",
     )
+    reloaded = {
+        "type": "object",
+        "properties": {
+            "result": {"type": "string", "enum": ["success"]},
+            "hash": {"type": "string", "description": "the SHA-256 of the file now in force"},
+            "changed": {"type": "array", "items": {"type": "string"}, "description": "keys changed in place"},
+            "via": {"type": "string"},
+        },
+        "required": ["result", "hash", "changed"],
+    }
+    reload_refused = {
+        "type": "object",
+        "properties": {
+            "result": {"type": "string", "enum": ["error"]},
+            "error": {"type": "string", "enum": ["configRefused"]},
+            "message": {"type": "string"},
+            "restart_only": {"type": "array", "items": {"type": "string"}},
+            "hash": {"type": "string", "nullable": True, "description": "the hash still in force"},
+            "via": {"type": "string"},
+        },
+        "required": ["result", "error", "message", "restart_only"],
+    }
     metrics = {
         "description": "Prometheus text format.",
         "content": {"text/plain": {"schema": {"type": "string"}}},
@@ -783,6 +869,20 @@ def _own_paths() -> dict[str, Schema]:
             kill_body,
             killed,
             ("502", not_cancelled),
+        ),
+        "/guardian/reload": _admin(
+            "Read the configuration file again and apply it in place (as SIGHUP does): limits, bots and their "
+            "keys, budgets, notifiers; refused whole if it is invalid or changes what needs a restart",
+            {"type": "object", "maxProperties": 0, "description": "no parameters: {} or no body"},
+            reloaded,
+            (
+                "422",
+                _json(
+                    reload_refused,
+                    "configRefused: the configuration in force is unchanged; `message` "
+                    "says why, `restart_only` names the keys that need a restart.",
+                ),
+            ),
         ),
         PATH: _read("This document", {"200": _json({"type": "object"}, "The OpenAPI 3.0 document.")}),
     }

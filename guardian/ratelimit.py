@@ -126,3 +126,13 @@ class TokenBucket:
             return float("inf")
         self._refill()
         return max(0.0, (cost - self._tokens) / self.rate)
+
+    def retune(self, rate: float, burst: float) -> None:
+        """A new rate and burst (a reload): what was spent stays spent, so a bot near its limit is not given
+        a fresh burst by a reload; a smaller burst caps what is held now."""
+        if rate <= 0 or burst <= 0:
+            raise ValueError("rate and burst must be positive")
+        self._refill()
+        self.rate = rate
+        self.burst = burst
+        self._tokens = min(self._tokens, burst)

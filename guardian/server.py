@@ -26,6 +26,7 @@ from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineToo
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from guardian.conns import GuardedConnection
 from guardian.gateway.app import MAX_BODY
 from guardian.kraken.times import to_iso
 
@@ -60,8 +61,9 @@ def classify(exc: BaseException | None, status: int) -> tuple[int, str, str]:
     return 500, "Server Error", "guardian failed on this request; see its log"
 
 
-class _Connection(RequestHandler):
-    """One client connection of the local server; only its error page differs from aiohttp's."""
+class _Connection(GuardedConnection):
+    """One client connection of the local server: aiohttp's with guardian.conns' gate (caps, request
+    deadline) when the runner is given one (`gate=`), and Kraken's envelope on its error page."""
 
     def handle_error(
         self,

@@ -23,11 +23,12 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from guardian import __version__
+from guardian import __version__, conns, logs, tls
 from guardian.account import Account, Mode, bot_mode_key
-from guardian.config import Config
+from guardian.config import Config, ServerConfig
+from guardian.errors import ConfigError
 from guardian.gateway import exposure
-from guardian.gateway.admin import Admin
+from guardian.gateway.admin import Admin, AdminError
 from guardian.gateway.app import Gateway, Trail
 from guardian.gateway.auth import LocalKeys
 from guardian.gateway.halt import Halts
@@ -39,8 +40,10 @@ from guardian.metrics import Metrics
 from guardian.notify import Notifier
 from guardian.push import Pushes
 from guardian.push.watch import Watch
+from guardian.recent import Recent
 from guardian.relay.fanout import AccountFeeds, PublicFeeds
 from guardian.relay.server import Relay
+from guardian.reload import ConfigFile, ReloadOutcome, changed_in_place, restart_only
 from guardian.server import Runner
 from guardian.stream.account import OWNERS_LOOKBACK_S, PLACING, AccountStream, placed_ids
 from guardian.stream.account import state_json as stream_json
@@ -67,12 +70,27 @@ SERVICE_KEY: web.AppKey[Service] = web.AppKey("service")
 class Service:
     """`await start()`, then `await stop()`; `run(stop_event)` does both around a wait."""
 
-    def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        notifier: Notifier | None = None,
+        source: ConfigFile | None = None,
+        config_hash: str | None = None,
+    ) -> None:
         self.config = config
+        # Where a reload reads the configuration again (None: started without a file, e.g. --sim), and the
+        # identity and time of the configuration in force.
+        self.source = source
+        self.config_hash = config_hash
+        self.config_loaded_at = time.time()
+        self.last_reload: ReloadOutcome | None = None
+        self._reload_lock = asyncio.Lock()
         self.notifier = notifier or Notifier()
         self.metrics = Metrics(self.switches, accounts=lambda: self.accounts)
         # Push notifications: their own queues, tasks and HTTP session; telling never waits.
         self.pushes = Pushes(config.notify, observer=self.metrics)
+        self.metrics.config_loaded.set(self.config_loaded_at)
         for pusher in config.notify:
             self.metrics.add_notifier(pusher.name)
         self._wake = asyncio.Event()
@@ -92,6 +110,8 @@ class Service:
         ]
         for account in self.accounts:
             self.metrics.add_account(account.name)
+        # Each account's last refusals, trips and kills, for /guardian/state (bounded, in memory).
+        self.recent = {a.name: Recent(c.name for c in a.config.clients) for a in self.accounts}
         self.journal = Journal(
             config.journal.path,
             retention_days=config.journal.retention_days,
@@ -116,6 +136,16 @@ class Service:
         self.tickers = self._ticker_links()
         self.maintenance = [MaintenancePolicy(account, self.journal) for account in self.accounts]
         self.relay = self._relay()
+        self.relay.on_source_refused = self.metrics.on_source_refused
+        # The local server's connections: caps, the request deadline, accept errors (guardian.conns).
+        self.gate = conns.Gate(config.server, self.metrics.registry)
+        # TLS (guardian.tls): the live context is made by start(); the subject check reads each bot's own
+        # configuration at request time, so a reload's new one counts at once.
+        self.tls: tls.ServerTls | None = None
+        self.tls_subjects = tls.SubjectCheck(self.metrics.on_tls_subject_mismatch)
+        self.gateway.tls_subjects = self.relay.tls_subjects = self.tls_subjects
+        bound = [(a.name, c.name) for a in config.accounts for c in a.clients if c.tls_client_subject]
+        self.metrics.watch_tls(lambda: None if self.tls is None else self.tls.info, bound)
         self._ws_session: aiohttp.ClientSession | None = None
         self._stream_tasks: list[asyncio.Task[None]] = []
         self.url = ""
@@ -183,6 +213,7 @@ class Service:
                 url,
                 symbols,
                 link_timeout_s=min(a.config.stream.link_timeout_s for a in group),
+                liveness_timeout_s=min(a.config.stream.liveness_timeout_s for a in group),
                 on_message=push,
             )
             for account in group:
@@ -203,7 +234,7 @@ class Service:
 
             feeds = PublicFeeds(link, known)
             public.update({account.name: feeds for account in group})
-        return Relay(self.config, private, public, self.metrics.registry)
+        return Relay(self.config, private, public, self.metrics.registry, on_dropped=self.watch.relay_dropped)
 
     def _on_refresh(self, switch: Switch, outcome: str, duration_s: float) -> None:
         self.metrics.on_refresh(switch, outcome, duration_s)
@@ -229,7 +260,13 @@ class Service:
         if token is not None:
             accounts = {account.name: account for account in self.accounts}
             admin = _TellingAdmin(
-                token, accounts, self.journal, self.halts, self.trips, told=self.watch.admin_acted
+                token,
+                accounts,
+                self.journal,
+                self.halts,
+                self.trips,
+                told=self._admin_acted,
+                reload=self.reload,
             )
             app.add_routes(admin.routes())
         return app
@@ -238,9 +275,34 @@ class Service:
         self.metrics.on_request(
             trail.account, trail.endpoint, trail.outcome, trail.reason, total_s, trail.upstream_s
         )
+        if trail.reason == conns.SOURCE_REFUSED and trail.bot is not None:
+            self.metrics.on_source_refused(trail.account, trail.bot)
+        recent = self.recent.get(trail.account)
+        if trail.outcome == "refused" and trail.reason is not None and recent is not None:
+            symbol = trail.params.get("symbol")
+            recent.refused(
+                trail.bot,
+                trail.endpoint,
+                trail.reason,
+                trail.message or "",
+                symbol if isinstance(symbol, str) else None,
+            )
+
+    def _admin_acted(
+        self, action: str, status: int, doc: Mapping[str, Any], answer: Mapping[str, Any]
+    ) -> None:
+        recent = self.recent.get(str(answer.get("account")))
+        if action == "kill" and recent is not None:
+            bot = answer.get("bot")
+            reason = "By a person (POST /guardian/kill)" + (
+                "" if status < 300 else "; a cancel failed: see the log"
+            )
+            recent.stopped("kill", reason, str(answer.get("mode")), bot=bot if isinstance(bot, str) else None)
+        self.watch.admin_acted(action, status, doc, answer)
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
+        self.tls = tls.ServerTls.of(self.config.server)  # TlsError (exit 78) before anything is opened
         await self.journal.open()  # JournalError: nothing else starts without an audit trail
         modes = self.journal.modes()
         for account in self.accounts:
@@ -259,19 +321,34 @@ class Service:
                     account.bot_modes[client.name] = Mode(own) if own in tuple(Mode) else Mode.HALTED
                     log.warning("mode_restored", account=account.name, bot=client.name, mode=own)
         server = self.config.server
+        # The file limit raised, and bots' connections capped below it: the exchange's keep their room.
+        self.gate.fit(
+            conns.raise_file_limit(), conns.reserve_fds(len(self.accounts), len(self.config.notify))
+        )
+        self.gate.watch_accepts(asyncio.get_running_loop())
         self._runner = Runner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_GRACE_S,
+            keepalive_timeout=server.keepalive_timeout_s,
+            gate=self.gate,
         )
         await self._runner.setup()
         try:
-            await web.TCPSite(self._runner, server.host, server.port).start()
+            context = None if self.tls is None else self.tls.context
+            await web.TCPSite(
+                self._runner, server.host, server.port, ssl_context=context, backlog=conns.LISTEN_BACKLOG
+            ).start()
         except OSError:
             await self._runner.cleanup()
             self._runner = None
+            self.gate.close()
             await self.journal.close()
             raise
         host, port = self._runner.addresses[0][:2]
-        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "http" if self.tls is None else "https"
+        self.url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
         self.started_at = time.time()
         await self.pushes.start()
         log.info(
@@ -280,6 +357,7 @@ class Service:
             version=__version__,
             accounts=[account.name for account in self.accounts],
         )
+        self._log_tls()
         self._tasks = [asyncio.create_task(self.loop_watch.run(), name="loop-watch")]
         self.loop_watch.last_wake = time.monotonic()
         await self._record_start()
@@ -395,6 +473,7 @@ class Service:
         if self._runner is not None:
             await self._runner.cleanup()  # stops accepting, waits SHUTDOWN_GRACE_S for in-flight ones
             self._runner = None
+        self.gate.close()
         # A kill's follow-up cancels are about money: they finish (bounded) before the clients close.
         await self.halts.drain(SHUTDOWN_ACTION_S)
         await self.trips.drain(SHUTDOWN_ACTION_S)
@@ -473,12 +552,138 @@ class Service:
                     **account.as_json(),
                     **(stream_json(account.stream, orders=orders) if account.stream else {}),
                     **self.limits_json(account),
+                    **self.recent[account.name].as_json(),
                 }
                 for account in self.accounts
             ],
             "relay": self.relay.state_json(),
+            "server": tls.state_json(self.config.server, self.tls),
             "event_loop": {"longest_stall_s": round(self.loop_watch.longest_s, 4)},
             "notify": self.pushes.state_json(),
+            "config": self.config_json(),
+        }
+
+    # ---- reload ------------------------------------------------------------------------------------
+    def reload_tls(self, server: ServerConfig | None = None) -> tls.CertInfo | None:
+        """Read the TLS certificate and key again (from `server`'s paths, if given) into the live context:
+        new handshakes use them. None while TLS is off; `TlsError` (a `ConfigError`) if the files are bad,
+        TLS would be turned on or off, or the client CA changed: the context in force is then unchanged."""
+        if self.tls is None:
+            if server is not None and server.tls_cert_file is not None:
+                raise tls.TlsError("server.tls_cert_file was added: TLS is turned on by a restart only")
+            return None
+        info = self.tls.reload(server)
+        self._log_tls()
+        return info
+
+    def _log_tls(self) -> None:
+        if self.tls is None:
+            if not self.config.server.is_loopback:
+                log.warning("plaintext_beyond_loopback", listen=self.config.server.listen)
+            return
+        info = self.tls.info
+        log.info("tls_on", subject=info.subject, mutual=self.tls.mutual, days_left=info.days_left())
+        if info.days_left() < tls.EXPIRY_WARNING_DAYS:
+            log.warning("tls_certificate_expiring", subject=info.subject, days_left=info.days_left())
+
+    async def reload(self, via: str, given: tuple[Config, str] | None = None) -> ReloadOutcome:
+        """Read the configuration file again and apply it in place, or refuse it whole (the rules in force
+        stay). One reload at a time; `via` (SIGHUP, http) is what the journal and the log say asked.
+        `given` (a configuration and its hash) is applied instead of the file's: for tests and embedders."""
+        async with self._reload_lock:
+            self.notifier.send(RELOADING="1", STATUS="reloading the configuration")
+            try:
+                outcome = await self._reload(via, given)
+            finally:
+                self.notifier.send(READY="1", STATUS=self.status_line(self._current_states()))
+            self.last_reload = outcome
+            return outcome
+
+    async def _reload(self, via: str, given: tuple[Config, str] | None) -> ReloadOutcome:
+        if self.stopping:
+            return await self._refused(via, "guardian is stopping")
+        if given is not None:
+            new, digest = given
+        elif self.source is None:
+            return await self._refused(
+                via, "guardian was started without a configuration file (--sim): there is nothing to re-read"
+            )
+        else:
+            try:
+                new, digest = self.source.load()
+            except ConfigError as exc:
+                return await self._refused(via, str(exc))
+        needs_restart = restart_only(self.config, new)
+        if needs_restart:
+            return await self._refused(
+                via,
+                "these keys cannot change without a restart: " + ", ".join(needs_restart),
+                needs_restart,
+                digest,
+            )
+        try:  # the certificate and key read again (a renewal keeps their paths): new handshakes use them
+            certificate = self.reload_tls(new.server)
+        except ConfigError as exc:
+            return await self._refused(via, str(exc), None, digest)
+        changed = changed_in_place(self.config, new)
+        if certificate is not None:
+            changed.append(
+                f"server TLS certificate: {certificate.subject}, {certificate.days_left():.0f} days left"
+            )
+        # One step, nothing awaited: no request sees half of the old rules and half of the new.
+        logs.REDACTOR.register(new.all_secrets())
+        by_name = {account.name: account for account in new.accounts}
+        for account in self.accounts:
+            account.config = by_name[account.name]
+        self.gateway.reconfigure(new)
+        self.relay.reconfigure(new)
+        for notifier in new.notify:
+            self.metrics.add_notifier(notifier.name)
+        self.config = new
+        self.config_hash = digest
+        self.config_loaded_at = time.time()
+        self.metrics.config_reloads.inc()
+        self.metrics.config_loaded.set(self.config_loaded_at)
+        for warning in new.warnings():
+            log.warning("config_warning", warning=warning)
+        log.info("config_reloaded", via=via, hash=digest, changed=changed)
+        try:
+            await self.journal.event(
+                "config_reloaded", None, {"hash": digest, "via": via, "changed": changed}
+            )
+        except JournalError as exc:  # the reload has taken effect: said in the log, loudly
+            log.error("journal_event_failed", kind="config_reloaded", error=str(exc))
+        await self.pushes.reconfigure(new.notify, NOTIFY_FLUSH_S)
+        return ReloadOutcome(True, via, digest, self.config_loaded_at, changed)
+
+    async def _refused(
+        self, via: str, error: str, needs_restart: list[str] | None = None, digest: str | None = None
+    ) -> ReloadOutcome:
+        error = logs.REDACTOR.scrub(error)
+        self.metrics.config_reload_failures.inc()
+        log.error("config_reload_failed", via=via, error=error, hash_in_force=self.config_hash)
+        detail = {"via": via, "error": error, "hash_refused": digest, "hash_in_force": self.config_hash}
+        try:
+            await self.journal.event("config_reload_failed", None, detail)
+        except JournalError as exc:
+            log.error("journal_event_failed", kind="config_reload_failed", error=str(exc))
+        return ReloadOutcome(
+            False, via, self.config_hash, self.config_loaded_at, [], error, needs_restart or []
+        )
+
+    def _current_states(self) -> dict[str, SwitchState]:
+        return {account.name: account.switch.state for account in self.accounts}
+
+    def config_json(self) -> dict[str, object]:
+        """`/guardian/state`'s `config`: the hash of the file in force, when it was loaded, the last reload."""
+        last = self.last_reload
+        return {
+            "path": None if self.source is None else str(self.source.path),
+            "hash": self.config_hash,
+            "loaded_at": to_iso(self.config_loaded_at),
+            "last_reload": None
+            if last is None
+            else {"ok": last.ok, "via": last.via, "error": last.error, "restart_only": last.restart_only},
         }
 
     def exposure_book(self, account: Account) -> exposure.Book:
@@ -499,8 +704,9 @@ class Service:
 
     def limits_json(self, account: Account) -> dict[str, object]:
         """The exposure fields of `/guardian/state` (contract names): `limits`, `daily_pnl`, and each bot's
-        mode and own limits under `bots`."""
+        mode, own limits, orders in the last minute, open orders and last refusal under `bots`."""
         book = self.exposure_book(account)
+        recent = self.recent[account.name]
         bots = []
         for client in account.config.clients:
             own = exposure.bot_usage(book, exposure.Limits(account.config.guard, client), client.name)
@@ -509,6 +715,9 @@ class Service:
                     "name": client.name,
                     "mode": account.bot_modes.get(client.name, Mode.ACTIVE).value,
                     "limits": [u.as_json() for u in own],
+                    "orders_last_minute": book.orders_in_window(client.name),
+                    "open_orders": book.ledger.bot_count(client.name),
+                    "last_refusal": recent.bot_json(client.name),
                 }
             )
         stream = account.stream
@@ -579,6 +788,9 @@ class Service:
         self.metrics.on_trip(name, limit)
         account = self.account(name)
         if account is not None:
+            trip = account.trip
+            if trip is not None:
+                self.recent[name].stopped("trip", trip.reason, trip.mode.value, limit=trip.limit, at=trip.at)
             self.watch.tripped(account)
 
     def _changes(
@@ -599,11 +811,13 @@ class Service:
         return changes
 
     async def _record_start(self) -> None:
-        """Every switch's first state (`starting`: no beat has run yet), seen and journaled before the
-        switch thread starts, so the journal's story of each switch begins where the switch did, however
-        fast the first refresh arms it."""
+        """Every switch's first state (`starting`: no beat has run yet), seen, told to systemd (STATUS=) and
+        journaled before the switch thread starts, so the story of each switch begins where the switch did,
+        however fast the first refresh arms it."""
         observed = {account.name: self._observe_switch(account) for account in self.accounts}
-        for account, previous, state in self._changes(observed):
+        changes = self._changes(observed)
+        self.notifier.status(self.status_line(observed))
+        for account, previous, state in changes:
             await self._journal_switch(account, previous, state)
 
     async def _probe_journal(self) -> None:
@@ -673,10 +887,23 @@ class _TellingAdmin(Admin):
         self,
         *args: Any,
         told: Callable[[str, int, Mapping[str, Any], Mapping[str, Any]], None],
+        reload: Callable[[str], Coroutine[Any, Any, ReloadOutcome]],
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._told = told
+        self._reload = reload
+
+    def routes(self) -> list[web.RouteDef]:
+        return [*super().routes(), web.post("/guardian/reload", self._guarded(self.reload))]
+
+    async def reload(self, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """POST /guardian/reload: 200 with the new hash and what changed, or 422 with why the file was
+        refused (the configuration in force is unchanged)."""
+        if doc:
+            raise AdminError(400, "invalidArgument", "POST /guardian/reload takes no parameters")
+        outcome = await self._reload("http")
+        return (200 if outcome.ok else 422), outcome.as_json()
 
     async def kill(self, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         status, answer = await super().kill(doc)

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from guardian.config import StreamConfig
 from guardian.journal import read_journal
 from guardian.service import Service
 from guardian.sim.app import Simulator
@@ -35,7 +36,10 @@ SYMBOLS = ("PF_XBTUSD", "PF_ETHUSD", "PF_SOLUSD")
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[tuple[Simulator, Service]]:
-    async with exchange_and_guardian(tmp_path) as (exchange, service):
+    # A link silent for 2 s (the relay tests' setting) can be a busy machine applying thousands of orders,
+    # and a reconnect sends every subscriber a new snapshot: these tests are about the book, not the link.
+    patient = StreamConfig(link_timeout_s=15.0, reconcile_s=30.0, state_max_age_s=10.0)
+    async with exchange_and_guardian(tmp_path, account_stream=patient) as (exchange, service):
         exchange.exchange.max_open_orders = 10 * N
         yield exchange, service
 

@@ -680,7 +680,7 @@ def test_the_example_documents_every_key() -> None:
         *cfg._ACCOUNT_KEYS,
         *cfg._SWITCH_KEYS,
         *cfg._LIMIT_KEYS,
-        *cfg._GUARD_SETTINGS,
+        *cfg.GUARD_SETTINGS,
         *cfg._EXPOSURE_KEYS,
         *cfg._CLIENT_KEYS,
     }

@@ -236,6 +236,8 @@ def test_the_unit_has_every_directive_the_contract_asks_for() -> None:
         assert one(unit, key) == value, f"{key}={one(unit, key)!r}, expected {value!r}"
     assert unit["SystemCallFilter"][0] == "@system-service"
     assert read_unit(UNIT)["Install"]["WantedBy"] == ["multi-user.target"]
+    # `systemctl reload guardian`: SIGHUP to the main process re-reads the configuration (test_reload.py).
+    assert one(unit, "ExecReload") == "/bin/kill -HUP $MAINPID"
 
 
 def test_the_unit_runs_guardian_run_with_the_config_in_etc() -> None:
@@ -302,7 +304,7 @@ def fake_secrets(directory: Path, names: set[str]) -> dict[str, str]:
             COMPOSE_CONFIG,
             [
                 "warning: server.listen = '0.0.0.0:8787' is not a loopback address: guardian's API is "
-                "reachable from other machines"
+                "reachable from other machines, in plain HTTP (no server.tls_cert_file)"
             ],
         ),
     ],

@@ -97,7 +97,12 @@ def test_make_run_installs_the_runtime_lock_only_and_make_test_the_test_lock() -
     assert "/nonexistent/venv/bin/guardian run --sim" in run
     test = dry_run("test")
     assert "--require-hashes --no-deps --requirement requirements/test.txt" in test
-    for gate in ("ruff format --check .", "ruff check .", "mypy guardian", "pytest --cov"):
+    for gate in (
+        "ruff format --check .",
+        "ruff check .",
+        "mypy guardian",
+        "pytest -n 2 --dist loadfile --cov",
+    ):
         assert gate in test, gate
     for command in (run, test):  # guardian itself: no unhashed build environment, no resolving
         assert "install --no-deps --no-build-isolation --editable ." in command

@@ -420,6 +420,8 @@ async def test_connection_limits_per_bot_and_in_total_close_with_1013(
         await owns[3].ws.send_json({"event": "subscribe", "feed": "balances", **owns[3].auth()})
         await wait_for(lambda: owns[3].closed, 3.0, "the fourth connection of own-bot closed")
         assert owns[3].ws.close_code == 1013
+        # Told why before the close, as Kraken tells a refused private subscription.
+        assert {"event": "alert", "message": AUTH_FAILED} in [m for _, m in owns[3].messages]
         service.relay.max_connections = len(service.relay.connections)
         async with aiohttp.ClientSession() as http, http.ws_connect(ws_url(service)) as ws:
             frame = await ws.receive(timeout=3)

@@ -42,7 +42,7 @@ from aiohttp import web
 
 from guardian import logs
 from guardian.account import RATE_WINDOW_MARGIN_S, Account
-from guardian.config import ServerConfig
+from guardian.config import Config, ServerConfig
 from guardian.gateway import checks, forward, intake
 from guardian.gateway.auth import LocalKeys
 from guardian.gateway.passage import (
@@ -61,6 +61,7 @@ from guardian.kraken import endpoints as ep
 from guardian.kraken.client import RawAnswer
 from guardian.kraken.times import to_iso
 from guardian.ratelimit import CostBudget
+from guardian.tls import SubjectCheck
 
 __all__ = ["MAX_BODY", "ORDER_ENDPOINTS", "REPLAYED_HEADER", "STAGES", "Gateway", "Trail"]
 
@@ -101,8 +102,9 @@ class Gateway:
     ) -> None:
         self.accounts = {account.name: account for account in accounts}
         self.public_account = accounts[0]  # public reads go out on the first account's connections
+        # Each bot's own share, by (account, bot): one budget whichever of its keys it signs with.
         self.bot_budgets = {
-            client.api_key: CostBudget(client.rate_budget, account.config.guard.rate_window_s)
+            (account.name, client.name): CostBudget(client.rate_budget, account.config.guard.rate_window_s)
             for account in accounts
             for client in account.config.clients
             if client.rate_budget is not None
@@ -116,8 +118,29 @@ class Gateway:
             for account in accounts
         }
         self.keys = keys
+        self.tls_subjects = SubjectCheck()  # tls_client_subject; the daemon's counts mismatches
         self.journal = journal
         self._observe = observe  # metrics sink: observe(trail, total_s)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded configuration's bots: their keys, their own rate budgets (a budget kept keeps what
+        was spent in its window) and the public budgets. The accounts' own configurations are swapped by
+        the caller, in the same step (nothing is awaited in between)."""
+        self.keys.reconfigure(config.accounts)
+        budgets: dict[tuple[str, str], CostBudget] = {}
+        for account in config.accounts:
+            for client in account.clients:
+                if client.rate_budget is None:
+                    continue
+                who = (account.name, client.name)
+                budget = self.bot_budgets.get(who)
+                if budget is None:
+                    budget = CostBudget(client.rate_budget, account.guard.rate_window_s)
+                budget.capacity = client.rate_budget
+                budgets[who] = budget
+        self.bot_budgets = budgets
+        clients = [client for account in config.accounts for client in account.clients]
+        self.public.reconfigure(config.server.public_rate_limit, config.server.public_burst_size, clients)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.route("*", prefix + "{tail:.*}", self.handle) for prefix in ep.PREFIXES]
@@ -132,7 +155,7 @@ class Gateway:
             raise
         except Refusal as refusal:
             trail.outcome, trail.raw = "refused", None
-            trail.reason = refusal.code
+            trail.reason, trail.message = refusal.code, refusal.message
             response = refused(refusal)
             await self.journal_local(trail, "refused", refusal.code, refusal.http_status)
             log.info(

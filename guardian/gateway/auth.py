@@ -50,6 +50,22 @@ class LocalKeys:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def reconfigure(self, accounts: Iterable[AccountConfig]) -> None:
+        """The keys of a reloaded configuration, in one step: a removed key is refused from its next
+        request, an added one works at once. Every key's nonce history is kept, a removed key's too (a
+        key revoked and later restored must not accept its old requests again)."""
+        keys: dict[str, tuple[Caller, ApiSecret]] = {}
+        for account in accounts:
+            for client in account.clients:
+                for key in client.keys:
+                    keys[key.api_key] = (Caller(account.name, client), key.api_secret)
+        self._keys = keys
+
+    def lookup(self, api_key: str) -> Caller | None:
+        """The bot a key belongs to, its signature not verified (for checks made before the body is read)."""
+        found = self._keys.get(api_key)
+        return None if found is None else found[0]
+
     def authenticate(
         self, headers: Mapping[str, str], ep: Endpoint, query: str, body: str, path: str | None = None
     ) -> Caller:
@@ -85,6 +101,12 @@ class LocalKeys:
                 "local secret), SHA256(postData + Nonce + path without /derivatives))), over the bytes sent",
             )
         caller = found[0]
+        if nonce is None and caller.client.require_nonce:  # read now: a reloaded entry applies at once
+            raise Refusal(
+                "nonceRequired",
+                f"bot {caller.bot!r} must send a Nonce header (accounts.clients.require_nonce), so that no "
+                "request of it can be replayed",
+            )
         if nonce is not None:
             value = int(nonce)
             problem = self._nonces.setdefault(api_key, NonceWindow()).check(

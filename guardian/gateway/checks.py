@@ -92,7 +92,7 @@ async def limits(gw: Gateway, p: Passage) -> None:
             rules.check_batch(
                 [decision.intents[index] for index in kept],
                 mode,
-                account.config.guard,
+                p.rules,
                 marks,
                 originals,
                 account.instruments.contract,
@@ -112,7 +112,7 @@ async def limits(gw: Gateway, p: Passage) -> None:
         contract_gate(account, intent, lambda refusal: refusal)
         rules.check_limits(
             intent,
-            account.config.guard,
+            p.rules,
             account.marks.mark(intent.symbol or ""),
             reducible=_reducible(account, intent),
             contract=account.instruments.contract(intent.symbol or ""),
@@ -133,7 +133,7 @@ async def hold(gw: Gateway, p: Passage) -> None:
     else:
         return
     account, bot = p.account, p.bot.bot
-    if decision.keys and account.config.guard.dedupe_window_s > 0:
+    if decision.keys and p.rules.dedupe_window_s > 0:
         earlier = account.recent.get(decision.keys[0])
         if (
             earlier is not None
@@ -152,12 +152,12 @@ def judge(p: Passage, judged: Sequence[tuple[int, OrderIntent, bool]]) -> exposu
         return None
     account, decision, caller = p.account, p.decision, p.bot
     stream = account.stream
-    loss_on = account.config.guard.max_daily_loss is not None
+    loss_on = p.rules.max_daily_loss is not None
     trial = account.exposure.trial(
         caller.bot,
         reconciles=stream.reconciles if stream is not None else 0,
         daily_pnl=stream.state.daily_pnl() if stream is not None and loss_on else Decimal(0),
-        window_s=account.config.guard.duplicate_window_s,
+        window_s=p.rules.duplicate_window_s,
     )
     if stream is not None and loss_on and trial.daily_pnl is None:
         trial.pnl_gap = stream.state.pnl_gap()
@@ -169,7 +169,7 @@ def judge(p: Passage, judged: Sequence[tuple[int, OrderIntent, bool]]) -> exposu
     return account.exposure.judge(
         trial,
         candidates,
-        exposure.Limits(account.config.guard, caller.client),
+        exposure.Limits(p.rules, caller.client),
         fresh=stream is not None and stream.fresh(),
         item=lambda index, refusal: refusal.for_item(index, tags[index]) if decision.items else refusal,
     )

@@ -73,7 +73,7 @@ async def forward(gw: Gateway, p: Passage) -> None:
 def spend(gw: Gateway, account: Account, caller: Caller, cost: float, decision: Decision) -> None:
     """The local rate budget: the bot's own share (if it has one), then the account's, which always
     keeps the switch's share and, from everything but cancels, room for one more cancel-all."""
-    mine = gw.bot_budgets.get(caller.client.api_key)
+    mine = gw.bot_budgets.get((caller.account, caller.bot))
     if mine is not None and mine.available() < cost:
         raise Refusal(
             "apiLimitExceeded",

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from guardian import conns
 from guardian.account import Account
 from guardian.errors import ExchangeError
 from guardian.gateway import checks, notfound, orders, rules, settings
@@ -52,6 +53,10 @@ async def receive(gw: Gateway, p: Passage) -> None:
     if request.method not in p.endpoint.methods:
         taken = " or ".join(sorted(set(ep.methods_at(request.path))))
         raise Refusal("notFound", f"{request.path} takes {taken}, not {request.method}")
+    caller = gw.keys.lookup(request.headers.get("APIKey", ""))
+    if caller is not None and not conns.allowed(caller.client, conns.request_source(request)):
+        trail.account, trail.bot = caller.account, caller.bot
+        raise conns.source_refusal(request)  # before the body is read
     raw = await read_capped(request, MAX_BODY)
     if raw is None:
         raise Refusal("requestTooLarge", f"the request body is over {MAX_BODY // 1024} KiB")
@@ -77,7 +82,14 @@ async def authenticate(gw: Gateway, p: Passage) -> None:
         return
     p.caller = gw.keys.authenticate(request.headers, endpoint, p.query, p.body, request.path)
     trail.account, trail.bot = p.caller.account, p.caller.bot
+    if gw.tls_subjects.problem(request.transport, p.caller.account, p.caller.client) is not None:
+        raise Refusal(
+            "authenticationError",
+            "this key is bound to a client certificate (accounts.clients.tls_client_subject) that this "
+            "connection's certificate does not name",
+        )
     p.on = gw.accounts[p.caller.account]
+    p.guard = p.on.config.guard
     p.decision.bot = p.caller.bot
     if endpoint.permission is ep.Permission.FUNDS or endpoint.risk is ep.Risk.FUNDS:
         raise Refusal("endpointNotAllowed", f"{endpoint.name} moves funds: guardian never forwards it")

@@ -13,6 +13,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from guardian.account import Account, Mode
+from guardian.config import GuardConfig
 from guardian.gateway import exposure
 from guardian.gateway.auth import Caller
 from guardian.gateway.halt import CLOSED_STATUSES
@@ -78,6 +79,7 @@ class Trail:
     params: dict[str, Any] = field(default_factory=dict)
     outcome: str = "unknown"
     reason: str | None = None
+    message: str | None = None  # a refusal's message (the status page shows the last ones)
     upstream_s: float | None = None
     answer: dict[str, Any] | None = None  # the exchange's answer, parsed, for the journal
     body: str = field(default="", repr=False)  # the request's body as the bot sent it
@@ -106,6 +108,9 @@ class Passage:
     body: str = ""
     caller: Caller | None = None  # the bot, by its local key (authenticate)
     on: Account | None = None  # its account
+    # The account's guard as it was when the request was authenticated: a reload that lands while the
+    # request waits (for the contracts, a settling order) leaves it judged by the rules it started with.
+    guard: GuardConfig | None = None
     fields: dict[str, str] = field(default_factory=dict)  # the request's parameters (parse)
     decision: Decision = field(default_factory=Decision)
     answer: web.StreamResponse | None = None
@@ -119,6 +124,11 @@ class Passage:
     def account(self) -> Account:
         assert self.on is not None, "the passage has not been authenticated"
         return self.on
+
+    @property
+    def rules(self) -> GuardConfig:
+        assert self.guard is not None, "the passage has not been authenticated"
+        return self.guard
 
     @property
     def bot(self) -> Caller:

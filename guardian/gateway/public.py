@@ -96,6 +96,23 @@ class PublicGate:
         self.upstream_calls = 0  # public requests that went to the exchange
         self.cache_hits = 0
 
+    def reconfigure(self, total_per_s: float, total_burst: float, clients: Iterable[ClientConfig]) -> None:
+        """A reload's budgets: each bot kept keeps what it has spent (retuned), a new bot starts full, a
+        removed bot's keys are no longer counted as its. The cache and the reads in flight are kept."""
+        self.total.retune(total_per_s, total_burst)
+        kept = {name: bucket for name, bucket in self._bots.values()}
+        buckets: dict[str, TokenBucket] = {}
+        for client in clients:
+            bucket = kept.get(client.name)
+            if bucket is None:
+                bucket = TokenBucket(client.public_rate_limit, client.public_burst_size, self._clock)
+            else:
+                bucket.retune(client.public_rate_limit, client.public_burst_size)
+            buckets[client.name] = bucket
+        self._bots = {
+            key.api_key: (client.name, buckets[client.name]) for client in clients for key in client.keys
+        }
+
     def bot_for(self, headers: Mapping[str, str]) -> str | None:
         """The bot a public request is labelled with (its `APIKey` header), if any."""
         found = self._bots.get(headers.get("APIKey", ""))

@@ -23,6 +23,7 @@ dropped, counted and logged. Nothing here logs a URL: they hold secrets (Slack's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 import time
@@ -319,6 +320,7 @@ class Pushes:
         host: str | None = None,
     ) -> None:
         self.host = host or socket.gethostname()
+        self._observer = observer
         self.channels = [_Channel(config, host=self.host, observer=observer) for config in configs]
         self._session: aiohttp.ClientSession | None = None
 
@@ -328,6 +330,33 @@ class Pushes:
         self._session = aiohttp.ClientSession()
         for channel in self.channels:
             channel.start(self._session)
+
+    async def reconfigure(self, configs: Sequence[NotifyConfig], limit_s: float) -> None:
+        """A reload's notifiers: one kept (by name) takes its new settings at once and keeps its queue and
+        what it holds back; a new one starts; a removed one stops taking events, and what it held is sent
+        within `limit_s` before it stops (as at shutdown)."""
+        by_name = {channel.name: channel for channel in self.channels}
+        channels = []
+        for config in configs:
+            channel = by_name.pop(config.name, None)
+            if channel is None:
+                channel = _Channel(config, host=self.host, observer=self._observer)
+                if self._session is None:
+                    self._session = aiohttp.ClientSession()
+                channel.start(self._session)
+            else:
+                channel.config = config
+            channels.append(channel)
+        self.channels = channels
+        removed = list(by_name.values())
+        for channel in removed:
+            channel.release_all()
+        if removed:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(limit_s):
+                    await asyncio.gather(*(channel.drained() for channel in removed))
+            for channel in removed:
+                await channel.stop()
 
     def push(self, note: Note) -> None:
         """Tell every notifier that wants `note`'s event. Synchronous: it never waits for a receiver."""

@@ -21,7 +21,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
 import structlog
@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from guardian import conns
 from guardian.config import Config, mask_key
 from guardian.gateway.auth import Caller
 from guardian.gateway.refusal import Refusal
@@ -38,6 +39,8 @@ from guardian.kraken.signing import verify_challenge
 from guardian.kraken.times import to_iso
 from guardian.relay import render
 from guardian.relay.fanout import AccountFeeds, PublicFeeds, dumps
+from guardian.secret import ApiSecret
+from guardian.tls import SubjectCheck
 
 log = structlog.get_logger("guardian.relay")
 
@@ -82,6 +85,7 @@ class Connection:
         self.requests: deque[float] = deque()
         self.opened = time.time()
         self.reason: str | None = None  # why guardian closed it
+        self.peername = transport.get_extra_info("peername") if transport is not None else None
         self._queue: deque[str] = deque()
         self._ready = asyncio.Event()
         self._closer: asyncio.Task[None] | None = None
@@ -118,24 +122,36 @@ class Connection:
         feed = str(message.get("feed"))
         self.offer(dumps(message), "event" if "event" in message else feed.removesuffix("_snapshot"))
 
-    def kill(self, reason: str, text: str) -> None:
-        """Close with 1013 (try again later) in the background; the reader ends with it."""
+    def kill(
+        self, reason: str, text: str, caller: Caller | None = None, last: Mapping[str, Any] | None = None
+    ) -> None:
+        """Close with 1013 (try again later) in the background; the reader ends with it. `caller`: the bot
+        it authenticated as, when that is why it is closed (over its connection limit). `last`: a message
+        sent just before the close frame (what was queued is dropped, this one is not)."""
         if self.reason is not None:
             return
         self.reason = reason
         self._queue.clear()
+        who = caller or self.caller
+        bot, account = (None, None) if who is None else (who.bot, who.account)
         (log.warning if reason == "slow_consumer" else log.info)(
-            "relay_connection_closed", reason=reason, bot=self.bot, account=self.account, detail=text
+            "relay_connection_closed", reason=reason, bot=bot, account=account, detail=text
         )
-        self._closer = asyncio.create_task(self._close(TRY_AGAIN_LATER, text), name="relay-close")
+        if self.relay.on_dropped is not None:  # told on (push notifications); never waits
+            self.relay.on_dropped(account, bot, reason, text)
+        final = None if last is None else dumps(last)
+        self._closer = asyncio.create_task(self._close(TRY_AGAIN_LATER, text, final), name="relay-close")
 
-    async def _close(self, code: int, text: str) -> None:
-        """Send the close frame behind what the bot has not read yet; if it has not taken it within
-        CLOSE_WAIT_S (a bot that stopped reading), cut the connection and drop the backlog."""
+    async def _close(self, code: int, text: str, last: str | None = None) -> None:
+        """Send `last` and the close frame behind what the bot has not read yet; if it has not taken them
+        within CLOSE_WAIT_S (a bot that stopped reading), cut the connection and drop the backlog."""
         if self.writer is not None:
             self.writer.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CLOSE_WAIT_S
+        if last is not None:
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                await asyncio.wait_for(self.ws.send_str(last), CLOSE_WAIT_S)
         closing = asyncio.ensure_future(self.ws.close(code=code, message=text.encode()[:120]))
         try:
             await asyncio.wait({closing}, timeout=CLOSE_WAIT_S)
@@ -196,8 +212,10 @@ class Relay:
         *,
         queue_size: int = QUEUE_SIZE,
         requests_per_s: int = REQUESTS_PER_S,
+        on_dropped: Callable[[str | None, str | None, str, str], None] | None = None,
     ) -> None:
         self.config = config
+        self.on_dropped = on_dropped  # (account, bot, reason, detail) of each connection guardian closes
         self.accounts = accounts  # account name -> its private feeds (stream enabled)
         self.public = public  # account name -> its exchange's public feeds
         self.queue_size = queue_size
@@ -205,19 +223,12 @@ class Relay:
         self.max_connections = config.server.ws_max_connections
         self.send_buffer_bytes = SEND_BUFFER_BYTES
         # Every key of every bot (a bot rotating its key has two), each with its own secret.
-        self.keys: dict[str, Caller] = {
-            key.api_key: Caller(account.name, client)
-            for account in config.accounts
-            for client in account.clients
-            for key in client.keys
-        }
-        self._secrets = {
-            key.api_key: key.api_secret
-            for account in config.accounts
-            for client in account.clients
-            for key in client.keys
-        }
+        self.keys: dict[str, Caller] = {}
+        self._secrets: dict[str, ApiSecret] = {}
+        self._read_keys(config)
         self.connections: set[Connection] = set()
+        self.tls_subjects = SubjectCheck()  # tls_client_subject; the daemon's counts mismatches
+        self.on_source_refused: Callable[[str, str], None] | None = None  # a key from outside allow_from
         self.closing = False
         self._refreshes: set[asyncio.Task[None]] = set()  # upstream releases in flight, owned here
         self.messages = Counter(
@@ -377,6 +388,12 @@ class Relay:
             why = "the key has no read permission"
         elif conn.caller is not None and conn.caller.bot != caller.bot:
             why = "another bot's key on a connection that already authenticated"
+        elif self.tls_subjects.problem(conn.transport, caller.account, caller.client) is not None:
+            why = "a client certificate that does not name the key's tls_client_subject"
+        elif not conns.allowed(caller.client, source := conns.source_of(conn.peername)):
+            why = f"a source address ({source}) outside the bot's allow_from"
+            if self.on_source_refused is not None:
+                self.on_source_refused(caller.account, caller.bot)
         if why is not None:
             log.warning(
                 "relay_auth_refused",
@@ -397,10 +414,11 @@ class Relay:
             limit = caller.client.ws_max_connections
             held = sum(1 for c in self.connections if c.bot == caller.bot)
             if held >= limit:
-                conn.send({"event": "alert", "message": AUTH_FAILED})
                 conn.kill(
                     "bot_connection_limit",
                     f"bot {caller.bot} has {held} connections, its ws_max_connections",
+                    caller,
+                    last={"event": "alert", "message": AUTH_FAILED},
                 )
                 return
             conn.caller = caller
@@ -508,6 +526,37 @@ class Relay:
             "max_connections": self.max_connections,
             "connections": [c.describe() for c in sorted(self.connections, key=lambda c: c.opened)],
         }
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded configuration: its keys and the connection cap now. A connection stays open unless its
+        bot was removed, lost the read permission or is no longer allowed from the connection's address
+        (closed: `bot_removed`, `permission_removed`, `source_removed`); the others are kept, their
+        subscriptions too, and judged as the bot's new entry says."""
+        self.config = config
+        self.max_connections = config.server.ws_max_connections
+        self._read_keys(config)
+        bots = {(c.account, c.bot): c for c in self.keys.values()}
+        for conn in list(self.connections):
+            if conn.caller is None:
+                continue
+            now = bots.get((conn.caller.account, conn.caller.bot))
+            if now is None:
+                conn.kill("bot_removed", f"bot {conn.caller.bot} is no longer configured")
+            elif Permission.READ not in now.client.permissions:
+                conn.kill("permission_removed", f"bot {conn.caller.bot} no longer has the read permission")
+            elif not conns.allowed(now.client, conns.source_of(conn.peername)):
+                conn.kill("source_removed", f"bot {conn.caller.bot} is no longer allowed from this address")
+            else:
+                conn.caller = now
+
+    def _read_keys(self, config: Config) -> None:
+        self.keys = {}
+        self._secrets = {}
+        for account in config.accounts:
+            for client in account.clients:
+                for key in client.keys:
+                    self.keys[key.api_key] = Caller(account.name, client)
+                    self._secrets[key.api_key] = key.api_secret
 
     def counts(self) -> dict[tuple[str, str], int]:
         found: dict[tuple[str, str], int] = {
