@@ -63,9 +63,10 @@ typecheck: $(VENV)/.test
 	$(BIN)/mypy guardian
 
 # Two workers (pytest-xdist), each taking whole test files: most of the suite's time is waiting (switch
-# timers, real subprocesses, podman), so two run in about half the time on two cores.
+# timers, real subprocesses, podman), so two run in about half the time on two cores. In collection order
+# (not xdist's largest-file-first): tests/conftest.py puts the files that take minutes first.
 unit: $(VENV)/.test tools
-	$(BIN)/pytest -n 2 --dist loadfile --cov --cov-report=term $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --cov --cov-report=term $(PYTEST_ARGS)
 
 test: lint typecheck unit
 

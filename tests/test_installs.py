@@ -101,7 +101,7 @@ def test_make_run_installs_the_runtime_lock_only_and_make_test_the_test_lock() -
         "ruff format --check .",
         "ruff check .",
         "mypy guardian",
-        "pytest -n 2 --dist loadfile --cov",
+        "pytest -n 2 --dist loadfile --no-loadscope-reorder --cov",
     ):
         assert gate in test, gate
     for command in (run, test):  # guardian itself: no unhashed build environment, no resolving
