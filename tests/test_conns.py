@@ -240,8 +240,11 @@ async def test_accept_errors_are_one_event_with_a_count_never_asyncios_traceback
                     sock.connect(("127.0.0.1", s.port))
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
             with capture_logs() as logged, caplog.at_level(logging.DEBUG, logger="asyncio"):
-                # Not one descriptor spare (the listing's own is closed when it returns).
-                resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) - 1, hard))
+                # Not one descriptor spare: the kernel gives the lowest free number, and the limit is on
+                # numbers, not on the count (a process that closed some has holes below its highest).
+                lowest_free = os.open(os.devnull, os.O_RDONLY)
+                os.close(lowest_free)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
                 try:  # the accept loop tries, fails with EMFILE, retries in a second
                     await wait_until(
                         lambda: s.metric("guardian_accept_errors_total", errno="EMFILE") >= 1, 10
