@@ -74,6 +74,12 @@ class Recent:
         self.stops: deque[Stopped] = deque(maxlen=KEPT)
         self.last_refusal: dict[str, Refused] = {}
 
+    def rebind(self, bots: Iterable[str]) -> None:
+        """The account's bots after a reload: a new one's refusals are kept from now, a removed one's last
+        refusal is forgotten (the account's list keeps it)."""
+        self._bots = frozenset(bots)
+        self.last_refusal = {bot: found for bot, found in self.last_refusal.items() if bot in self._bots}
+
     def refused(
         self, bot: str | None, endpoint: str, code: str, message: str, symbol: str | None = None
     ) -> None:

@@ -144,8 +144,7 @@ class Service:
         self.tls: tls.ServerTls | None = None
         self.tls_subjects = tls.SubjectCheck(self.metrics.on_tls_subject_mismatch)
         self.gateway.tls_subjects = self.relay.tls_subjects = self.tls_subjects
-        bound = [(a.name, c.name) for a in config.accounts for c in a.clients if c.tls_client_subject]
-        self.metrics.watch_tls(lambda: None if self.tls is None else self.tls.info, bound)
+        self.metrics.watch_tls(lambda: None if self.tls is None else self.tls.info, _bound(config))
         self._ws_session: aiohttp.ClientSession | None = None
         self._stream_tasks: list[asyncio.Task[None]] = []
         self.url = ""
@@ -635,10 +634,13 @@ class Service:
         by_name = {account.name: account for account in new.accounts}
         for account in self.accounts:
             account.config = by_name[account.name]
+            self.recent[account.name].rebind(c.name for c in account.config.clients)
         self.gateway.reconfigure(new)
         self.relay.reconfigure(new)
         for notifier in new.notify:
             self.metrics.add_notifier(notifier.name)
+        for account_name, bot in _bound(new):  # a bot bound by this reload: its mismatch series at 0 too
+            self.metrics.tls_subject_mismatches.labels(account_name, bot)
         self.config = new
         self.config_hash = digest
         self.config_loaded_at = time.time()
@@ -914,6 +916,11 @@ class _TellingAdmin(Admin):
         status, answer = await super().set_mode(doc)
         self._told("mode", status, doc, answer)
         return status, answer
+
+
+def _bound(config: Config) -> list[tuple[str, str]]:
+    """The (account, bot) pairs whose key is bound to a client certificate's subject."""
+    return [(a.name, c.name) for a in config.accounts for c in a.clients if c.tls_client_subject]
 
 
 def _float(value: Decimal | None) -> float | None:

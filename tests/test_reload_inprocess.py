@@ -20,9 +20,10 @@ from guardian.ratelimit import TokenBucket
 from guardian.switch import SwitchState
 from tests.conftest import running_sim
 from tests.daemon import wait_for
-from tests.relay_helpers import LMT, OWN_KEY, OWN_SECRET, exchange_and_guardian, rest, ws_bot
+from tests.relay_helpers import LMT, OWN, OWN_KEY, OWN_SECRET, exchange_and_guardian, rest, ws_bot
 from tests.test_pushnotify import ADMIN, Receiver, admin, daemon, receiver, webhook
 
+ADDED_KEY = "reload-added-bot-key-01"
 __all__ = ["receiver"]  # the fixture, imported for these tests
 
 
@@ -74,6 +75,23 @@ async def test_a_bot_no_longer_allowed_from_its_address_loses_its_relay_session(
         assert (await service.reload("test", (new, "sha256:elsewhere"))).ok
         await asyncio.wait_for(own._reader, 5)
         assert own.ws.close_code == 1013 and not reader.closed
+
+
+async def test_a_bot_added_by_a_reload_has_its_last_refusal_on_the_state(tmp_path: Path) -> None:
+    """The status page's per-bot figures know the reloaded bots: a new bot's refusal shows on its row."""
+    async with exchange_and_guardian(tmp_path) as (_, service):
+        account = service.config.accounts[0]
+        added = dataclasses.replace(OWN, name="added-bot", api_key=ADDED_KEY, extra_keys=())
+        new = dataclasses.replace(
+            service.config, accounts=(dataclasses.replace(account, clients=(*account.clients, added)),)
+        )
+        assert (await service.reload("test", (new, "sha256:added"))).ok
+        async with rest(service, ADDED_KEY, OWN_SECRET) as bot:
+            with pytest.raises(ExchangeError) as caught:
+                await bot.send_order(**{**LMT, "orderType": "bogus"})
+        state = service.state_json()
+        [row] = [b for b in state["accounts"][0]["bots"] if b["name"] == "added-bot"]  # type: ignore[index]
+        assert row["last_refusal"]["code"] == caught.value.code
 
 
 async def test_notifiers_added_and_removed_by_a_reload(receiver: Receiver, tmp_path: Path) -> None:

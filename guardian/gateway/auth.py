@@ -40,10 +40,7 @@ class LocalKeys:
     ) -> None:
         # Every key of every bot (a bot has several while one is rotated), and the secret that key signs with.
         self._keys: dict[str, tuple[Caller, ApiSecret]] = {}
-        for account in accounts:
-            for client in account.clients:
-                for key in client.keys:
-                    self._keys[key.api_key] = (Caller(account.name, client), key.api_secret)
+        self.reconfigure(accounts)
         self._nonces: dict[str, NonceWindow] = {}
         self.nonce_tolerance_s = nonce_tolerance_s
 
