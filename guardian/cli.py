@@ -25,7 +25,7 @@ from guardian.config import (
     Config,
     load_config,
     load_journal_config,
-    load_listen,
+    load_status_target,
     parse_listen,
 )
 from guardian.errors import ConfigError
@@ -211,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument("--url", metavar="URL", help="the daemon's base URL (default http://127.0.0.1:8787)")
     status.add_argument("--json", action="store_true", help="print the state document as it is")
+    status.add_argument(
+        "--cacert",
+        type=Path,
+        metavar="FILE",
+        help="trust the CA in FILE for an https:// daemon (default: with --config, the daemon's own "
+        "server.tls_cert_file, exactly; with --url, the system's CAs)",
+    )
+    status.add_argument(
+        "--cert", type=Path, metavar="FILE", help="a client certificate (PEM), for a mutual-TLS daemon"
+    )
+    status.add_argument("--key", type=Path, metavar="FILE", help="its key, when not in the --cert file")
     _add_setup_parsers(sub)
     return parser
 
@@ -220,14 +231,26 @@ async def _status(args: argparse.Namespace) -> int:
 
     from guardian.status import render
 
+    pinned, mutual = None, False
     if args.config is not None:
-        host, port = load_listen(args.config)
-        base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        target = load_status_target(args.config)
+        base, pinned, mutual = target.url, target.tls_cert_file, target.mutual
     else:
         base = (args.url or "http://127.0.0.1:8787").rstrip("/")
+    context = None
+    if base.startswith("https://"):
+        try:
+            context = tls.status_client_context(
+                pinned=pinned, cafile=args.cacert, cert=args.cert, key=args.key
+            )
+        except tls.TlsError as exc:
+            print(f"guardian status: {exc}", file=sys.stderr)
+            return EX_FAILED
     try:
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=5), connector=aiohttp.TCPConnector(ssl=context or True)
+            ) as http,
             http.get(base + "/guardian/state") as response,
         ):
             if response.status != 200:
@@ -235,11 +258,31 @@ async def _status(args: argparse.Namespace) -> int:
                 return EX_FAILED
             state = await response.json()
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        print(f"guardian status: no answer from {base} ({type(exc).__name__}: {exc})", file=sys.stderr)
+        hint = _status_hint(exc, base, pinned=pinned, mutual=mutual, given_cert=args.cert is not None)
+        print(f"guardian status: no answer from {base} ({type(exc).__name__}: {exc}){hint}", file=sys.stderr)
         return EX_FAILED
     text, ok = render(state)
     print(json.dumps(state, indent=2) if args.json else text)
     return EX_OK if ok else EX_FAILED
+
+
+def _status_hint(
+    exc: BaseException, base: str, *, pinned: Path | None, mutual: bool, given_cert: bool
+) -> str:
+    """What to do about a failed `guardian status` over TLS, when the failure says."""
+    import aiohttp
+
+    if not base.startswith("https://"):
+        return ""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        if pinned is not None:
+            return f": the daemon's certificate is not the one in {pinned} (server.tls_cert_file)"
+        return ": give the CA that signed its certificate with --cacert"
+    if given_cert:
+        return ""
+    if mutual:
+        return ": it asks for a client certificate (server.tls_client_ca_file): give --cert and --key"
+    return ": if it asks for a client certificate (mutual TLS), give --cert and --key"
 
 
 async def _check_config(args: argparse.Namespace) -> int:

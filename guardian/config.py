@@ -506,9 +506,28 @@ def load_journal_config(path: str | Path) -> JournalConfig:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def load_listen(path: str | Path) -> tuple[str, int]:
-    """Only `server.listen` of the configuration file at `path` (for `guardian status`: no secret is
-    needed to ask a running daemon how it is)."""
+@dataclass(frozen=True, slots=True)
+class StatusTarget:
+    """Where `guardian status --config` finds the daemon, and whether it speaks TLS."""
+
+    host: str
+    port: int
+    tls_cert_file: Path | None  # the daemon's own certificate: what status trusts
+    mutual: bool  # server.tls_client_ca_file is set: a client certificate is asked for
+
+    @property
+    def url(self) -> str:
+        scheme = "http" if self.tls_cert_file is None else "https"
+        return (
+            f"{scheme}://[{self.host}]:{self.port}"
+            if ":" in self.host
+            else f"{scheme}://{self.host}:{self.port}"
+        )
+
+
+def load_status_target(path: str | Path) -> StatusTarget:
+    """Only `server.listen` and the server's TLS files of the configuration at `path` (for `guardian
+    status`: no secret is needed to ask a running daemon how it is, and no key file is read)."""
     path = Path(path)
     text = _read_config(path)
     try:
@@ -516,8 +535,11 @@ def load_listen(path: str | Path) -> tuple[str, int]:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"invalid TOML: {exc}") from None
-        server = _Table(data, "").get("server", dict, {})
-        return parse_listen(_Table(server, "server").get("listen", str, "127.0.0.1:8787"), "server.listen")
+        server = _Table(_Table(data, "").get("server", dict, {}), "server")
+        host, port = parse_listen(server.get("listen", str, "127.0.0.1:8787"), "server.listen")
+        cert = _tls_path(server, "tls_cert_file", path.parent)
+        mutual = _tls_path(server, "tls_client_ca_file", path.parent) is not None
+        return StatusTarget(host, port, cert, mutual)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

@@ -154,6 +154,57 @@ def server_context(server: ServerConfig) -> ssl.SSLContext:
     return context
 
 
+def status_client_context(
+    *, pinned: Path | None, cafile: Path | None, cert: Path | None, key: Path | None
+) -> ssl.SSLContext:
+    """What `guardian status` trusts and presents on an `https://` daemon.
+
+    - `cafile` (`--cacert`): that CA, and the usual name check.
+    - else `pinned` (the daemon's own `server.tls_cert_file`, with `--config`): exactly that certificate
+      (its first in the file, not the chain after it) is the trust anchor. Another one, even from the same
+      CA, is refused; its names need not include the address asked, which is this machine's.
+    - else the system's CAs.
+    `cert` (and `key`, when the key is not in the certificate's file): the client certificate a mutual-TLS
+    daemon asks for."""
+    if cafile is not None:
+        try:
+            context = ssl.create_default_context(cafile=str(cafile))
+        except (OSError, ValueError) as exc:
+            raise TlsError(
+                f"--cacert: cannot load {cafile} ({_reason(exc)}): give a PEM CA certificate"
+            ) from None
+    elif pinned is not None:
+        try:
+            der = _first_der(pinned.read_bytes())
+            context = ssl.create_default_context(cadata=der)
+        except (OSError, ValueError, binascii.Error) as exc:
+            raise TlsError(f"server.tls_cert_file: cannot trust {pinned} ({_reason(exc)})") from None
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the certificate itself is the anchor
+        context.check_hostname = False  # the anchor is the one certificate: no other can pass for it
+    else:
+        context = ssl.create_default_context()
+    if cert is not None:
+        try:
+            context.load_cert_chain(str(cert), None if key is None else str(key), password=lambda: b"")
+        except (OSError, ValueError) as exc:
+            where = f"{cert}" if key is None else f"{cert} with {key}"
+            hint = "" if key is not None else " (give the key with --key when it is in a file of its own)"
+            raise TlsError(f"--cert: cannot load {where} ({_reason(exc)}){hint}") from None
+    return context
+
+
+def _first_der(pem: bytes) -> bytes:
+    """The first certificate of a PEM file's bytes, as DER; ValueError when there is none."""
+    found = _PEM_CERT.search(pem)
+    if found is None:
+        raise ValueError("no PEM certificate in it")
+    return base64.b64decode(found[1], validate=False)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc or type(exc).__name__)
+
+
 class ServerTls:
     """The live server context and what its certificate says. `reload()` re-reads the pair into it."""
 
@@ -268,14 +319,10 @@ def read_certificate(path: Path) -> CertInfo:
         raise TlsError(
             f"server.tls_cert_file: cannot read {path}: {exc.strerror or type(exc).__name__}"
         ) from None
-    found = _PEM_CERT.search(pem)
-    unreadable = TlsError(f"server.tls_cert_file: {path} holds no readable PEM certificate")
-    if found is None:
-        raise unreadable
     try:
-        return parse_certificate(base64.b64decode(found[1], validate=False))
+        return parse_certificate(_first_der(pem))
     except (ValueError, IndexError, binascii.Error):
-        raise unreadable from None
+        raise TlsError(f"server.tls_cert_file: {path} holds no readable PEM certificate") from None
 
 
 def parse_certificate(der: bytes) -> CertInfo:

@@ -539,3 +539,55 @@ async def test_tls_older_than_1_2_is_refused(pki: Pki, tmp_path: Path) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+# ---- guardian status over TLS -----------------------------------------------------------------------
+def status_config(tmp_path: Path, service: Service, cert: Path, *, mutual: Path | None = None) -> Path:
+    """What `guardian status --config` reads of a configuration: the listen address and the TLS keys."""
+    port = int(service.url.rsplit(":", 1)[1])
+    ca = "" if mutual is None else f'tls_client_ca_file = "{mutual}"\n'
+    path = tmp_path / f"status-{cert.stem}.toml"
+    path.write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\ntls_cert_file = "{cert}"\ntls_key_file = "unread.key"\n{ca}'
+        '[[accounts]]\nname = "x"\napi_key_env = "UNSET"\n'
+    )
+    return path
+
+
+@pytest.mark.slow
+async def test_guardian_status_speaks_tls_and_trusts_only_the_configured_certificate(
+    pki: Pki, tmp_path: Path
+) -> None:
+    from tests.test_status_cli import status
+
+    async with guarded(tmp_path, server_config(pki, mutual=False), (UNBOUND_A,)) as (_, service):
+        # From the configuration: https, and the daemon's own certificate is what is trusted (no CA
+        # needed, and its names need not include the address asked).
+        code, out, err = await status("--config", str(status_config(tmp_path, service, pki.server_cert)))
+        assert "account main" in out and "switch  armed" in out, (code, err)
+        # Another certificate from the same CA is not the daemon's: refused, said, exit 1.
+        other = status_config(tmp_path, service, pki.clients["bot-b"][0])
+        code, out, err = await status("--config", str(other))
+        assert (code, out) == (1, "") and "certificate" in err and service.url in err
+        # By URL: the system's CAs by default (refused), or the one given.
+        code, out, err = await status("--url", service.url)
+        assert (code, out) == (1, "") and "--cacert" in err
+        code, out, _ = await status("--url", service.url, "--cacert", str(pki.ca))
+        assert "account main" in out
+
+
+@pytest.mark.slow
+async def test_guardian_status_presents_a_client_certificate_to_a_mutual_tls_daemon(
+    pki: Pki, tmp_path: Path
+) -> None:
+    from tests.test_status_cli import status
+
+    async with guarded(tmp_path, server_config(pki, mutual=True), (BOT_A,)) as (_, service):
+        config = str(status_config(tmp_path, service, pki.server_cert, mutual=pki.ca))
+        code, out, err = await status("--config", config)
+        assert (code, out) == (1, "") and "--cert" in err and "tls_client_ca_file" in err
+        cert, key = pki.clients["bot-a"]
+        code, out, err = await status("--config", config, "--cert", str(cert), "--key", str(key))
+        assert "account main" in out and "switch  armed" in out, (code, err)
+        code, out, err = await status("--url", service.url, "--cacert", str(pki.ca), "--cert", str(cert))
+        assert (code, out) == (1, "") and "--key" in err  # the key is not in the certificate's file
