@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from guardian.config import ClientConfig, ServerConfig
 from guardian.gateway.refusal import Refusal
 from guardian.kraken.times import to_iso
+from guardian.tls import HANDSHAKE_FAILURES
 
 log = structlog.get_logger("guardian.conns")
 
@@ -192,6 +193,7 @@ class Gate:
         self.refused_tally = Tally("connections_refused")
         self.late_tally = Tally("request_deadline_passed")
         self.accept_tally = Tally("accept_failed")
+        self.handshake_tallies: dict[str, Tally] = {}
         self._restore: tuple[asyncio.AbstractEventLoop, Any] | None = None
         registry = registry if registry is not None else CollectorRegistry()
         self.refused = Counter(
@@ -213,6 +215,13 @@ class Gate:
             ["errno"],
             registry=registry,
         )
+        self.handshake_failures = Counter(
+            "guardian_tls_handshake_failures",
+            "TLS handshakes guardian's server ended with an error, by kind (no_client_certificate, "
+            "client_certificate_refused, server_certificate_refused, protocol_version, plain_http, other)",
+            ["reason"],
+            registry=registry,
+        )
         open_gauge = Gauge("guardian_connections", "Connections to guardian open now", registry=registry)
         open_gauge.set_function(lambda: float(self.open))
         cap = Gauge(
@@ -227,6 +236,18 @@ class Gate:
             self.late.labels(phase)
         for number in ACCEPT_ERRNOS:
             self.accept_errors.labels(errno.errorcode[number])
+        for kind in HANDSHAKE_FAILURES:
+            self.handshake_failures.labels(kind)
+
+    def tls_handshake_failed(self, kind: str, reason: str) -> None:
+        """A handshake the server ended (guardian.tls.watched_sslobject): counted by kind, and one
+        `tls_handshake_failed` line per kind a minute with OpenSSL's reason and the count."""
+        kind = kind if kind in HANDSHAKE_FAILURES else "other"
+        self.handshake_failures.labels(kind).inc()
+        tally = self.handshake_tallies.get(kind)
+        if tally is None:
+            tally = self.handshake_tallies[kind] = Tally("tls_handshake_failed")
+        tally.add(kind=kind, openssl_reason=reason)
 
     def fit(self, file_limit: int, reserve: int) -> int:
         """Fit the total cap below `file_limit`, `reserve` descriptors short of it; the cap."""
@@ -313,7 +334,12 @@ class Gate:
             loop, previous = self._restore
             loop.set_exception_handler(previous)
             self._restore = None
-        for tally in (self.refused_tally, self.late_tally, self.accept_tally):
+        for tally in (
+            self.refused_tally,
+            self.late_tally,
+            self.accept_tally,
+            *self.handshake_tallies.values(),
+        ):
             tally.close()
 
 

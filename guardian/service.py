@@ -301,7 +301,8 @@ class Service:
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
-        self.tls = tls.ServerTls.of(self.config.server)  # TlsError (exit 78) before anything is opened
+        # TlsError (exit 78) before anything is opened; a handshake the server ends is counted by the gate.
+        self.tls = tls.ServerTls.of(self.config.server, self.gate.tls_handshake_failed)
         await self.journal.open()  # JournalError: nothing else starts without an audit trail
         modes = self.journal.modes()
         for account in self.accounts:

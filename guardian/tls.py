@@ -43,6 +43,27 @@ MINIMUM_VERSION: Final = ssl.TLSVersion.TLSv1_2
 EXPIRY_WARNING_DAYS: Final = 14  # the alert's threshold (deploy/prometheus/alerts.yml), and the log's
 _GROUP_OR_OTHER_READ: Final = stat.S_IRGRP | stat.S_IROTH
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----", re.DOTALL)
+# Handshakes the server ended, by what OpenSSL said (`guardian_tls_handshake_failures_total{reason}`).
+HANDSHAKE_FAILURES: Final = (
+    "no_client_certificate",  # mutual TLS, and the client presented none
+    "client_certificate_refused",  # mutual TLS, and its certificate is not the client CA's (or expired)
+    "server_certificate_refused",  # the client's alert: it does not trust guardian's certificate
+    "protocol_version",  # TLS older than 1.2, or not TLS at all
+    "plain_http",  # an http:// request to the TLS port
+    "other",
+)
+_FAILURE_BY_REASON: Final = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no_client_certificate",
+    "CERTIFICATE_VERIFY_FAILED": "client_certificate_refused",
+    "HTTP_REQUEST": "plain_http",
+    "HTTPS_PROXY_REQUEST": "plain_http",
+    "UNSUPPORTED_PROTOCOL": "protocol_version",
+    "WRONG_VERSION_NUMBER": "protocol_version",
+    "VERSION_TOO_LOW": "protocol_version",
+    "NO_PROTOCOLS_AVAILABLE": "protocol_version",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "protocol_version",
+}
+_CERTIFICATE_ALERTS: Final = ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN", "CERTIFICATE_EXPIRED")
 
 
 class TlsError(ConfigError):
@@ -205,19 +226,62 @@ def _reason(exc: BaseException) -> str:
     return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc or type(exc).__name__)
 
 
+def handshake_failure(reason: str | None) -> str:
+    """The kind (one of HANDSHAKE_FAILURES) of a failed handshake, from OpenSSL's reason code."""
+    reason = reason or ""
+    if reason in _FAILURE_BY_REASON:
+        return _FAILURE_BY_REASON[reason]
+    if "ALERT" in reason and any(alert in reason for alert in _CERTIFICATE_ALERTS):
+        return "server_certificate_refused"
+    return "other"
+
+
+OnHandshakeFailure = Callable[[str, str], None]  # (kind, OpenSSL's reason)
+
+
+def watched_sslobject(on_failure: OnHandshakeFailure) -> type[ssl.SSLObject]:
+    """An `SSLContext.sslobject_class` (the documented hook for what `wrap_bio`, and so asyncio's TLS,
+    makes) that tells `on_failure` of each handshake OpenSSL ends with an error. asyncio closes those
+    connections without a word (an `SSLError` is an `OSError`, logged only in debug mode), and under
+    TLS 1.3 a bot refused for its certificate sees only a closed connection: this is where an operator
+    learns why. A client that closes during the handshake (as Python's does when it distrusts guardian's
+    certificate, without an alert) ends no OpenSSL call and is not seen here. The peer's address is not
+    known at this level."""
+
+    class HandshakeWatched(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise
+            except ssl.SSLError as exc:
+                reason = str(exc.reason or type(exc).__name__)
+                try:
+                    on_failure(handshake_failure(exc.reason), reason)
+                except Exception:  # counting must never change how a handshake ends
+                    log.exception("tls_handshake_watch_failed")
+                raise
+
+    return HandshakeWatched
+
+
 class ServerTls:
     """The live server context and what its certificate says. `reload()` re-reads the pair into it."""
 
-    def __init__(self, server: ServerConfig) -> None:
+    def __init__(self, server: ServerConfig, on_handshake_failure: OnHandshakeFailure | None = None) -> None:
         self.server = server
         self.context = server_context(server)
+        if on_handshake_failure is not None:
+            self.context.sslobject_class = watched_sslobject(on_handshake_failure)
         assert server.tls_cert_file is not None
         self.info = read_certificate(server.tls_cert_file)
         self.mutual = server.tls_client_ca_file is not None
 
     @classmethod
-    def of(cls, server: ServerConfig) -> ServerTls | None:
-        return cls(server) if server.tls_cert_file is not None else None
+    def of(
+        cls, server: ServerConfig, on_handshake_failure: OnHandshakeFailure | None = None
+    ) -> ServerTls | None:
+        return cls(server, on_handshake_failure) if server.tls_cert_file is not None else None
 
     def __repr__(self) -> str:
         return f"ServerTls({self.info.subject!r}, mutual={self.mutual})"

@@ -426,6 +426,17 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate_at_the_handshak
                 await asyncio.open_connection("127.0.0.1", port, ssl=old)
             assert await http_get(port, client_context(pki, presented)) == b""
         assert (await http_get(port, client_context(pki, pki.clients["bot-a"]))).startswith(b"HTTP/1.1 200 ")
+        # The server ended each: counted by why (asyncio itself says nothing of them).
+        found = await scrape_tls(service, client_context(pki, pki.clients["bot-a"]))
+        failures = {
+            dict(labels)["reason"]: v
+            for (name, labels), v in found.items()
+            if name == "guardian_tls_handshake_failures_total"
+        }
+        assert failures == {kind: 0.0 for kind in tls.HANDSHAKE_FAILURES} | {
+            "no_client_certificate": 2.0,
+            "client_certificate_refused": 2.0,
+        }
         certless = bot(service, A_KEY, A_SECRET, client_context(pki))
         try:
             with pytest.raises(ccxt.NetworkError):
@@ -591,3 +602,83 @@ async def test_guardian_status_presents_a_client_certificate_to_a_mutual_tls_dae
         assert "account main" in out and "switch  armed" in out, (code, err)
         code, out, err = await status("--url", service.url, "--cacert", str(pki.ca), "--cert", str(cert))
         assert (code, out) == (1, "") and "--key" in err  # the key is not in the certificate's file
+
+
+# ---- failed handshakes, counted and said ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("reason", "kind"),
+    [
+        ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "no_client_certificate"),
+        ("CERTIFICATE_VERIFY_FAILED", "client_certificate_refused"),
+        ("TLSV1_ALERT_UNKNOWN_CA", "server_certificate_refused"),
+        ("SSLV3_ALERT_BAD_CERTIFICATE", "server_certificate_refused"),
+        ("SSLV3_ALERT_CERTIFICATE_EXPIRED", "server_certificate_refused"),
+        ("UNSUPPORTED_PROTOCOL", "protocol_version"),
+        ("WRONG_VERSION_NUMBER", "protocol_version"),
+        ("HTTP_REQUEST", "plain_http"),
+        ("NO_SHARED_CIPHER", "other"),
+        ("SSLV3_ALERT_HANDSHAKE_FAILURE", "other"),
+        (None, "other"),
+    ],
+)
+def test_a_failed_handshake_is_named_by_openssls_reason(reason: str | None, kind: str) -> None:
+    assert tls.handshake_failure(reason) == kind and kind in tls.HANDSHAKE_FAILURES
+
+
+@pytest.mark.slow
+async def test_handshakes_the_server_ends_are_counted_by_kind_and_logged_once_a_window(
+    pki: Pki, tmp_path: Path
+) -> None:
+    from structlog.testing import capture_logs
+
+    def tallied(logged: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+        return [
+            (line["kind"], line["openssl_reason"], line["count"])
+            for line in logged
+            if line["event"] == "tls_handshake_failed"
+        ]
+
+    with capture_logs() as logged:
+        async with guarded(tmp_path, server_config(pki, mutual=False), (UNBOUND_A,)) as (_, service):
+            port = int(service.url.rsplit(":", 1)[1])
+            for _ in range(3):  # http:// to the TLS port: no answer; three counted, one line for now
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /readyz HTTP/1.1\r\nHost: guardian\r\n\r\n")
+                assert await reader.read(100) == b""
+                writer.close()
+            old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            old.load_verify_locations(pki.ca)
+            old.set_ciphers("DEFAULT:@SECLEVEL=0")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+            with pytest.raises((ssl.SSLError, ConnectionResetError)):
+                await asyncio.open_connection("127.0.0.1", port, ssl=old)
+            # A client that does not trust guardian's certificate and says so with an alert (openssl, as
+            # curl does; Python's asyncio client closes without one, and is not seen).
+            other_ca = tmp_path / "other-ca"
+            other_ca.mkdir()
+            refusing = await asyncio.create_subprocess_exec(
+                "openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(_ca(other_ca, "x")),
+                "-verify_return_error", stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            assert await asyncio.wait_for(refusing.wait(), 10) != 0
+            found = await scrape_tls(service, client_context(pki))
+            live = tallied(logged)
+    failures = {
+        dict(labels)["reason"]: v
+        for (name, labels), v in found.items()
+        if name == "guardian_tls_handshake_failures_total"
+    }
+    assert failures == {kind: 0.0 for kind in tls.HANDSHAKE_FAILURES} | {
+        "plain_http": 3.0,
+        "protocol_version": 1.0,
+        "server_certificate_refused": 1.0,
+    }
+    assert live == [
+        ("plain_http", "HTTP_REQUEST", 1),
+        ("protocol_version", "UNSUPPORTED_PROTOCOL", 1),
+        ("server_certificate_refused", "TLSV1_ALERT_UNKNOWN_CA", 1),
+    ]
+    assert tallied(logged) == [*live, ("plain_http", "HTTP_REQUEST", 2)]  # the rest of the window, at stop
