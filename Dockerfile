@@ -45,9 +45,11 @@ EXPOSE 8787
 # guardian stops in order on SIGTERM and bounds the whole stop at 9 s, inside `docker stop`'s default
 # 10 s (compose.yaml gives it 15 s).
 STOPSIGNAL SIGTERM
-# Liveness: /healthz answers 200 while the event loop runs and every switch task lives. The slim image
-# has no curl: Python's standard library does the request (an HTTP error or no answer exits non-zero).
+# Liveness: /healthz answers 200 while the event loop runs and every switch task lives. `guardian
+# healthcheck` asks it on the port of the configuration's server.listen, over https when it has
+# tls_cert_file (trusting that certificate); an HTTP error or no answer exits non-zero. Run with another
+# configuration path, or with mutual TLS (a client certificate), give the command again (docs/docker.md).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8787/healthz', timeout=4).status != 200)"]
+    CMD ["/opt/guardian/bin/guardian", "healthcheck", "--config", "/etc/guardian/config.toml"]
 ENTRYPOINT ["/opt/guardian/bin/guardian"]
 CMD ["run", "--config", "/etc/guardian/config.toml"]

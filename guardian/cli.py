@@ -200,43 +200,60 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="only rows at or after T: ISO 8601 (2026-11-21T10:00:00Z) or a duration ago (30s, 15m, 2h, 3d)",
     )
-    status = sub.add_parser(
-        "status",
-        help="a running daemon's switches, links, modes, positions, orders, margin and notices; exit 0 only "
-        "when every account is armed and its state fresh",
+    status_help = (
+        "a running daemon's switches, links, modes, positions, orders, margin and notices; exit 0 only when "
+        "every account is armed and its state fresh"
     )
-    where = status.add_mutually_exclusive_group()
-    where.add_argument(
-        "--config", type=Path, metavar="FILE", help="the TOML configuration: its server.listen is asked"
+    health_help = (
+        "GET a running daemon's /healthz (the container's HEALTHCHECK): http or https as its configuration "
+        "says, on its port; exit 0 on 200"
     )
-    where.add_argument("--url", metavar="URL", help="the daemon's base URL (default http://127.0.0.1:8787)")
+    status = _add_target_arguments(sub.add_parser("status", help=status_help))
     status.add_argument("--json", action="store_true", help="print the state document as it is")
-    status.add_argument(
+    health = _add_target_arguments(sub.add_parser("healthcheck", help=health_help))
+    health.add_argument("--path", default="/healthz", help="the path asked (default /healthz; /readyz too)")
+    _add_setup_parsers(sub)
+    return parser
+
+
+DEFAULT_URL = "http://127.0.0.1:8787"
+
+
+def _add_target_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """How `status` and `healthcheck` find a running daemon, and speak TLS to it."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the TOML configuration: its server.listen is asked, over https when it has tls_cert_file",
+    )
+    where.add_argument("--url", metavar="URL", help=f"the daemon's base URL (default {DEFAULT_URL})")
+    parser.add_argument(
         "--cacert",
         type=Path,
         metavar="FILE",
         help="trust the CA in FILE for an https:// daemon (default: with --config, the daemon's own "
         "server.tls_cert_file, exactly; with --url, the system's CAs)",
     )
-    status.add_argument(
+    parser.add_argument(
         "--cert", type=Path, metavar="FILE", help="a client certificate (PEM), for a mutual-TLS daemon"
     )
-    status.add_argument("--key", type=Path, metavar="FILE", help="its key, when not in the --cert file")
-    _add_setup_parsers(sub)
+    parser.add_argument("--key", type=Path, metavar="FILE", help="its key, when not in the --cert file")
     return parser
 
 
-async def _status(args: argparse.Namespace) -> int:
+async def _ask(args: argparse.Namespace, path: str) -> tuple[str, int, bytes] | str:
+    """GET `path` of the daemon `args` name: (its base URL, the status, the body), or why there is no
+    answer (a line for stderr)."""
     import aiohttp
-
-    from guardian.status import render
 
     pinned, mutual = None, False
     if args.config is not None:
         target = load_status_target(args.config)
         base, pinned, mutual = target.url, target.tls_cert_file, target.mutual
     else:
-        base = (args.url or "http://127.0.0.1:8787").rstrip("/")
+        base = (args.url or DEFAULT_URL).rstrip("/")
     context = None
     if base.startswith("https://"):
         try:
@@ -244,26 +261,51 @@ async def _status(args: argparse.Namespace) -> int:
                 pinned=pinned, cafile=args.cacert, cert=args.cert, key=args.key
             )
         except tls.TlsError as exc:
-            print(f"guardian status: {exc}", file=sys.stderr)
-            return EX_FAILED
+            return str(exc)
     try:
         async with (
             aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=5), connector=aiohttp.TCPConnector(ssl=context or True)
             ) as http,
-            http.get(base + "/guardian/state") as response,
+            http.get(base + path) as response,
         ):
-            if response.status != 200:
-                print(f"guardian status: {base} answered HTTP {response.status}", file=sys.stderr)
-                return EX_FAILED
-            state = await response.json()
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return base, response.status, await response.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
         hint = _status_hint(exc, base, pinned=pinned, mutual=mutual, given_cert=args.cert is not None)
-        print(f"guardian status: no answer from {base} ({type(exc).__name__}: {exc}){hint}", file=sys.stderr)
+        return f"no answer from {base} ({type(exc).__name__}: {exc}){hint}"
+
+
+async def _status(args: argparse.Namespace) -> int:
+    from guardian.status import render
+
+    answer = await _ask(args, "/guardian/state")
+    if isinstance(answer, str):
+        print(f"guardian status: {answer}", file=sys.stderr)
+        return EX_FAILED
+    base, code, body = answer
+    if code != 200:
+        print(f"guardian status: {base} answered HTTP {code}", file=sys.stderr)
+        return EX_FAILED
+    try:
+        state = json.loads(body)
+    except ValueError:
+        print(f"guardian status: {base} answered something that is not JSON", file=sys.stderr)
         return EX_FAILED
     text, ok = render(state)
     print(json.dumps(state, indent=2) if args.json else text)
     return EX_OK if ok else EX_FAILED
+
+
+async def _healthcheck(args: argparse.Namespace) -> int:
+    path = "/" + args.path.lstrip("/")
+    answer = await _ask(args, path)
+    if isinstance(answer, str):
+        print(f"guardian healthcheck: {answer}", file=sys.stderr)
+        return EX_FAILED
+    base, code, body = answer
+    said = body[:200].decode("utf-8", "replace").strip()
+    print(f"{base}{path}: HTTP {code} {said}", file=sys.stdout if code == 200 else sys.stderr)
+    return EX_OK if code == 200 else EX_FAILED
 
 
 def _status_hint(
@@ -621,6 +663,7 @@ COMMANDS = {
     "notify-test": _notify_test,
     "journal": _show_journal,
     "status": _status,
+    "healthcheck": _healthcheck,
     "init": _init,
     "keys": _keys,
 }

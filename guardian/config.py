@@ -517,12 +517,13 @@ class StatusTarget:
 
     @property
     def url(self) -> str:
+        """The daemon's URL from this machine: a wildcard listen address is asked on loopback."""
         scheme = "http" if self.tls_cert_file is None else "https"
-        return (
-            f"{scheme}://[{self.host}]:{self.port}"
-            if ":" in self.host
-            else f"{scheme}://{self.host}:{self.port}"
-        )
+        host = _WILDCARD_TO_LOOPBACK.get(self.host, self.host)
+        return f"{scheme}://[{host}]:{self.port}" if ":" in host else f"{scheme}://{host}:{self.port}"
+
+
+_WILDCARD_TO_LOOPBACK: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104 - asked, not bound
 
 
 def load_status_target(path: str | Path) -> StatusTarget:

@@ -11,14 +11,19 @@ from guardian.status import render
 from tests.daemon import account_config, serving, wait_for
 
 
-async def status(*args: str) -> tuple[int, str, str]:
+async def guardian(*args: str) -> tuple[int, str, str]:
+    """`python -m guardian ARGS` as a subprocess: its exit code, stdout and stderr."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "guardian", "status", *args,
+        sys.executable, "-m", "guardian", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+async def status(*args: str) -> tuple[int, str, str]:
+    return await guardian("status", *args)
 
 
 async def test_status_summarises_a_live_daemon_and_exits_1_while_an_account_is_not_fresh(

@@ -187,6 +187,12 @@ async def scrape_tls(service: Service, context: ssl.SSLContext) -> dict[Any, flo
     }
 
 
+def handshake_failures(found: dict[Any, float]) -> dict[str, float]:
+    """guardian_tls_handshake_failures_total of a scrape, by reason."""
+    name = "guardian_tls_handshake_failures_total"
+    return {dict(labels)["reason"]: v for (metric, labels), v in found.items() if metric == name}
+
+
 async def http_get(port: int, context: ssl.SSLContext) -> bytes:
     """A raw GET /readyz over TLS on a socket of its own: the answer's first bytes."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
@@ -428,11 +434,7 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate_at_the_handshak
         assert (await http_get(port, client_context(pki, pki.clients["bot-a"]))).startswith(b"HTTP/1.1 200 ")
         # The server ended each: counted by why (asyncio itself says nothing of them).
         found = await scrape_tls(service, client_context(pki, pki.clients["bot-a"]))
-        failures = {
-            dict(labels)["reason"]: v
-            for (name, labels), v in found.items()
-            if name == "guardian_tls_handshake_failures_total"
-        }
+        failures = handshake_failures(found)
         assert failures == {kind: 0.0 for kind in tls.HANDSHAKE_FAILURES} | {
             "no_client_certificate": 2.0,
             "client_certificate_refused": 2.0,
@@ -552,7 +554,13 @@ async def test_tls_older_than_1_2_is_refused(pki: Pki, tmp_path: Path) -> None:
         await server.wait_closed()
 
 
-# ---- guardian status over TLS -----------------------------------------------------------------------
+# ---- guardian status and healthcheck over TLS ------------------------------------------------------
+async def healthcheck(*args: str) -> tuple[int, str, str]:
+    from tests.test_status_cli import guardian
+
+    return await guardian("healthcheck", *args)
+
+
 def status_config(tmp_path: Path, service: Service, cert: Path, *, mutual: Path | None = None) -> Path:
     """What `guardian status --config` reads of a configuration: the listen address and the TLS keys."""
     port = int(service.url.rsplit(":", 1)[1])
@@ -574,8 +582,11 @@ async def test_guardian_status_speaks_tls_and_trusts_only_the_configured_certifi
     async with guarded(tmp_path, server_config(pki, mutual=False), (UNBOUND_A,)) as (_, service):
         # From the configuration: https, and the daemon's own certificate is what is trusted (no CA
         # needed, and its names need not include the address asked).
-        code, out, err = await status("--config", str(status_config(tmp_path, service, pki.server_cert)))
+        config = str(status_config(tmp_path, service, pki.server_cert))
+        code, out, err = await status("--config", config)
         assert "account main" in out and "switch  armed" in out, (code, err)
+        code, out, err = await healthcheck("--config", config)  # the image's HEALTHCHECK, over TLS
+        assert code == 0 and f"{service.url}/healthz: HTTP 200" in out, (code, err)
         # Another certificate from the same CA is not the daemon's: refused, said, exit 1.
         other = status_config(tmp_path, service, pki.clients["bot-b"][0])
         code, out, err = await status("--config", str(other))
@@ -597,9 +608,13 @@ async def test_guardian_status_presents_a_client_certificate_to_a_mutual_tls_dae
         config = str(status_config(tmp_path, service, pki.server_cert, mutual=pki.ca))
         code, out, err = await status("--config", config)
         assert (code, out) == (1, "") and "--cert" in err and "tls_client_ca_file" in err
+        code, out, err = await healthcheck("--config", config)
+        assert (code, out) == (1, "") and "--cert" in err
         cert, key = pki.clients["bot-a"]
         code, out, err = await status("--config", config, "--cert", str(cert), "--key", str(key))
         assert "account main" in out and "switch  armed" in out, (code, err)
+        code, out, err = await healthcheck("--config", config, "--cert", str(cert), "--key", str(key))
+        assert code == 0 and "/healthz: HTTP 200" in out, (code, err)
         code, out, err = await status("--url", service.url, "--cacert", str(pki.ca), "--cert", str(cert))
         assert (code, out) == (1, "") and "--key" in err  # the key is not in the certificate's file
 
@@ -666,11 +681,7 @@ async def test_handshakes_the_server_ends_are_counted_by_kind_and_logged_once_a_
             assert await asyncio.wait_for(refusing.wait(), 10) != 0
             found = await scrape_tls(service, client_context(pki))
             live = tallied(logged)
-    failures = {
-        dict(labels)["reason"]: v
-        for (name, labels), v in found.items()
-        if name == "guardian_tls_handshake_failures_total"
-    }
+    failures = handshake_failures(found)
     assert failures == {kind: 0.0 for kind in tls.HANDSHAKE_FAILURES} | {
         "plain_http": 3.0,
         "protocol_version": 1.0,
