@@ -641,17 +641,20 @@ async def _keys(args: argparse.Namespace) -> int:
     if args.bot is None:
         raise UsageError(f"guardian keys {args.action} needs --bot NAME")
     permissions = parse_permissions(args.permissions or ",".join(DEFAULT_PERMISSIONS))
-    editor = config_edit.KeyEditor(args.config)
-    logs.REDACTOR.register(editor.before.all_secrets())
-    if args.action == "add":
-        change = editor.add(args.account, args.bot, permissions)
-    elif args.action == "rotate":
-        change = editor.rotate(args.account, args.bot)
-    else:
-        change = editor.revoke(args.account, args.bot, args.key)
-    if change.made is not None:
-        logs.REDACTOR.register([change.made.api_secret])
-    editor.commit()
+    editor = config_edit.KeyEditor(args.config)  # waits while another edit of the file is made
+    try:
+        logs.REDACTOR.register(editor.before.all_secrets())
+        if args.action == "add":
+            change = editor.add(args.account, args.bot, permissions)
+        elif args.action == "rotate":
+            change = editor.rotate(args.account, args.bot)
+        else:
+            change = editor.revoke(args.account, args.bot, args.key)
+        if change.made is not None:
+            logs.REDACTOR.register([change.made.api_secret])
+        editor.commit()
+    finally:
+        editor.close()
     print(config_edit.describe(change, args.config, args.account), flush=True)
     return EX_OK
 

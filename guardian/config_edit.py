@@ -23,6 +23,7 @@ from tomlkit.toml_document import TOMLDocument
 from guardian.config import CREDENTIALS_DIR, Config, parse_config
 from guardian.errors import ConfigError
 from guardian.keys import (
+    EditLock,
     InputError,
     NewKey,
     NoInputError,
@@ -137,14 +138,24 @@ class KeyEditor:
         self.path = path
         self.env = os.environ if env is None else env
         self.credentials = credentials_dir(path, self.env)
+        # Held until commit() or close(): another edit waits, then reads what this one wrote.
+        self.lock = EditLock(path)
         try:
-            self.text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise NoInputError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-        self.before = self._validate(self.text)  # a configuration that is wrong already is not edited
+            try:
+                self.text = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise NoInputError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+            self.before = self._validate(self.text)  # a configuration that is wrong already is not edited
+        except BaseException:
+            self.lock.release()
+            raise
         self.doc: TOMLDocument = tomlkit.parse(self.text)
         self._written: list[Path] = []
         self._to_remove: list[Path] = []
+
+    def close(self) -> None:
+        """Let another edit go on (commit() does it too). The file is as it was unless committed."""
+        self.lock.release()
 
     def _validate(self, text: str) -> Config:
         try:
@@ -293,6 +304,8 @@ class KeyEditor:
         except BaseException:
             remove_quietly(*self._written)
             raise
+        finally:
+            self.lock.release()
         remove_quietly(*self._to_remove)
         return config
 

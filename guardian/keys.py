@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import os
 import secrets
 import stat
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,9 @@ EX_USAGE: Final = 64  # the command was used wrongly: a missing option, an unkno
 EX_DATAERR: Final = 65  # the input is wrong: a key that is not base64, a bot that already exists
 EX_NOINPUT: Final = 66  # an input file does not exist or cannot be read
 EX_CANTCREAT: Final = 73  # a file to be written exists already: nothing is overwritten
+EX_TEMPFAIL: Final = 75  # another edit of the configuration held it too long: try again
+EDIT_LOCK_WAIT_S: Final = 30.0
+EDIT_LOCK_POLL_S: Final = 0.05
 SECRET_FILE_MODE: Final = 0o600
 SECRETS_DIR_MODE: Final = 0o700
 BOT_SECRET_BYTES: Final = 64  # as long as Kraken's own secrets
@@ -51,6 +56,10 @@ class InputError(SetupError):
 
 class NoInputError(SetupError):
     exit_code = EX_NOINPUT
+
+
+class Busy(SetupError):
+    exit_code = EX_TEMPFAIL
 
 
 class CannotCreate(SetupError):
@@ -151,6 +160,67 @@ def make_key(bot: str, directory: Path, taken: Iterable[str] = ()) -> NewKey:
     secret = new_api_secret()
     path = write_secret(directory, secret_file_name(api_key), secret.reveal())
     return NewKey(bot, api_key, secret, path)
+
+
+class EditLock:
+    """An exclusive lock on one configuration file for one edit, held from reading the file to replacing
+    it: two `guardian keys` edits at once (two operators, a script's parallel runs) are made one after
+    the other, the second on what the first wrote. Without it, the last to write wins, and a key whose
+    secret was printed is missing from the file.
+
+    `flock` on the file itself (advisory: every edit takes it; the daemon only reads). Each edit replaces
+    the file with a new inode, so a lock won on an inode the path no longer names is let go and taken
+    again on the file the path names now."""
+
+    def __init__(self, path: Path, wait_s: float = EDIT_LOCK_WAIT_S) -> None:
+        self.path = path.resolve()
+        self._fd: int | None = None
+        deadline = time.monotonic() + wait_s
+        while self._fd is None:
+            fd = _open_for_lock(self.path)
+            try:
+                _lock_before(fd, deadline, self.path, wait_s)
+                locked, named = os.fstat(fd), os.stat(self.path)
+            except BaseException:
+                os.close(fd)
+                raise
+            if (locked.st_dev, locked.st_ino) == (named.st_dev, named.st_ino):
+                self._fd = fd
+            else:  # replaced by the edit that held it: lock the new file
+                os.close(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor lets go of the lock
+            self._fd = None
+
+    def __enter__(self) -> EditLock:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+def _open_for_lock(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NoInputError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+
+
+def _lock_before(fd: int, deadline: float, path: Path, wait_s: float) -> None:
+    while not _try_lock(fd):
+        if time.monotonic() >= deadline:
+            raise Busy(f"{path} is being edited by another guardian keys (waited {wait_s:g} s): try again")
+        time.sleep(EDIT_LOCK_POLL_S)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def replace_file(path: Path, text: str) -> None:

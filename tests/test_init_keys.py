@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import os
 import pty
 import select
@@ -15,6 +16,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -642,3 +644,66 @@ def test_a_new_bot_key_is_long_random_and_what_guardian_accepts(tmp_path: Path) 
     os.chmod(tmp_path / "open", 0o755)  # noqa: S103 (the case under test)
     with pytest.raises(keys.CannotCreate, match="open to other users"):
         keys.make_key("bot", tmp_path / "open")
+
+
+# ---- edits at once ------------------------------------------------------------------------------------
+def keys_started(config: Path, *args: str) -> subprocess.Popen[str]:
+    """`guardian keys ARGS --config CONFIG` started, not waited for."""
+    command = [sys.executable, "-m", "guardian", "keys", *args, "--config", str(config)]
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env()
+    )
+
+
+def test_a_keys_edit_waits_for_one_in_progress_and_builds_on_what_it_wrote(tmp_path: Path) -> None:
+    """Two operators (or a provisioning script's parallel runs) editing at once: the second waits for
+    the first's lock, then reads the file the first wrote, so neither edit is lost."""
+    init(tmp_path)
+    config = tmp_path / "g" / "config.toml"
+    with config.open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # an edit in progress, as guardian keys holds it
+        waiting = keys_started(config, "add", "--bot", "later")
+        time.sleep(2.0)
+        assert waiting.poll() is None, waiting.communicate()  # it waits for the lock
+        # The edit in progress writes a new file (a new inode, as every edit does) and lets go.
+        keys.replace_file(config, config.read_text() + "# written by the edit in progress\n")
+    out, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == 0, err
+    text = config.read_text()
+    assert "# written by the edit in progress" in text and 'name = "later"' in text
+    assert printed_bots(out)["later"][0] in keys_cmd(config, "list").stdout
+
+
+def test_keys_edits_started_together_are_all_kept(tmp_path: Path) -> None:
+    init(tmp_path)
+    config = tmp_path / "g" / "config.toml"
+    runs = [keys_started(config, "add", "--bot", f"bot-p{i}") for i in range(6)]
+    answers = [run.communicate(timeout=60) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 6, [err for _, err in answers]
+    listed = keys_cmd(config, "list").stdout
+    for i, (out, _) in enumerate(answers):
+        assert printed_bots(out)[f"bot-p{i}"][0] in listed  # every printed key is in the file
+    assert guardian("check-config", "--config", str(config)).returncode == 0
+
+
+def test_an_edit_lock_won_on_a_replaced_file_is_taken_again_on_the_file_the_path_names(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("a = 1\n")
+    first = keys.EditLock(path)
+    won: list[keys.EditLock] = []
+    waiter = threading.Thread(target=lambda: won.append(keys.EditLock(path, wait_s=10)))
+    waiter.start()
+    time.sleep(0.3)
+    assert won == []  # waiting for the first
+    keys.replace_file(path, "a = 2\n")  # the first edit writes a new file, then lets go
+    first.release()
+    waiter.join(5)
+    [second] = won
+    # The second holds the file the path names now: a third edit waits for it, and gives up with 75.
+    with pytest.raises(keys.Busy, match=r"config.toml is being edited by another guardian keys") as busy:
+        keys.EditLock(path, wait_s=0.3)
+    assert busy.value.exit_code == keys.EX_TEMPFAIL == 75
+    second.release()
+    keys.EditLock(path, wait_s=0.3).release()
