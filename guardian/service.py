@@ -315,11 +315,7 @@ class Service:
             if account.mode is not Mode.ACTIVE:
                 log.warning("mode_restored", account=account.name, mode=account.mode.value)
             self.trips.restore(account, self.journal.mode_rows().get(account.name))
-            for client in account.config.clients:
-                own = modes.get(bot_mode_key(account.name, client.name))
-                if own is not None and own != Mode.ACTIVE.value:
-                    account.bot_modes[client.name] = Mode(own) if own in tuple(Mode) else Mode.HALTED
-                    log.warning("mode_restored", account=account.name, bot=client.name, mode=own)
+            _restore_bot_modes(account, (client.name for client in account.config.clients), modes)
         server = self.config.server
         # The file limit raised, and bots' connections capped below it: the exchange's keep their room.
         self.gate.fit(
@@ -633,7 +629,12 @@ class Service:
         # One step, nothing awaited: no request sees half of the old rules and half of the new.
         logs.REDACTOR.register(new.all_secrets())
         by_name = {account.name: account for account in new.accounts}
+        modes = self.journal.modes()
         for account in self.accounts:
+            # A bot added back after a restart without it: its last mode (a kill) stands, as a restart has it.
+            old_bots = {client.name for client in account.config.clients}
+            added = (c.name for c in by_name[account.name].clients if c.name not in old_bots)
+            _restore_bot_modes(account, added, modes)
             account.config = by_name[account.name]
             self.recent[account.name].rebind(c.name for c in account.config.clients)
         self.gateway.reconfigure(new)
@@ -917,6 +918,16 @@ class _TellingAdmin(Admin):
         status, answer = await super().set_mode(doc)
         self._told("mode", status, doc, answer)
         return status, answer
+
+
+def _restore_bot_modes(account: Account, bots: Iterable[str], modes: Mapping[str, str]) -> None:
+    """Each bot's own mode as the journal last persisted it (a kill halts it until POST /guardian/mode);
+    a mode this process already holds for the bot is the same or newer, and stays."""
+    for bot in bots:
+        own = modes.get(bot_mode_key(account.name, bot))
+        if own is not None and own != Mode.ACTIVE.value and bot not in account.bot_modes:
+            account.bot_modes[bot] = Mode(own) if own in tuple(Mode) else Mode.HALTED
+            log.warning("mode_restored", account=account.name, bot=bot, mode=own)
 
 
 def _bound(config: Config) -> list[tuple[str, str]]:

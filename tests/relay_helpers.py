@@ -46,14 +46,22 @@ LMT = {"orderType": "lmt", "symbol": "PF_XBTUSD", "side": "buy", "size": 1, "lim
 
 @contextlib.asynccontextmanager
 async def exchange_and_guardian(
-    tmp_path: Path, *, account_stream: StreamConfig = STREAM, **sim: Any
+    tmp_path: Path,
+    *,
+    account_stream: StreamConfig = STREAM,
+    clients: tuple[ClientConfig, ...] | None = None,
+    **sim: Any,
 ) -> AsyncIterator[tuple[Simulator, Service]]:
     from guardian.sim.ws import StreamSettings
 
     settings = sim.pop("stream", StreamSettings(heartbeat_s=0.5, ticker_s=0.05))
     async with running_sim(budget_capacity=1_000_000, stream=settings, **sim) as exchange:
         account = account_config(
-            exchange.url, switch=SWITCH, guard=GUARD, clients=(READER, OWN, BLIND), stream=account_stream
+            exchange.url,
+            switch=SWITCH,
+            guard=GUARD,
+            clients=(READER, OWN, BLIND) if clients is None else clients,
+            stream=account_stream,
         )
         async with serving(account, journal=tmp_path / "journal.sqlite3") as service:
             await wait_for(

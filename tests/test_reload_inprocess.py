@@ -172,3 +172,27 @@ def test_a_retuned_bucket_keeps_what_was_spent_and_caps_what_it_holds() -> None:
     assert bucket.available() == pytest.approx(4.0)  # a smaller burst caps what is held
     with pytest.raises(ValueError, match="positive"):
         bucket.retune(0, 1)
+
+
+async def test_a_bot_killed_before_a_restart_without_it_is_still_halted_when_a_reload_adds_it_back(
+    tmp_path: Path,
+) -> None:
+    from guardian.account import bot_mode_key
+    from tests.relay_helpers import BLIND, OWN, READER
+
+    async with exchange_and_guardian(tmp_path) as (_, service):
+        # A kill persists the bot's mode in the journal (as POST /guardian/kill with "bot" does).
+        await service.journal.set_mode(bot_mode_key("main", "own-bot"), "halted", by="admin", reason="kill")
+    # Restarted on the same journal without the bot, then the bot is added back by a reload.
+    async with exchange_and_guardian(tmp_path, clients=(READER, BLIND)) as (exchange, service):
+        account = service.config.accounts[0]
+        back = dataclasses.replace(account, clients=(*account.clients, OWN))
+        new = dataclasses.replace(service.config, accounts=(back,))
+        assert (await service.reload("test", (new, "sha256:back"))).ok
+        async with rest(service, OWN_KEY, OWN_SECRET) as own:
+            with pytest.raises(ExchangeError) as refused:
+                await own.send_order(**LMT)
+        assert refused.value.code == "tradingHalted", refused.value
+        assert exchange.requests_for("sendorder") == []
+        bots = {b["name"]: b["mode"] for b in service.state_json()["accounts"][0]["bots"]}  # type: ignore[index]
+        assert bots["own-bot"] == "halted"
