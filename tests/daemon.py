@@ -33,6 +33,10 @@ from tests.conftest import TRADE_KEY, TRADE_SECRET
 
 # Short intervals, as a failure drill would use: a beat of 0.3-0.5 s, a 3 s exchange timer.
 FAST = SwitchConfig(refresh_min_s=0.3, refresh_max_s=0.5, timeout_s=3, min_remaining_s=1.0)
+# FAST costs 50-83 of the exchange's 500 per 10 s each second (25 a refresh): against the simulator's real
+# budget it runs out after about 8 s and the switch degrades. A test that runs longer uses this beat (at
+# most 275 per 10 s), or raises the simulator's budget.
+STEADY = SwitchConfig(refresh_min_s=1.0, refresh_max_s=1.5, timeout_s=10, min_remaining_s=1.0)
 # The account-state stream is on in production by default; the tests of other features leave it off, so
 # that its REST reconciliation does not mix with the requests they count (tests/test_stream*.py turn it on).
 NO_STREAM = StreamConfig(enabled=False)

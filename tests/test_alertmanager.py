@@ -22,7 +22,7 @@ import yaml
 from aiohttp import web
 
 from guardian.sim.app import Simulator
-from tests.daemon import account_config, serving, wait_for
+from tests.daemon import STEADY, account_config, serving, wait_for
 from tests.test_prometheus import free_port, need
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,7 +217,7 @@ async def test_an_alert_fired_by_prometheus_reaches_a_webhook_through_alertmanag
     am_url, prom_url = f"http://127.0.0.1:{am_port}", f"http://127.0.0.1:{prom_port}"
     try:
         async with (
-            serving(account_config(sim.url), admin_token=ADMIN) as service,
+            serving(account_config(sim.url, switch=STEADY), admin_token=ADMIN) as service,
             aiohttp.ClientSession() as http,
             process(
                 binary,

@@ -69,8 +69,8 @@ refresh_min_s = 1
 refresh_max_s = 1.5
 timeout_s = 10
 min_remaining_s = 1
-[accounts.stream]
-link_timeout_s = 2
+# link_timeout_s as by default (15 s): the simulator's heartbeat comes every 5 s, and a 2 s timeout here
+# made the links drop and come back every 2 s, so that the drill's own drop found none open at times.
 [[accounts.clients]]
 name = "bot"
 api_key = "{BOT_KEY}"

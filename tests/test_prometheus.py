@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from guardian.sim.app import Simulator
-from tests.daemon import account_config, serving, wait_for
+from tests.daemon import STEADY, account_config, serving, wait_for
 
 CONTRACT = (
     "guardian_switch_armed",
@@ -90,7 +90,7 @@ async def query(http: aiohttp.ClientSession, base: str, promql: str) -> list[dic
 
 async def test_a_real_prometheus_scrapes_every_contract_series(sim: Simulator, tmp_path: Path) -> None:
     async with (
-        serving(account_config(sim.url)) as service,
+        serving(account_config(sim.url, switch=STEADY)) as service,
         aiohttp.ClientSession() as http,
         prometheus(tmp_path, service.url.removeprefix("http://")) as base,
     ):
@@ -116,7 +116,7 @@ async def test_a_real_prometheus_scrapes_every_contract_series(sim: Simulator, t
         remaining = float(
             (await query(http, base, 'guardian_switch_remaining_seconds{account="main"}'))[0]["value"][1]
         )
-        assert 0 < remaining <= 3
+        assert 0 < remaining <= STEADY.timeout_s
         refreshes = await query(http, base, 'guardian_switch_refresh_duration_seconds_count{account="main"}')
         assert float(refreshes[0]["value"][1]) >= 1
         # One query, so both sides are read at one instant (two queries straddled a scrape once: 15 vs 14).
