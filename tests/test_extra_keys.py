@@ -44,7 +44,10 @@ SWITCH = SwitchConfig(refresh_min_s=1.0, refresh_max_s=1.5, timeout_s=5, min_rem
 
 @pytest.fixture
 async def guardian(tmp_path: Path) -> AsyncIterator[tuple[Simulator, Service]]:
-    async with running_sim(budget_capacity=1_000_000) as exchange:
+    from guardian.sim.ws import StreamSettings
+
+    # A heartbeat well inside STREAM's 2 s link timeout (the default 5 s made the link drop every 2 s).
+    async with running_sim(budget_capacity=1_000_000, stream=StreamSettings(heartbeat_s=0.5)) as exchange:
         account = account_config(
             exchange.url, switch=SWITCH, guard=GuardConfig(mark_poll_s=0.2), clients=(BOT,), stream=STREAM
         )
