@@ -180,7 +180,7 @@ class EditLock:
             fd = _open_for_lock(self.path)
             try:
                 _lock_before(fd, deadline, self.path, wait_s)
-                locked, named = os.fstat(fd), os.stat(self.path)
+                locked, named = os.fstat(fd), _stat(self.path)
             except BaseException:
                 os.close(fd)
                 raise
@@ -205,6 +205,13 @@ def _open_for_lock(path: Path) -> int:
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
+        raise NoInputError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+
+
+def _stat(path: Path) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except OSError as exc:  # removed while this edit waited for the one before it
         raise NoInputError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
 
 
