@@ -102,7 +102,7 @@ class ServerConfig:
 
     @property
     def listen(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
     @property
     def is_loopback(self) -> bool:
@@ -478,14 +478,30 @@ def load_config(
     secret_files: list[tuple[str, Path]] | None = None,
 ) -> Config:
     """Read and validate the configuration file at `path`. Raises ConfigError, prefixed with the path."""
+    return load_config_bytes(path, env=env, secrets_dirs=secrets_dirs, secret_files=secret_files)[0]
+
+
+def load_config_bytes(
+    path: str | Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    secrets_dirs: Sequence[Path] | None = None,
+    secret_files: list[tuple[str, Path]] | None = None,
+) -> tuple[Config, bytes]:
+    """`load_config`, and the exact bytes it was read from (a reload's hash is theirs)."""
     path = Path(path)
-    text = _read_config(path)
+    data = _read_config_bytes(path)
     try:
-        return parse_config(
-            text, base_dir=path.parent, env=env, secrets_dirs=secrets_dirs, secret_files=secret_files
+        config = parse_config(
+            _decode_config(path, data),
+            base_dir=path.parent,
+            env=env,
+            secrets_dirs=secrets_dirs,
+            secret_files=secret_files,
         )
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    return config, data
 
 
 def load_journal_config(path: str | Path) -> JournalConfig:
@@ -519,8 +535,7 @@ class StatusTarget:
     def url(self) -> str:
         """The daemon's URL from this machine: a wildcard listen address is asked on loopback."""
         scheme = "http" if self.tls_cert_file is None else "https"
-        host = _WILDCARD_TO_LOOPBACK.get(self.host, self.host)
-        return f"{scheme}://[{host}]:{self.port}" if ":" in host else f"{scheme}://{host}:{self.port}"
+        return f"{scheme}://{host_port(_WILDCARD_TO_LOOPBACK.get(self.host, self.host), self.port)}"
 
 
 _WILDCARD_TO_LOOPBACK: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104 - asked, not bound
@@ -546,10 +561,19 @@ def load_status_target(path: str | Path) -> StatusTarget:
 
 
 def _read_config(path: Path) -> str:
+    return _decode_config(path, _read_config_bytes(path))
+
+
+def _read_config_bytes(path: Path) -> bytes:
     try:
-        return path.read_bytes().decode("utf-8")
+        return path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror or exc}") from None
+
+
+def _decode_config(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text: save it as UTF-8") from None
 
@@ -1223,6 +1247,11 @@ def _api_key(found: _Secrets, table: _Table) -> str:
 
 
 # --- values ----------------------------------------------------------------------------------------------
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, an IPv6 address in brackets (as in a URL)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_listen(text: str, key: str) -> tuple[str, int]:

@@ -33,9 +33,8 @@ from guardian.config import (
     JournalConfig,
     LogConfig,
     ServerConfig,
-    parse_config,
+    load_config_bytes,
 )
-from guardian.errors import ConfigError
 
 # [server] keys that change in place (the rest need a restart). The TLS certificate and key are re-read on
 # every reload, whether their paths changed or not.
@@ -61,18 +60,7 @@ class ConfigFile:
 
     def load(self) -> tuple[Config, str]:
         """The validated configuration and the hash of the exact bytes it was read from."""
-        try:
-            data = self.path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read configuration file {self.path}: {exc.strerror or exc}") from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError(f"{self.path} is not UTF-8 text: save it as UTF-8") from None
-        try:
-            config = parse_config(text, base_dir=self.path.parent)
-        except ConfigError as exc:
-            raise ConfigError(f"{self.path}: {exc}") from None
+        config, data = load_config_bytes(self.path)
         if self.listen is not None:
             server = dataclasses.replace(config.server, host=self.listen[0], port=self.listen[1])
             config = dataclasses.replace(config, server=server)

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from guardian import __version__, conns, logs, tls
 from guardian.account import Account, Mode, bot_mode_key
-from guardian.config import Config, ServerConfig
+from guardian.config import Config, ServerConfig, host_port
 from guardian.errors import ConfigError
 from guardian.gateway import exposure
 from guardian.gateway.admin import Admin, AdminError
@@ -344,7 +344,7 @@ class Service:
             raise
         host, port = self._runner.addresses[0][:2]
         scheme = "http" if self.tls is None else "https"
-        self.url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+        self.url = f"{scheme}://{host_port(host, port)}"
         self.started_at = time.time()
         await self.pushes.start()
         log.info(
