@@ -52,6 +52,23 @@ class Mode(enum.StrEnum):
     HALTED = "halted"
 
 
+def exchange_client(
+    config: AccountConfig, purpose: str, *, pool_size: int = 16, timeout_s: float = SWITCH_CLIENT_TIMEOUT_S
+) -> KrakenClient:
+    """A client signing with the account's exchange key and its nonce setting (`check-config --online`
+    makes one before any Account exists)."""
+    nonce = config.nonce
+    return KrakenClient(
+        config.base_url,
+        Credentials(config.api_key, config.api_secret),
+        timeout_s=timeout_s,
+        use_nonce=nonce != "off",
+        nonce_unit="milliseconds" if nonce == "off" else nonce,
+        pool_size=pool_size,
+        name=f"{config.name}-{purpose}",
+    )
+
+
 def bot_mode_key(account: str, bot: str) -> str:
     """Where a bot's own mode is persisted in the journal's modes (account names never hold a '/')."""
     return f"{account}/{bot}"
@@ -154,16 +171,7 @@ class Account:
         self, purpose: str, *, pool_size: int = 16, timeout_s: float = SWITCH_CLIENT_TIMEOUT_S
     ) -> KrakenClient:
         """A client signing with this account's exchange key and its nonce setting."""
-        nonce = self.config.nonce
-        return KrakenClient(
-            self.config.base_url,
-            Credentials(self.config.api_key, self.config.api_secret),
-            timeout_s=timeout_s,
-            use_nonce=nonce != "off",
-            nonce_unit="milliseconds" if nonce == "off" else nonce,
-            pool_size=pool_size,
-            name=f"{self.name}-{purpose}",
-        )
+        return exchange_client(self.config, purpose, pool_size=pool_size, timeout_s=timeout_s)
 
     @property
     def switch_reserve(self) -> float:

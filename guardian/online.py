@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from guardian import contracts
+from guardian.account import exchange_client
 from guardian.config import AccountConfig, Config
 from guardian.errors import AuthenticationFailed, ExchangeError, ExchangeUnavailable, NonceRejected
-from guardian.kraken.client import Credentials, KrakenClient
+from guardian.kraken.client import KrakenClient
 from guardian.kraken.times import parse_iso
 
 EX_OK: Final = os.EX_OK
@@ -90,15 +91,7 @@ async def account_checks(account: AccountConfig, *, max_skew_s: float) -> list[C
     name = account.name
     found: list[Check] = []
     nonce = account.nonce
-    client = KrakenClient(
-        account.base_url,
-        Credentials(account.api_key, account.api_secret),
-        timeout_s=TIMEOUT_S,
-        use_nonce=nonce != "off",
-        nonce_unit="milliseconds" if nonce == "off" else nonce,
-        pool_size=2,
-        name=f"{name}-check",
-    )
+    client = exchange_client(account, "check", pool_size=2, timeout_s=TIMEOUT_S)
     async with client:
         sent = time.time()
         try:
