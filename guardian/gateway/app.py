@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -42,7 +42,7 @@ from aiohttp import web
 
 from guardian import logs
 from guardian.account import RATE_WINDOW_MARGIN_S, Account
-from guardian.config import Config, ServerConfig
+from guardian.config import AccountConfig, Config, ServerConfig
 from guardian.gateway import checks, forward, intake
 from guardian.gateway.auth import LocalKeys
 from guardian.gateway.passage import (
@@ -88,6 +88,25 @@ STAGES: Final[tuple[Stage, ...]] = (
 )
 
 
+def _bot_budgets(
+    accounts: Iterable[AccountConfig], kept: Mapping[tuple[str, str], CostBudget]
+) -> dict[tuple[str, str], CostBudget]:
+    """Each bot's own rate budget, by (account, bot), for the bots that have one: a budget in `kept` (a
+    reload's) keeps what was spent in its window and takes the new capacity."""
+    budgets: dict[tuple[str, str], CostBudget] = {}
+    for account in accounts:
+        for client in account.clients:
+            if client.rate_budget is None:
+                continue
+            who = (account.name, client.name)
+            budget = kept.get(who)
+            if budget is None:
+                budget = CostBudget(client.rate_budget, account.guard.rate_window_s)
+            budget.capacity = client.rate_budget
+            budgets[who] = budget
+    return budgets
+
+
 class Gateway:
     """The local API's order path for every account. `routes()` go on the daemon's server."""
 
@@ -103,12 +122,7 @@ class Gateway:
         self.accounts = {account.name: account for account in accounts}
         self.public_account = accounts[0]  # public reads go out on the first account's connections
         # Each bot's own share, by (account, bot): one budget whichever of its keys it signs with.
-        self.bot_budgets = {
-            (account.name, client.name): CostBudget(client.rate_budget, account.config.guard.rate_window_s)
-            for account in accounts
-            for client in account.config.clients
-            if client.rate_budget is not None
-        }
+        self.bot_budgets = _bot_budgets((account.config for account in accounts), {})
         clients = [client for account in accounts for client in account.config.clients]
         server = server or ServerConfig()  # the public budget in total: its rate and burst
         self.public = PublicGate(server.public_rate_limit, server.public_burst_size, clients)
@@ -127,18 +141,7 @@ class Gateway:
         was spent in its window) and the public budgets. The accounts' own configurations are swapped by
         the caller, in the same step (nothing is awaited in between)."""
         self.keys.reconfigure(config.accounts)
-        budgets: dict[tuple[str, str], CostBudget] = {}
-        for account in config.accounts:
-            for client in account.clients:
-                if client.rate_budget is None:
-                    continue
-                who = (account.name, client.name)
-                budget = self.bot_budgets.get(who)
-                if budget is None:
-                    budget = CostBudget(client.rate_budget, account.guard.rate_window_s)
-                budget.capacity = client.rate_budget
-                budgets[who] = budget
-        self.bot_budgets = budgets
+        self.bot_budgets = _bot_budgets(config.accounts, self.bot_budgets)
         clients = [client for account in config.accounts for client in account.clients]
         self.public.reconfigure(config.server.public_rate_limit, config.server.public_burst_size, clients)
 

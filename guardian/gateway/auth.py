@@ -32,6 +32,16 @@ class Caller:
         return self.client.name
 
 
+def key_table(accounts: Iterable[AccountConfig]) -> dict[str, tuple[Caller, ApiSecret]]:
+    """Every key of every bot (a bot has several while one is rotated): the bot it is, and its secret."""
+    return {
+        key.api_key: (Caller(account.name, client), key.api_secret)
+        for account in accounts
+        for client in account.clients
+        for key in client.keys
+    }
+
+
 class LocalKeys:
     """Every bot key of every account, and each key's nonce history."""
 
@@ -51,12 +61,7 @@ class LocalKeys:
         """The keys of a reloaded configuration, in one step: a removed key is refused from its next
         request, an added one works at once. Every key's nonce history is kept, a removed key's too (a
         key revoked and later restored must not accept its old requests again)."""
-        keys: dict[str, tuple[Caller, ApiSecret]] = {}
-        for account in accounts:
-            for client in account.clients:
-                for key in client.keys:
-                    keys[key.api_key] = (Caller(account.name, client), key.api_secret)
-        self._keys = keys
+        self._keys = key_table(accounts)
 
     def lookup(self, api_key: str) -> Caller | None:
         """The bot a key belongs to, its signature not verified (for checks made before the body is read)."""

@@ -83,13 +83,8 @@ class PublicGate:
         self._clock = clock
         self.total = TokenBucket(total_per_s, total_burst, clock)
         # Each bot's bucket, under every key it has (a bot rotating its key has two: one budget).
-        buckets = {
-            client.name: TokenBucket(client.public_rate_limit, client.public_burst_size, clock)
-            for client in clients
-        }
-        self._bots: dict[str, tuple[str, TokenBucket]] = {
-            key.api_key: (client.name, buckets[client.name]) for client in clients for key in client.keys
-        }
+        self._bots: dict[str, tuple[str, TokenBucket]] = {}
+        self._bind(clients)
         self.unlabelled = TokenBucket(DEFAULT_BOT_PUBLIC_RATE_LIMIT, DEFAULT_BOT_PUBLIC_BURST, clock)
         self._cache: dict[tuple[str, str], _Cached] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[RawAnswer]] = {}
@@ -100,6 +95,11 @@ class PublicGate:
         """A reload's budgets: each bot kept keeps what it has spent (retuned), a new bot starts full, a
         removed bot's keys are no longer counted as its. The cache and the reads in flight are kept."""
         self.total.retune(total_per_s, total_burst)
+        self._bind(clients)
+
+    def _bind(self, clients: Iterable[ClientConfig]) -> None:
+        """Each bot's bucket under each of its keys: one it already had is retuned, a new one starts full."""
+        clients = list(clients)
         kept = {name: bucket for name, bucket in self._bots.values()}
         buckets: dict[str, TokenBucket] = {}
         for client in clients:

@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 
 from guardian import conns
 from guardian.config import Config, mask_key
-from guardian.gateway.auth import Caller
+from guardian.gateway.auth import Caller, key_table
 from guardian.gateway.refusal import Refusal
 from guardian.kraken.endpoints import Permission
 from guardian.kraken.signing import verify_challenge
@@ -550,13 +550,9 @@ class Relay:
                 conn.caller = now
 
     def _read_keys(self, config: Config) -> None:
-        self.keys = {}
-        self._secrets = {}
-        for account in config.accounts:
-            for client in account.clients:
-                for key in client.keys:
-                    self.keys[key.api_key] = Caller(account.name, client)
-                    self._secrets[key.api_key] = key.api_secret
+        table = key_table(config.accounts)
+        self.keys = {key: caller for key, (caller, _) in table.items()}
+        self._secrets = {key: secret for key, (_, secret) in table.items()}
 
     def counts(self) -> dict[tuple[str, str], int]:
         found: dict[tuple[str, str], int] = {
