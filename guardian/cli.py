@@ -641,7 +641,13 @@ async def _keys(args: argparse.Namespace) -> int:
     if args.bot is None:
         raise UsageError(f"guardian keys {args.action} needs --bot NAME")
     permissions = parse_permissions(args.permissions or ",".join(DEFAULT_PERMISSIONS))
-    editor = config_edit.KeyEditor(args.config)  # waits while another edit of the file is made
+
+    def waiting() -> None:
+        print(
+            f"guardian keys: waiting for another edit of {args.config} to finish", file=sys.stderr, flush=True
+        )
+
+    editor = config_edit.KeyEditor(args.config, on_wait=waiting)  # waits while another edit is made
     try:
         logs.REDACTOR.register(editor.before.all_secrets())
         if args.action == "add":

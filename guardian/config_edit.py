@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -134,12 +134,18 @@ class KeyEditor:
     Each method edits the document in memory and writes the new secret file; `commit()` validates the
     result as the daemon would and replaces the file, or removes the new secret file and raises."""
 
-    def __init__(self, path: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        on_wait: Callable[[], None] | None = None,
+    ) -> None:
         self.path = path
         self.env = os.environ if env is None else env
         self.credentials = credentials_dir(path, self.env)
-        # Held until commit() or close(): another edit waits, then reads what this one wrote.
-        self.lock = EditLock(path)
+        # Held until commit() or close(): another edit waits (`on_wait` told), then reads what this one wrote.
+        self.lock = EditLock(path, on_wait=on_wait)
         try:
             try:
                 self.text = path.read_text(encoding="utf-8")

@@ -16,7 +16,7 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -172,14 +172,22 @@ class EditLock:
     the file with a new inode, so a lock won on an inode the path no longer names is let go and taken
     again on the file the path names now."""
 
-    def __init__(self, path: Path, wait_s: float = EDIT_LOCK_WAIT_S) -> None:
+    def __init__(
+        self, path: Path, wait_s: float = EDIT_LOCK_WAIT_S, on_wait: Callable[[], None] | None = None
+    ) -> None:
+        """`on_wait` is called once if the lock is held by another edit (a person is told why nothing
+        happens yet)."""
         self.path = path.resolve()
         self._fd: int | None = None
         deadline = time.monotonic() + wait_s
         while self._fd is None:
             fd = _open_for_lock(self.path)
             try:
-                _lock_before(fd, deadline, self.path, wait_s)
+                if not _try_lock(fd):
+                    if on_wait is not None:
+                        on_wait()
+                        on_wait = None
+                    _lock_before(fd, deadline, self.path, wait_s)
                 locked, named = os.fstat(fd), _stat(self.path)
             except BaseException:
                 os.close(fd)
@@ -193,12 +201,6 @@ class EditLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor lets go of the lock
             self._fd = None
-
-    def __enter__(self) -> EditLock:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.release()
 
 
 def _open_for_lock(path: Path) -> int:

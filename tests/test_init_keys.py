@@ -669,6 +669,8 @@ def test_a_keys_edit_waits_for_one_in_progress_and_builds_on_what_it_wrote(tmp_p
         keys.replace_file(config, config.read_text() + "# written by the edit in progress\n")
     out, err = waiting.communicate(timeout=30)
     assert waiting.returncode == 0, err
+    assert f"guardian keys: waiting for another edit of {config} to finish" in err  # said once, at once
+    assert err.count("waiting for another edit") == 1
     text = config.read_text()
     assert "# written by the edit in progress" in text and 'name = "later"' in text
     assert printed_bots(out)["later"][0] in keys_cmd(config, "list").stdout
